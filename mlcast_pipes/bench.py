@@ -1,0 +1,425 @@
+"""Benchmarks of the offline pass and of the loaders (wall time, peak memory, ratios).
+
+Face layer used by ``mlcast-pipes bench``; each function times one aspect on a given archive.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as dsa
+import psutil
+import xarray as xr
+
+from mlcast_pipes.errors import DatasetError, ParameterError
+
+__all__ = ["bench_prepare", "bench_read", "run_bench"]
+
+
+class _PeakRSS:
+    """Samples the process RSS in a background thread; ``peak`` is the high-water mark (bytes)."""
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self._proc = psutil.Process(os.getpid())
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.start_rss = 0
+        self.peak = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> _PeakRSS:
+        gc.collect()
+        self.start_rss = self.peak = self._proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def _open(path_or_da: Any, var_name: str | None) -> xr.DataArray:
+    if isinstance(path_or_da, xr.DataArray):
+        return path_or_da
+    path = str(path_or_da)
+    try:
+        with warnings.catch_warnings():  # zarr v3 stores without consolidated metadata
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ds = xr.open_zarr(path, chunks={})
+    except Exception as exc:  # zarr/fsspec raise many types
+        raise DatasetError(
+            f"cannot open {path!r} as a zarr archive ({type(exc).__name__}: {exc}); fix: pass the "
+            "path of a zarr store or an opened xarray.DataArray"
+        ) from exc
+    names = [str(n) for n, v in ds.data_vars.items() if v.ndim == 3 and "time" in v.dims]
+    if var_name is None:
+        if len(names) != 1:
+            raise ParameterError(
+                f"{path!r} has data variables {names} with a time axis; fix: pass var_name="
+            )
+        var_name = names[0]
+    if var_name not in ds.data_vars:
+        raise ParameterError(
+            f"{path!r} has no variable {var_name!r}; fix: use one of {list(ds.data_vars)}"
+        )
+    out: xr.DataArray = ds[var_name]
+    return out
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, int, Any]:
+    best = float("inf")
+    peak = 0
+    out: Any = None
+    for _ in range(max(1, repeats)):
+        with _PeakRSS() as mem:
+            t0 = time.perf_counter()
+            out = fn()
+            dt = time.perf_counter() - t0
+        best = min(best, dt)
+        peak = max(peak, mem.peak - mem.start_rss)
+    return best, peak, out
+
+
+def bench_prepare(
+    path_or_da: str | os.PathLike[str] | xr.DataArray,
+    *,
+    n_time_windows: Sequence[int] = (12, 24),
+    repeats: int = 1,
+    tile_size: tuple[int, int] = (128, 128),
+    var_name: str | None = None,
+    warmup: bool = True,
+    index_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Time the tiling pass against a plain ``nansum`` over the same archive, in one run.
+
+    The baseline is ``dask.array.nansum(da.data).compute()`` (reads and decodes every frame once);
+    then :func:`mlcast_pipes.prepare.prepare_tiling` runs (``recompute=True``) for each window
+    length. Both use the active dask scheduler. The best of ``repeats`` runs is kept; memory is the
+    process RSS high-water mark above the level at the start of each run.
+
+    Parameters
+    ----------
+    path_or_da
+        Zarr store path or an opened DataArray ``(time, y, x)``; values are taken as mm/h (no
+        rate conversion is timed).
+    n_time_windows
+        Window lengths to time.
+    repeats
+        Runs per measurement (the minimum time is reported).
+    tile_size
+        Tile size of the tiling pass.
+    var_name
+        Variable to use when a path holds several.
+    warmup
+        Read the archive once first so that both measurements see a warm file cache.
+    index_dir
+        Where to write the indexes (a temporary folder by default).
+
+    Returns
+    -------
+    dict
+        ``shape``, ``frames``, ``nansum_s``, ``prepare_s`` (per window length), ``ratio``
+        (prepare / nansum), ``frames_read`` and ``ratio_per_frame`` (normalised by frames read),
+        ``peak_rss_mb`` (per phase), ``n_tiles``.
+
+    """
+    from mlcast_pipes.prepare import prepare_tiling
+    from mlcast_pipes.tiling import TilingParams
+
+    da = _open(path_or_da, var_name)
+    arr = da.data if isinstance(da.data, dsa.Array) else dsa.from_array(da.data, chunks=(1, -1, -1))
+    n_frames = int(da.shape[0])
+    if warmup:
+        dsa.nansum(arr).compute()
+    base_s, base_mem, _ = _timed(lambda: dsa.nansum(arr).compute(), repeats)
+    result: dict[str, Any] = {
+        "shape": [int(s) for s in da.shape],
+        "frames": n_frames,
+        "chunks": [int(arr.chunksize[0]), int(arr.chunksize[1]), int(arr.chunksize[2])],
+        "nansum_s": round(base_s, 4),
+        "prepare_s": {},
+        "ratio": {},
+        "frames_read": {},
+        "ratio_per_frame": {},
+        "n_tiles": {},
+        "peak_rss_mb": {"nansum": round(base_mem / 2**20, 1)},
+        "repeats": repeats,
+    }
+    with tempfile.TemporaryDirectory(prefix="mlcast-bench-") as tmp:
+        folder = Path(index_dir) if index_dir is not None else Path(tmp)
+        for n in n_time_windows:
+            params = TilingParams(n_time_window=int(n), tile_size=tile_size)
+
+            def run(params: TilingParams = params) -> Any:
+                return prepare_tiling(
+                    da,
+                    params,
+                    folder,
+                    dataset_id="bench",
+                    fingerprint="bench",
+                    missing_times=None,
+                    recompute=True,
+                )
+
+            dt, mem, index = _timed(run, repeats)
+            frames_read = int(index.meta.get("frames_read", n_frames))
+            key = str(n)
+            result["prepare_s"][key] = round(dt, 4)
+            result["ratio"][key] = round(dt / base_s, 3)
+            result["frames_read"][key] = frames_read
+            result["ratio_per_frame"][key] = round((dt / frames_read) / (base_s / n_frames), 3)
+            result["n_tiles"][key] = index.n_tiles
+            result["peak_rss_mb"][f"prepare_{key}"] = round(mem / 2**20, 1)
+    return result
+
+
+class _ChildrenPeakRSS(_PeakRSS):
+    """Samples the RSS of each child process (DataLoader2 workers); ``peak`` is the largest one."""
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for child in self._proc.children(recursive=True):
+                    self.peak = max(self.peak, child.memory_info().rss)
+            except psutil.Error:
+                pass
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> _PeakRSS:
+        self.start_rss = self.peak = 0
+        self._thread.start()
+        return self
+
+
+def _drain(iterable: Any, limit: int | None = None) -> tuple[int, float, float]:
+    """Consume batches; return (samples, seconds in all, samples/s after the first batch)."""
+    n = 0
+    t0 = time.perf_counter()
+    t_first = t0
+    for i, batch in enumerate(iterable):
+        n += int(batch.shape[0]) if hasattr(batch, "shape") else len(batch)
+        if i == 0:
+            t_first = time.perf_counter()
+            n_first = n
+        if limit is not None and n >= limit:
+            break
+    end = time.perf_counter()
+    if n == 0:
+        return 0, end - t0, 0.0
+    steady = (n - n_first) / (end - t_first) if n > n_first else 0.0
+    return n, end - t0, steady
+
+
+def bench_read(
+    path: str | os.PathLike[str],
+    *,
+    n_time_window: int = 12,
+    tile_size: tuple[int, int] = (128, 128),
+    fraction: float = 0.1,
+    batch_size: int = 16,
+    workers: int = 2,
+    naive_samples: int = 24,
+    index_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Compare training-read paths on an archive with ``fraction`` of its tiles sampled, in one run.
+
+    Paths: (a) a naive per-sample xarray read (one ``.isel().values`` per sample, as the
+    community loader does); the reader called directly on the epoch's read groups; (b) the
+    chain (``uniform`` sampler, normalize, to_tensor) in this process; (c) the chain under
+    DataLoader2 with ``workers`` processes. Read amplification is decoded bytes per delivered
+    byte; its minimum for the sampled set decodes each touched frame once.
+
+    Returns
+    -------
+    dict
+        Samples/s per path, ratios to (a), amplification and its minimum, chain overhead over
+        the direct reader, peak RSS per worker.
+
+    """
+    import numpy as np
+
+    import mlcast_pipes as mp
+    from mlcast_pipes.epochs import Shard, plan_shard
+    from mlcast_pipes.reader import TileRequest, close_readers, get_reader, naive_read_tile
+    from mlcast_pipes.sampling import draw_epoch
+
+    if not 0 < fraction <= 1:
+        raise ParameterError(f"fraction must be in (0, 1], got {fraction}")
+    with tempfile.TemporaryDirectory(prefix="mlcast-bench-") as tmp:
+        folder = Path(index_dir) if index_dir is not None else Path(tmp)
+
+        def chain(tensor: bool = True) -> Any:
+            tiles = mp.OpenXarrayDataset(str(path)).tile(
+                n_time_window=n_time_window, tile_size=tile_size, index_dir=folder
+            )
+            n_tiles = len(tiles.plan.table(next(iter(tiles.source_datapipe))).rows)
+            sampled = tiles.sample("uniform", n_tiles=max(1, round(fraction * n_tiles)), seed=0)
+            if not tensor:
+                return sampled
+            return sampled.normalize().to_tensor(batch_size=batch_size)
+
+        sampler = chain(tensor=False)
+        pool_index = sampler.sampling_indexes()[0]
+        pool = pool_index.table
+        table = sampler.plan.table(next(iter(sampler.source_datapipe)))
+        spec = table.info.spec
+        rows = draw_epoch(pool, n_samples=None, seed=0, epoch=0)
+        t_start = pool["t_start"].to_numpy()[rows] + pool["t_offset"].to_numpy()[rows]
+        n_time = pool["n_time_sample"].to_numpy()[rows]
+        ys, xs = pool["y_start"].to_numpy()[rows], pool["x_start"].to_numpy()[rows]
+        n_epoch = len(rows)
+        ty, tx = tile_size
+        frames_touched = len(
+            {int(t) + k for t, n in zip(t_start, n_time, strict=True) for k in range(int(n))}
+        )
+        _, height, width = (int(v) for v in get_reader(spec.url, spec.var_name).shape)
+        delivered = float(np.sum(n_time)) * ty * tx
+        min_amp = frames_touched * height * width / delivered
+
+        # (a) naive per-sample reads
+        k = min(naive_samples, n_epoch)
+        naive_read_tile(spec.url, spec.var_name, 0, 1, 0, 1, 0, 1)  # open once
+        t0 = time.perf_counter()
+        for i in range(k):
+            naive_read_tile(
+                spec.url,
+                spec.var_name,
+                int(t_start[i]),
+                int(n_time[i]),
+                int(ys[i]),
+                ty,
+                int(xs[i]),
+                tx,
+            )
+        naive_rate = k / (time.perf_counter() - t0)
+        naive_amp = (
+            float(np.mean(n_time[:k])) * height * width / (float(np.mean(n_time[:k])) * ty * tx)
+        )
+
+        # the reader called directly on the epoch's read groups
+        close_readers()
+        reader = get_reader(spec.url, spec.var_name)
+        groups = plan_shard(pool["t_start"].to_numpy()[rows], seed=0, epoch=0, shard=Shard())
+        t0 = time.perf_counter()
+        for g in groups:
+            reader.read_tiles(
+                [
+                    TileRequest(int(t_start[i]), int(n_time[i]), int(ys[i]), ty, int(xs[i]), tx)
+                    for i in g
+                ]
+            )
+        direct_s = time.perf_counter() - t0
+
+        # (b) the chain in this process: sampler only, then the full chain
+        close_readers()
+        sampler_only = chain(tensor=False)
+        t0 = time.perf_counter()
+        n_sampler = sum(1 for _ in sampler_only)
+        sampler_s = time.perf_counter() - t0
+        close_readers()
+        full = chain()
+        n_b, chain_s, _ = _drain(full)
+        stats = get_reader(spec.url, spec.var_name).stats
+        chain_amp = stats.bytes_decoded / max(stats.bytes_delivered, 1)
+
+        # (c) under DataLoader2 with worker processes
+        close_readers()
+        loader = mp.make_dataloader(chain(), num_workers=workers)
+        with _ChildrenPeakRSS() as mem:
+            n_c, dl_s, steady_c = _drain(loader)
+        loader.shutdown()
+
+    rate_b = n_b / chain_s
+    rate_c = n_c / dl_s
+    return {
+        "archive": str(path),
+        "shape": [int(v) for v in get_reader(spec.url, spec.var_name).shape],
+        "tile": f"{n_time_window}x{ty}x{tx}",
+        "tiles_in_index": len(table.rows),
+        "samples_per_epoch": int(n_epoch),
+        "fraction_sampled": fraction,
+        "a_naive_samples_per_s": round(naive_rate, 1),
+        "direct_reader_samples_per_s": round(n_epoch / direct_s, 1),
+        "b_chain_samples_per_s": round(rate_b, 1),
+        "c_dataloader2_samples_per_s": round(rate_c, 1),
+        "c_dataloader2_steady_samples_per_s": round(steady_c, 1),
+        "c_workers": workers,
+        "b_over_a": round(rate_b / naive_rate, 1),
+        "c_over_a": round(rate_c / naive_rate, 1),
+        "amplification_naive": round(naive_amp, 2),
+        "amplification_chain": round(chain_amp, 2),
+        "amplification_minimum": round(min_amp, 2),
+        "amplification_over_minimum": round(chain_amp / min_amp, 3),
+        "sampler_overhead_over_reader": round(sampler_s / direct_s - 1, 3),
+        "samples_checked": [n_sampler, n_b, n_c],
+        "peak_rss_per_worker_mb": round(mem.peak / 2**20, 1),
+        "d_training_copy": "not built (prepare --materialize is not available yet)",
+    }
+
+
+def run_bench(
+    *,
+    what: str = "all",
+    preset: str = "itdpc",
+    path: str | os.PathLike[str] | None = None,
+    n_times: int | None = None,
+    json_path: str | os.PathLike[str] | None = None,
+) -> str:
+    """Run the benchmarks behind ``mlcast-pipes bench`` and return a printable report.
+
+    Parameters
+    ----------
+    what : {"prepare", "read", "all"}
+        Which benchmarks to run.
+    preset : str
+        Demo preset to generate (cached) when ``path`` is None; ``itdpc`` is 1400x1200.
+    path : str or path, optional
+        Measure on this archive instead of a demo.
+    n_times : int, optional
+        Frames of the demo archive (the preset's default when None).
+    json_path : str or path, optional
+        Also write the figures as JSON.
+
+    """
+    import json
+
+    if what not in ("prepare", "read", "all"):
+        raise ParameterError(f"what must be 'prepare', 'read' or 'all', got {what!r}")
+    if path is None:
+        from mlcast_pipes.catalog import demo_cache_dir
+        from mlcast_pipes.demo import ensure_demo, generate_demo
+
+        suffix = f"-t{n_times}" if n_times else ""
+        target = demo_cache_dir() / f"bench-{preset}{suffix}-seed0.zarr"
+        if n_times:
+            if not target.exists():
+                generate_demo(target, preset=preset, seed=0, n_times=n_times)
+            path = target
+        else:
+            path = ensure_demo(target, preset, 0)
+    results: dict[str, Any] = {}
+    if what in ("prepare", "all"):
+        results["prepare"] = bench_prepare(path)
+    if what in ("read", "all"):
+        results["read"] = bench_read(path)
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(results, indent=2))
+    lines = [f"archive: {path}"]
+    for section, figures in results.items():
+        lines.append(f"\n[{section}]")
+        lines.extend(f"  {key}: {value}" for key, value in figures.items())
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""The ``mlcast-pipes`` command: ``demo``, ``prepare``, ``inspect`` and ``bench``.
+
+Each subcommand is a thin layer: argument parsing, a call into the library, a printed summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mlcast_pipes.errors import MLCastPipesError, ParameterError
+
+
+def _key_values(items: Sequence[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` pairs; values are read as YAML scalars (numbers, booleans, lists)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParameterError(f"expected key=value, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _tile_size(values: Sequence[int]) -> tuple[int, int]:
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise ParameterError(f"--tile-size takes one or two numbers (y x), got {list(values)}")
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "dataset", help="catalog id (e.g. demo, precipitation.dmi_10_minutes), path or URL"
+    )
+    p.add_argument("--var-name", default=None, help="data variable (default: by CF standard_name)")
+    p.add_argument("--catalog", default=None, help="your own intake catalog YAML file")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="fsspec option for URLs, repeatable (e.g. anon=true endpoint_url=https://...)",
+    )
+
+
+def _add_tiling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-time-window", type=int, default=12, help="steps per tile (default 12)")
+    p.add_argument("--tile-size", type=int, nargs="+", default=[128], help="tile size: N or Y X")
+    p.add_argument("--stride", type=int, nargs=3, default=None, metavar=("T", "Y", "X"))
+    p.add_argument("--max-nan-fraction", type=float, default=0.05)
+    p.add_argument("--index-dir", default=None, help="folder of index files")
+    p.add_argument("--recompute", action="store_true", help="recompute a stale index")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``mlcast-pipes`` command."""
+    parser = argparse.ArgumentParser(
+        prog="mlcast-pipes",
+        description="Radar precipitation archives (MLCast zarr) to training batches.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="generate the demo archive and run the whole pipeline on it")
+    demo.add_argument("--preset", default="small", help="demo size: tiny, small or itdpc")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, default=2, help="DataLoader2 worker processes")
+    demo.add_argument("--batches", type=int, default=4, help="batches to draw")
+    demo.add_argument("--batch-size", type=int, default=8)
+    demo.add_argument("--out", default="mlcast_out", help="folder for the sample figure")
+    demo.add_argument("--config", default=None, help="a pipeline YAML file to run instead")
+    demo.add_argument("--index-dir", default=None, help="folder of index files")
+    demo.add_argument("--summary-only", action="store_true", help="only describe the archive")
+
+    prep = sub.add_parser(
+        "prepare", help="compute the tiling (and sampling) index ahead of training"
+    )
+    _add_dataset_args(prep)
+    _add_tiling_args(prep)
+    prep.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler")
+    prep.add_argument("--n-workers", type=int, default=None, help="start a local dask cluster")
+    prep.add_argument("--sampler", default=None, help="also build this sampler's index")
+    prep.add_argument("--n-time-sample", type=int, default=None)
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument(
+        "--param", action="append", metavar="KEY=VALUE", help="sampler parameter, repeatable"
+    )
+    prep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    insp = sub.add_parser("inspect", help="summarise an index file and draw diagnostic figures")
+    insp.add_argument("index", help="a {tiling_id}.samples.csv or {sampling_id}.samples.csv file")
+    insp.add_argument(
+        "--out", default=None, help="folder for PNG figures (default: beside the index)"
+    )
+    insp.add_argument("--seed", type=int, default=0)
+    insp.add_argument("--epoch", type=int, default=0)
+
+    bench = sub.add_parser("bench", help="measure prepare and training-read throughput")
+    bench.add_argument("--what", choices=("prepare", "read", "all"), default="all")
+    bench.add_argument("--preset", default="itdpc", help="demo archive to measure on")
+    bench.add_argument("--path", default=None, help="measure on this archive instead")
+    bench.add_argument("--n-times", type=int, default=None, help="frames of the demo archive")
+    bench.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mlcast-pipes`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        handler = {"demo": _demo, "prepare": _prepare, "inspect": _inspect, "bench": _bench}
+        return handler[args.command](args)
+    except MLCastPipesError as exc:
+        print(f"mlcast-pipes {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mlcast_pipes.catalog import demo_cache_dir
+    from mlcast_pipes.demo import describe, ensure_demo
+
+    path = ensure_demo(
+        demo_cache_dir() / f"demo-{args.preset}-seed{args.seed}.zarr", args.preset, args.seed
+    )
+    print(f"demo archive: {path}")
+    print(describe(path))
+    if args.summary_only:
+        return 0
+    import mlcast_pipes as mp
+
+    if args.config:
+        pipe = mp.load_pipeline(args.config)
+    else:
+        pipe = mp.compose(
+            [
+                mp.OpenXarrayDataset(str(path)),
+                mp.TilingSampler(n_time_window=12, tile_size=(128, 128), index_dir=args.index_dir),
+                mp.BinNormSampler(aggregation="sum", n_scalar_total_bins=10),
+                mp.NormalizeForTraining(),
+                mp.ToTorchTensor(batch_size=args.batch_size, n_input=4, n_target=8, metadata=True),
+            ]
+        )
+    loader = mp.make_dataloader(pipe, num_workers=args.workers)
+    n_samples = 0
+    first: Any = None
+    start = time.perf_counter()
+    try:
+        for i, batch in enumerate(loader):
+            if first is None:
+                first = batch
+            n_samples += _batch_len(batch)
+            if i + 1 >= args.batches:
+                break
+    finally:
+        loader.shutdown()
+    elapsed = time.perf_counter() - start
+    print(
+        f"\nDataLoader2 with {args.workers} worker processes: {n_samples} samples in "
+        f"{elapsed:.2f} s ({n_samples / max(elapsed, 1e-9):.1f} samples/s, start-up included)"
+    )
+    if first is not None:
+        print("batch:", _shapes(first))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        from mlcast_pipes.plots import plot_batch_sample
+
+        figure = plot_batch_sample(first, out / "demo_sample.png")
+        print(f"sample figure: {figure}")
+    return 0
+
+
+def _batch_len(batch: Any) -> int:
+    import torch
+
+    if isinstance(batch, dict):
+        key = "inputs" if "inputs" in batch else "data"
+        return int(batch[key].shape[0])
+    if isinstance(batch, tuple):
+        return int(batch[0].shape[0])
+    assert isinstance(batch, torch.Tensor)
+    return int(batch.shape[0])
+
+
+def _shapes(batch: Any) -> str:
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return f"tensor {tuple(batch.shape)} {batch.dtype}"
+    if isinstance(batch, tuple):
+        return ", ".join(_shapes(b) for b in batch)
+    parts = [
+        f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in batch.items() if isinstance(v, torch.Tensor)
+    ]
+    if "meta" in batch:
+        parts.append(f"meta: {', '.join(batch['meta'])}")
+    return "; ".join(parts)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from mlcast_pipes.dataset import open_mlcast
+    from mlcast_pipes.indexing import TilingPlan, default_index_dir
+    from mlcast_pipes.tiling import TilingParams
+
+    params = TilingParams(
+        n_time_window=args.n_time_window,
+        tile_size=_tile_size(args.tile_size),
+        stride=None if args.stride is None else tuple(args.stride),
+        max_nan_fraction=args.max_nan_fraction,
+    )
+    da = open_mlcast(
+        args.dataset,
+        args.var_name,
+        catalog=args.catalog,
+        storage_options=_key_values(args.storage_option) or None,
+    )
+    index_dir = Path(args.index_dir) if args.index_dir else default_index_dir()
+    plan = TilingPlan(params, index_dir, recompute=args.recompute, progress=not args.no_progress)
+    with contextlib.ExitStack() as stack:
+        if args.scheduler or args.n_workers:
+            from distributed import Client, LocalCluster
+
+            if args.scheduler:
+                client = stack.enter_context(Client(args.scheduler))
+            else:
+                cluster = stack.enter_context(LocalCluster(n_workers=args.n_workers))
+                client = stack.enter_context(Client(cluster))
+            print(f"dask cluster: {client.dashboard_link}")
+        table = plan.table(da)
+    print(table.index.summary())
+    print(f"tiling index: {table.index.path}")
+    if args.sampler:
+        sampling = table.sampling_index(
+            args.sampler,
+            _key_values(args.param),
+            n_time_sample=args.n_time_sample,
+            seed=args.seed,
+            index_dir=index_dir,
+            recompute=args.recompute,
+        )
+        print(f"sampling index: {sampling.path} ({len(sampling.table)} samples in the pool)")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from mlcast_pipes.plots import inspect_index
+
+    report = inspect_index(args.index, out_dir=args.out, seed=args.seed, epoch=args.epoch)
+    print(report)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from mlcast_pipes.bench import run_bench
+
+    report = run_bench(
+        what=args.what,
+        preset=args.preset,
+        path=args.path,
+        n_times=args.n_times,
+        json_path=args.json,
+    )
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

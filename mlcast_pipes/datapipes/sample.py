@@ -1,0 +1,326 @@
+"""Sampling steps: ``.binnorm_sample()``, a functional per registered sampler, ``BinNormSampler``.
+
+Each epoch is drawn from the sampling pool, grouped by read window, sharded, read group by group.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from torch.utils.data import IterDataPipe, functional_datapipe
+
+from mlcast_pipes.datapipes._sharding import EpochShardMixin
+from mlcast_pipes.datapipes.tile import TileDataPipe
+from mlcast_pipes.epochs import epoch_rng, mix_groups, plan_shard
+from mlcast_pipes.errors import ParameterError, PipelineOrderError
+from mlcast_pipes.indexing import TileTable, iso_time, iter_tables
+from mlcast_pipes.reader import get_reader
+from mlcast_pipes.records import TileSample
+from mlcast_pipes.sampling import SamplingIndex, available_samplers, draw_epoch, get_sampler
+
+
+class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
+    """Draw an epoch of tiles with a registered sampler and read them window by window.
+
+    Functional name: ``sample`` (``method=`` picks the sampler); every registered sampler also
+    has its own functional, ``.<name>_sample()``. The order depends only on (seed, epoch): it
+    is the same in every process, and each record of an epoch is delivered exactly once across
+    worker processes and ranks (this datapipe shards itself; add no ``sharding_filter``).
+
+    Parameters
+    ----------
+    tile_datapipe : TileDataPipe
+        The output of ``.tile()``.
+    method : str
+        A sampler name (see :func:`mlcast_pipes.sampling.available_samplers`).
+    n_samples : int, optional
+        Samples per epoch (default: the size of the pool).
+    n_time_sample : int, optional
+        Steps per sample (default: the tile's window); a seeded sub-window otherwise.
+    seed : int
+        Seeds the pool, the per-epoch order, and the sub-window offsets.
+    mix_groups : int
+        Read windows mixed together in each worker: a batch holds samples of up to this many
+        moments in time, at the memory cost of that many windows.
+    load : bool
+        Read pixels here (grouped, each frame decoded once). False yields lazy records.
+    index_dir : str or path, optional
+        Folder of the sampling index (the tiling index's folder when None).
+    recompute : bool
+        Rebuild a stale sampling index instead of raising.
+    **params
+        The sampler's own parameters.
+
+    """
+
+    default_method: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        tile_datapipe: IterDataPipe[Any],
+        method: str | None = None,
+        *,
+        n_samples: int | None = None,
+        n_time_sample: int | None = None,
+        seed: int = 0,
+        mix_groups: int = 4,
+        load: bool = True,
+        index_dir: str | os.PathLike[str] | None = None,
+        recompute: bool = False,
+        **params: Any,
+    ) -> None:
+        method = method or self.default_method
+        if method is None:
+            raise ParameterError(
+                "choose a sampler with method=...; known samplers: "
+                + ", ".join(available_samplers())
+            )
+        get_sampler(method)  # unknown names fail here, listing the known ones
+        if not isinstance(tile_datapipe, TileDataPipe):
+            raise PipelineOrderError(
+                f"the {method!r} sampler needs tiles: chain it after .tile() (TilingSampler), "
+                f"got {type(tile_datapipe).__name__} before it"
+            )
+        if n_samples is not None and n_samples <= 0:
+            raise ParameterError(f"n_samples must be a positive number of samples, got {n_samples}")
+        n_window = tile_datapipe.plan.params.n_time_window
+        if n_time_sample is not None and not 0 < n_time_sample <= n_window:
+            raise ParameterError(
+                f"n_time_sample={n_time_sample} must be between 1 and the tiles' "
+                f"n_time_window={n_window}; lower it or tile with longer windows"
+            )
+        if mix_groups < 1:
+            raise ParameterError(f"mix_groups must be >= 1, got {mix_groups}")
+        # Keep the tiling plan, not the tile datapipe: the graph then holds one shardable step.
+        self.source_datapipe = tile_datapipe.source_datapipe
+        self.plan = tile_datapipe.plan
+        self.method = method
+        self.params = params
+        self.n_samples = n_samples
+        self.n_time_sample = n_time_sample
+        self.seed = seed
+        self.mix_groups = mix_groups
+        self.load = load
+        self.index_dir = Path(index_dir) if index_dir is not None else self.plan.index_dir
+        self.recompute = recompute
+        self._pools: dict[str, SamplingIndex] = {}
+        self._init_epochs()
+
+    def sampling_indexes(self) -> list[SamplingIndex]:
+        """Build (or load) the sampling index of every upstream archive, in this process."""
+        return [self._pool(t) for t in iter_tables(self.plan, iter(self.source_datapipe))]
+
+    def _pool(self, table: TileTable) -> SamplingIndex:
+        """The sampling index of one tile table, built or loaded once per process."""
+        key = f"{table.name}/{table.info.fingerprint}"
+        if key not in self._pools:
+            self._pools[key] = table.sampling_index(
+                self.method,
+                self.params,
+                n_time_sample=self.n_time_sample,
+                seed=self.seed,
+                index_dir=self.index_dir,
+                recompute=self.recompute,
+            )
+        return self._pools[key]
+
+    def __iter__(self) -> Iterator[TileSample]:
+        epoch = self._start_epoch()
+        shard = self.shard
+        for k, table in enumerate(iter_tables(self.plan, iter(self.source_datapipe))):
+            pool = self._pool(table).table
+            rows = draw_epoch(pool, n_samples=self.n_samples, seed=self.seed, epoch=epoch)
+            cols = {name: pool[name].to_numpy() for name in _POOL_COLUMNS}
+            src = cols["t_start"][rows]
+            groups = plan_shard(src, seed=self.seed + k, epoch=epoch, shard=shard)
+            rng = random.Random(int(epoch_rng(self.seed, epoch, shard.index, k).integers(2**63)))
+            loaded = (self._read_group(table, cols, rows[g]) for g in groups)
+            yield from mix_groups(loaded, self.mix_groups, rng)
+
+    def _read_group(
+        self, table: TileTable, col: dict[str, np.ndarray], rows: np.ndarray
+    ) -> list[TileSample]:
+        records = []
+        for r in rows:
+            rec = TileSample(
+                info=table.info,
+                tile_id=int(col["source_tile_id"][r]),
+                t_start=int(col["t_start"][r]) + int(col["t_offset"][r]),
+                n_time=int(col["n_time_sample"][r]),
+                y_start=int(col["y_start"][r]),
+                y_tile=int(col["y_tile"][r]),
+                x_start=int(col["x_start"][r]),
+                x_tile=int(col["x_tile"][r]),
+                time_start=iso_time(
+                    col["time_start"][r], int(col["t_offset"][r]), table.info.time_step
+                ),
+                sample_id=int(col["sampled_tile_id"][r]),
+                scalar_value=float(col["scalar_value"][r]),
+                bin_id=int(col["bin_id"][r]),
+            )
+            records.append(rec)
+        if self.load and records:
+            spec = table.info.spec
+            reader = get_reader(spec.url, spec.var_name, spec.storage_options)
+            for rec, data in zip(
+                records, reader.read_tiles([r.request for r in records]), strict=True
+            ):
+                rec.data = data
+        return records
+
+
+_POOL_COLUMNS = (
+    "sampled_tile_id",
+    "source_tile_id",
+    "scalar_value",
+    "bin_id",
+    "t_offset",
+    "time_start",
+    "t_start",
+    "y_start",
+    "x_start",
+    "y_tile",
+    "x_tile",
+    "n_time_sample",
+)
+
+functional_datapipe("sample")(SampleDataPipe)
+
+
+@functional_datapipe("binnorm_sample")
+class BinNormSampleDataPipe(SampleDataPipe):
+    """Balance precipitation intensities: bin a per-tile scalar and draw every bin equally often.
+
+    Functional name: ``binnorm_sample``.
+
+    Parameters
+    ----------
+    tile_datapipe : TileDataPipe
+        The output of ``.tile()``.
+    aggregation : str
+        The per-tile scalar: ``"sum"``, ``"mean"``, ``"max"``, ``"frac_wet"`` or a stored
+        quantile such as ``"p99"``.
+    n_scalar_total_bins : int, optional
+        Number of bins, the dry bin included (10 by default; implied by explicit edges).
+    bin_edges : str or sequence of float
+        ``"log"``, ``"linear"``, ``"quantile"`` or explicit edges.
+    n_samples, n_time_sample, seed, mix_groups, load, index_dir, recompute
+        As for :class:`SampleDataPipe`.
+
+    Examples
+    --------
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> import mlcast_pipes
+    >>> dp = IterableWrapper(["demo"]).open_mlcast().tile().binnorm_sample(n_scalar_total_bins=8)
+    >>> dp.params["n_scalar_total_bins"]
+    8
+
+    """
+
+    default_method = "binnorm"
+
+    def __init__(
+        self,
+        tile_datapipe: IterDataPipe[Any],
+        aggregation: str = "sum",
+        n_scalar_total_bins: int | None = None,
+        bin_edges: str | list[float] = "log",
+        n_samples: int | None = None,
+        n_time_sample: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            tile_datapipe,
+            "binnorm",
+            aggregation=aggregation,
+            n_scalar_total_bins=n_scalar_total_bins,
+            bin_edges=bin_edges,
+            n_samples=n_samples,
+            n_time_sample=n_time_sample,
+            seed=seed,
+            **kwargs,
+        )
+
+
+def register_sampler_functional(name: str) -> type[SampleDataPipe]:
+    """Register ``.<name>_sample()`` for a sampler added with ``register_sampler``.
+
+    Samplers registered before the package is imported get their functional automatically.
+    """
+    functional = f"{name}_sample"
+    cls = type(
+        f"{name.title().replace('_', '')}SampleDataPipe",
+        (SampleDataPipe,),
+        {
+            "default_method": name,
+            "__doc__": f"Sample tiles with the {name!r} sampler (functional ``{functional}``).",
+            "__module__": __name__,
+        },
+    )
+    functional_datapipe(functional)(cls)
+    return cls
+
+
+for _name in available_samplers():
+    if _name != "binnorm":
+        register_sampler_functional(_name)
+
+
+class BinNormSampler:
+    """The seed's sampling step: ``BinNormSampler(aggregation="sum", n_scalar_total_bins=10)``.
+
+    Calling it on a ``.tile()`` datapipe returns the equivalent ``.binnorm_sample(...)``.
+
+    Examples
+    --------
+    >>> BinNormSampler(aggregation="sum", n_scalar_total_bins=10).kwargs["aggregation"]
+    'sum'
+
+    """
+
+    requires = "tiles"
+    provides = "samples"
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+    def __call__(self, source: IterDataPipe[Any]) -> BinNormSampleDataPipe:
+        """Apply the step to an upstream datapipe."""
+        return BinNormSampleDataPipe(source, **self.kwargs)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"BinNormSampler({args})"
+
+
+class Sampler:
+    """A sampling step for any registered sampler: ``Sampler("importance", q_min=1e-4)``.
+
+    Examples
+    --------
+    >>> Sampler("uniform").method
+    'uniform'
+
+    """
+
+    requires = "tiles"
+    provides = "samples"
+
+    def __init__(self, method: str, **kwargs: Any) -> None:
+        get_sampler(method)
+        self.method = method
+        self.kwargs = kwargs
+
+    def __call__(self, source: IterDataPipe[Any]) -> SampleDataPipe:
+        """Apply the step to an upstream datapipe."""
+        return SampleDataPipe(source, self.method, **self.kwargs)
+
+    def __repr__(self) -> str:
+        args = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
+        return f"Sampler({self.method!r}{args})"

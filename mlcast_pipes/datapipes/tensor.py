@@ -1,0 +1,261 @@
+"""The tensor step: ``.to_tensor()`` and ``ToTorchTensor``: float32 tensors, batched and split.
+
+Batches are built inside the worker processes, so only whole batches cross process boundaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import IterDataPipe, functional_datapipe
+
+from mlcast_pipes.errors import ParameterError, PipelineOrderError
+from mlcast_pipes.records import TileSample
+
+Layout = Literal["TYX", "CTYX", "TCYX"]
+_META_INT = ("tile_id", "sample_id", "t_start", "y_start", "x_start")
+
+
+@functional_datapipe("to_tensor")
+class ToTensorDataPipe(IterDataPipe[Any]):
+    """Turn tiles into float32 torch tensors, optionally batched, split and augmented.
+
+    Functional name: ``to_tensor``. Output, per item (``B`` only when ``batch_size`` is set):
+
+    * a tensor ``[B, n_time, y, x]``, or ``(inputs, targets)`` when ``n_input``/``n_target``
+      are given;
+    * a dict when ``metadata=True`` or the normaliser made a mask: keys ``"data"`` (or
+      ``"inputs"``/``"targets"``), ``"mask"`` (bool, same layout) and ``"meta"`` (tile ids,
+      sample ids, positions as int64 tensors; ``time_start`` and ``dataset_id`` as lists).
+
+    Parameters
+    ----------
+    source_datapipe : IterDataPipe of TileSample
+        Tiles, normally after ``.normalize()``.
+    batch_size : int, optional
+        Stack this many samples per item (inside the worker processes).
+    n_input, n_target : int, optional
+        Split the time axis into the first ``n_input`` steps and the next ``n_target``; they must
+        add up to the samples' length.
+    augment : bool
+        Random rotations by 90 degrees and flips (half turns only for non-square tiles), seeded
+        by (seed, epoch, sample): reproducible whatever the number of workers.
+    seed : int
+        Seed of the augmentation.
+    metadata : bool
+        Return dicts with per-sample metadata (for validation bookkeeping).
+    layout : {"TYX", "CTYX", "TCYX"}
+        Add a channel axis of size 1 before or after time.
+    drop_last : bool
+        Drop a last, smaller batch.
+    allow_nan : bool
+        Let NaN through (by default a NaN raises: normalise first, or ask for it).
+
+    Examples
+    --------
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> import mlcast_pipes
+    >>> dp = IterableWrapper(["demo"]).open_mlcast().tile().normalize().to_tensor(batch_size=4)
+    >>> dp.batch_size
+    4
+
+    """
+
+    def __init__(
+        self,
+        source_datapipe: IterDataPipe[Any],
+        batch_size: int | None = None,
+        n_input: int | None = None,
+        n_target: int | None = None,
+        augment: bool = False,
+        *,
+        seed: int = 0,
+        metadata: bool = False,
+        layout: Layout = "TYX",
+        drop_last: bool = False,
+        allow_nan: bool = False,
+    ) -> None:
+        if batch_size is not None and batch_size <= 0:
+            raise ParameterError(f"batch_size must be a positive integer, got {batch_size}")
+        if (n_input is None) != (n_target is None):
+            raise ParameterError("give both n_input and n_target to split inputs from targets")
+        if n_input is not None and (n_input <= 0 or n_target is None or n_target <= 0):
+            raise ParameterError(
+                f"n_input and n_target must be positive, got {n_input}, {n_target}"
+            )
+        if layout not in ("TYX", "CTYX", "TCYX"):
+            raise ParameterError(f"unknown layout {layout!r}; use 'TYX', 'CTYX' or 'TCYX'")
+        expected = _sample_length(source_datapipe)
+        if n_input is not None and n_target is not None and expected is not None:
+            _check_split(n_input, n_target, expected)
+        self.source_datapipe = source_datapipe
+        self.batch_size = batch_size
+        self.n_input = n_input
+        self.n_target = n_target
+        self.augment = augment
+        self.seed = seed
+        self.metadata = metadata
+        self.layout = layout
+        self.drop_last = drop_last
+        self.allow_nan = allow_nan
+        self._next_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration use the augmentations of epoch ``epoch``."""
+        self._next_epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        if self.batch_size is None:
+            for sample in self.source_datapipe:
+                yield self._collate([self._prepare(sample, epoch)], batched=False)
+            return
+        batch: list[dict[str, Any]] = []
+        for sample in self.source_datapipe:
+            batch.append(self._prepare(sample, epoch))
+            if len(batch) == self.batch_size:
+                yield self._collate(batch, batched=True)
+                batch = []
+        if batch and not self.drop_last:
+            yield self._collate(batch, batched=True)
+
+    def _prepare(self, sample: Any, epoch: int) -> dict[str, Any]:
+        if not isinstance(sample, TileSample):
+            raise PipelineOrderError(
+                "to_tensor needs tiles: chain it after .tile(), a sampler or .normalize(), "
+                f"got {type(sample).__name__}"
+            )
+        data = np.asarray(sample.load(), dtype=np.float32)
+        if not self.allow_nan and np.isnan(data).any():
+            raise ParameterError(
+                f"tile {sample.tile_id} of {sample.info.dataset_id} (t={sample.t_start}, "
+                f"y={sample.y_start}, x={sample.x_start}) holds NaN: add .normalize() before "
+                ".to_tensor() (it fills NaN), or pass allow_nan=True to keep them"
+            )
+        if self.n_input is not None and self.n_target is not None:
+            _check_split(self.n_input, self.n_target, data.shape[0])
+        mask = sample.mask
+        if self.augment:
+            k, flip = _augmentation(self.seed, epoch, sample, data.shape)
+            data = _dihedral(data, k, flip)
+            if mask is not None:
+                mask = _dihedral(mask, k, flip)
+        return {"data": data, "mask": mask, "meta": sample.metadata()}
+
+    def _collate(self, items: list[dict[str, Any]], *, batched: bool) -> Any:
+        def stack(key: str) -> torch.Tensor:
+            arrays = [np.ascontiguousarray(it[key]) for it in items]
+            arr = np.stack(arrays) if batched else arrays[0]
+            t = torch.from_numpy(arr)
+            axis = 1 if batched else 0
+            if self.layout == "CTYX":
+                t = t.unsqueeze(axis)
+            elif self.layout == "TCYX":
+                t = t.unsqueeze(axis + 1)
+            return t
+
+        def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            axis = (1 if batched else 0) + (1 if self.layout == "CTYX" else 0)
+            n_in = int(self.n_input or 0)
+            n_tg = int(self.n_target or 0)
+            return t.narrow(axis, 0, n_in), t.narrow(axis, n_in, n_tg)
+
+        data = stack("data")
+        has_mask = items[0]["mask"] is not None
+        mask = stack("mask") if has_mask else None
+        if not (self.metadata or has_mask):
+            return split(data) if self.n_input is not None else data
+        out: dict[str, Any] = {}
+        if self.n_input is not None:
+            out["inputs"], out["targets"] = split(data)
+            if mask is not None:
+                out["inputs_mask"], out["targets_mask"] = split(mask)
+        else:
+            out["data"] = data
+            if mask is not None:
+                out["mask"] = mask
+        metas = [it["meta"] for it in items]
+        meta: dict[str, Any] = {}
+        for key in _META_INT:
+            values = torch.tensor([m[key] for m in metas], dtype=torch.int64)
+            meta[key] = values if batched else values[0]
+        for key in ("time_start", "dataset_id"):
+            values_list = [m[key] for m in metas]
+            meta[key] = values_list if batched else values_list[0]
+        out["meta"] = meta
+        return out
+
+
+class ToTorchTensor:
+    """The seed's last step: ``ToTorchTensor(batch_size=16)``.
+
+    Examples
+    --------
+    >>> ToTorchTensor(batch_size=16).kwargs
+    {'batch_size': 16}
+
+    """
+
+    requires = "samples"
+    provides = "tensors"
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+    def __call__(self, source: IterDataPipe[Any]) -> ToTensorDataPipe:
+        """Apply the step to an upstream datapipe."""
+        return ToTensorDataPipe(source, **self.kwargs)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"ToTorchTensor({args})"
+
+
+def _sample_length(dp: Any) -> int | None:
+    """The number of steps per sample of the nearest upstream tiling/sampling step, if known."""
+    seen = 0
+    while dp is not None and seen < 16:
+        n_sample = getattr(dp, "n_time_sample", None)
+        if n_sample is not None:
+            return int(n_sample)
+        plan = getattr(dp, "plan", None)
+        if plan is not None:
+            return int(plan.params.n_time_window)
+        dp = getattr(dp, "source_datapipe", None)
+        seen += 1
+    return None
+
+
+def _check_split(n_input: int, n_target: int, n_time: int) -> None:
+    if n_input + n_target != n_time:
+        raise ParameterError(
+            f"n_input + n_target = {n_input} + {n_target} = {n_input + n_target}, but samples have "
+            f"{n_time} steps; make them add up (or set n_time_sample={n_input + n_target} on the "
+            "sampler)"
+        )
+
+
+def _augmentation(
+    seed: int, epoch: int, sample: TileSample, shape: tuple[int, ...]
+) -> tuple[int, bool]:
+    """The rotation/flip of one sample, fixed by (seed, epoch, sample identity)."""
+    ident = (sample.info.dataset_id, sample.sample_id, sample.tile_id, sample.t_start)
+    key = f"{seed}/{epoch}/{ident}"
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    square = shape[-1] == shape[-2]
+    k = (h % 4) if square else 2 * (h % 2)
+    flip = bool((h >> 8) & 1)
+    return k, flip
+
+
+def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Rotate by ``k`` quarter turns, then mirror left-right: the 8 symmetries of a square."""
+    out = np.rot90(a, k, axes=(-2, -1))
+    if flip:
+        out = out[..., ::-1]
+    return np.ascontiguousarray(out)

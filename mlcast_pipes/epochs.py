@@ -1,0 +1,160 @@
+"""Epoch plans: group records by read window, order the groups, shard them across workers and ranks.
+
+Pure numpy: the datapipes call it so that every record of an epoch is delivered exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from mlcast_pipes.errors import ParameterError
+
+T = TypeVar("T")
+
+#: Sharding priorities as torch names them (``SHARDING_PRIORITIES``): DEFAULT 1, DISTRIBUTED 2,
+#: MULTIPROCESSING 3. Lower values are the outer level of the split.
+_DISTRIBUTED = 2
+_MULTIPROCESSING = 3
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which share of the epoch this copy of the pipeline delivers.
+
+    Attributes
+    ----------
+    count : int
+        Number of shares (workers x ranks).
+    index : int
+        This copy's share, in ``range(count)``.
+
+    """
+
+    count: int = 1
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ParameterError(
+                f"invalid shard {self.index} of {self.count}: the index must be in [0, count)"
+            )
+
+
+def combine_shards(levels: Mapping[int, tuple[int, int]]) -> Shard:
+    """Combine the sharding calls of the reading services into one :class:`Shard`.
+
+    Parameters
+    ----------
+    levels : mapping of int to (count, index)
+        ``apply_sharding`` arguments keyed by sharding priority (DISTRIBUTED = 2,
+        MULTIPROCESSING = 3, DEFAULT = 1). Ranks form the outer level, workers the inner.
+
+    Examples
+    --------
+    >>> combine_shards({2: (2, 1), 3: (4, 3)})
+    Shard(count=8, index=7)
+
+    """
+    count, index = 1, 0
+    for _, (n, i) in sorted(levels.items()):
+        count, index = count * n, index * n + i
+    return Shard(count, index)
+
+
+def group_by_key(keys: np.ndarray) -> list[np.ndarray]:
+    """Split row positions into groups of equal key, in ascending key order.
+
+    Examples
+    --------
+    >>> [g.tolist() for g in group_by_key(np.array([5, 1, 5, 2]))]
+    [[1], [3], [0, 2]]
+
+    """
+    keys = np.asarray(keys)
+    if keys.size == 0:
+        return []
+    order = np.argsort(keys, kind="stable")
+    boundaries = np.flatnonzero(np.diff(keys[order])) + 1
+    return list(np.split(order, boundaries))
+
+
+def epoch_rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
+    """A random generator determined by (seed, epoch, stream...), the same in every process."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), *map(int, stream)])
+
+
+def assign_groups(sizes: Sequence[int], n_shards: int) -> list[list[int]]:
+    """Deal groups (already in epoch order) to shards, balancing the number of records.
+
+    Each group goes to the shard with the fewest records so far (lowest index on ties), so
+    shard sizes differ by at most the largest group. Every group lands in exactly one shard.
+
+    Examples
+    --------
+    >>> assign_groups([3, 1, 1, 1], 2)
+    [[0], [1, 2, 3]]
+
+    """
+    totals = [0] * n_shards
+    out: list[list[int]] = [[] for _ in range(n_shards)]
+    for g, size in enumerate(sizes):
+        s = min(range(n_shards), key=lambda k: (totals[k], k))
+        out[s].append(g)
+        totals[s] += int(size)
+    return out
+
+
+def plan_shard(keys: np.ndarray, *, seed: int, epoch: int, shard: Shard) -> list[np.ndarray]:
+    """Plan one shard's part of an epoch as groups of row positions sharing a read window.
+
+    Groups are ordered randomly for (seed, epoch), dealt to shards by :func:`assign_groups`,
+    and the rows inside each group are shuffled. The union over all shards is every row,
+    exactly once.
+
+    Parameters
+    ----------
+    keys : numpy.ndarray
+        One read-group key per row (e.g. the window's first time index).
+    seed, epoch : int
+        Determine the order.
+    shard : Shard
+        The share to plan.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Row positions, one array per group, in delivery order.
+
+    """
+    rng = epoch_rng(seed, epoch, 0)
+    groups = group_by_key(keys)
+    order = rng.permutation(len(groups))
+    groups = [groups[i] for i in order]
+    mine = assign_groups([len(g) for g in groups], shard.count)[shard.index]
+    return [rng.permutation(groups[g]) for g in mine]
+
+
+def mix_groups(groups: Iterable[list[T]], n_mix: int, rng: random.Random) -> Iterator[T]:
+    """Yield the items of consecutive groups, ``n_mix`` groups at a time, in shuffled order.
+
+    With ``n_mix`` groups mixed, a batch drawn from the output holds samples of up to that
+    many read windows, at the memory cost of holding ``n_mix`` groups.
+    """
+    if n_mix < 1:
+        raise ParameterError(f"mix_groups must be >= 1, got {n_mix}")
+    pool: list[T] = []
+    held = 0
+    for group in groups:
+        pool.extend(group)
+        held += 1
+        if held == n_mix:
+            rng.shuffle(pool)
+            yield from pool
+            pool, held = [], 0
+    rng.shuffle(pool)
+    yield from pool

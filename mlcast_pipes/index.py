@@ -1,0 +1,869 @@
+"""Index files: ids, CSV schemas, metadata sidecars, atomic writes and checked loading.
+
+Core layer shared by the tiling and sampling passes; a CSV is only complete once its sidecar exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from mlcast_pipes.errors import IndexFileError, ParameterError, StaleIndexError
+
+__all__ = [
+    "CSV_SUFFIX",
+    "FORMAT_VERSION",
+    "SIDECAR_SUFFIX",
+    "TILING_BASE_COLUMNS",
+    "AtomicTextFile",
+    "atomic_write",
+    "cleanup_stale_temps",
+    "ensure_writable_dir",
+    "file_sha256",
+    "format_number",
+    "importance_column",
+    "index_paths",
+    "load_index",
+    "quantile_column",
+    "read_index_table",
+    "read_sidecar",
+    "resolve_csv_path",
+    "sanitize_id",
+    "short_hash",
+    "sidecar_path",
+    "tiling_columns",
+    "tiling_dtypes",
+    "utc_now_iso",
+    "validate_index",
+    "write_index",
+    "write_sidecar",
+]
+
+#: Version of the on-disk layout of index CSVs and sidecars; a change makes older indexes stale.
+FORMAT_VERSION = 1
+#: Suffix of an index CSV: ``{index_id}.samples.csv``.
+CSV_SUFFIX = ".samples.csv"
+#: Suffix of the metadata sidecar: ``{index_id}.meta.json``.
+SIDECAR_SUFFIX = ".meta.json"
+
+#: Columns of a tiling index that do not depend on the parameters (quantile and importance follow).
+TILING_BASE_COLUMNS: tuple[str, ...] = (
+    "tile_id",
+    "time_start",
+    "t_start",
+    "y_start",
+    "x_start",
+    "n_time_window",
+    "y_tile",
+    "x_tile",
+    "nan_count",
+    "nan_fraction",
+    "sum",
+    "mean",
+    "max",
+    "frac_wet",
+)
+
+_TMP_PREFIX = "."
+_TMP_SUFFIX = ".tmp"
+_TMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
+_STALE_TMP_AGE_S = 24 * 3600.0
+_ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+VerifyMode = Literal["size", "sha256"]
+
+
+# --------------------------------------------------------------------------------------------
+# ids and schema
+# --------------------------------------------------------------------------------------------
+def sanitize_id(text: str) -> str:
+    """Make ``text`` safe as (part of) a file name.
+
+    Parameters
+    ----------
+    text
+        Any identifier, e.g. a dataset id such as ``"precipitation.it_dpc_sri_5min"``.
+
+    Returns
+    -------
+    str
+        ``text`` with every run of characters outside ``[A-Za-z0-9._-]`` replaced by ``_`` and
+        leading dots removed (no hidden files).
+
+    Raises
+    ------
+    ParameterError
+        If nothing usable is left.
+
+    """
+    cleaned = _ID_BAD_CHARS.sub("_", str(text)).lstrip(".")
+    if not cleaned or cleaned in {".", ".."}:
+        raise ParameterError(
+            f"identifier {text!r} gives no usable file name; fix: use an id with letters or digits"
+        )
+    return cleaned
+
+
+def format_number(value: float) -> str:
+    """Format a number for an id: the shortest text that reads back to the same float (``0.1``)."""
+    f = float(value)
+    if f.is_integer() and abs(f) < 1e15:
+        return str(int(f))
+    return repr(f)
+
+
+def short_hash(obj: Any, n: int = 8) -> str:
+    """Return the first ``n`` hex digits of the sha256 of the canonical JSON of ``obj``."""
+    text = json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+def quantile_column(q: float) -> str:
+    """Name of the column of quantile ``q``: 0.5 -> ``p50``, 0.99 -> ``p99``, 0.999 -> ``p999``."""
+    pct = round(float(q) * 100.0, 10)
+    return "p" + format(pct, "g").replace(".", "").replace("-", "m").replace("+", "")
+
+
+def importance_column(scale: float) -> str:
+    """Name of the DGMR importance column for scale ``s``: 1 -> ``imp_s1``, 0.5 -> ``imp_s0_5``."""
+    text = format(round(float(scale), 10), "g").replace(".", "_").replace("+", "")
+    return f"imp_s{text}"
+
+
+def tiling_columns(quantiles: Sequence[float], importance_scales: Sequence[float]) -> list[str]:
+    """Columns of a tiling index CSV, in file order.
+
+    Parameters
+    ----------
+    quantiles
+        Quantile levels, e.g. ``(0.5, 0.9, 0.95, 0.99, 0.999)``.
+    importance_scales
+        DGMR importance scales ``s`` (mm/h).
+
+    Returns
+    -------
+    list of str
+        :data:`TILING_BASE_COLUMNS` followed by the quantile and importance columns.
+
+    """
+    return [
+        *TILING_BASE_COLUMNS,
+        *(quantile_column(q) for q in quantiles),
+        *(importance_column(s) for s in importance_scales),
+    ]
+
+
+def tiling_dtypes(columns: Sequence[str], *, nan_count_wide: bool = False) -> dict[str, str]:
+    """Compact dtypes to read a tiling index with (int32 positions, float32 statistics).
+
+    Parameters
+    ----------
+    columns
+        Column names, as from :func:`tiling_columns`.
+    nan_count_wide
+        Use int64 for ``nan_count`` (tiles with more than 2**31 pixels).
+
+    Returns
+    -------
+    dict
+        Column name -> numpy dtype name; ``time_start`` maps to ``"datetime64[ns]"``.
+
+    """
+    ints = {"tile_id", "t_start", "y_start", "x_start", "n_time_window", "y_tile", "x_tile"}
+    out: dict[str, str] = {}
+    for c in columns:
+        if c == "time_start":
+            out[c] = "datetime64[ns]"
+        elif c in ints:
+            out[c] = "int32"
+        elif c == "nan_count":
+            out[c] = "int64" if nan_count_wide else "int32"
+        else:
+            out[c] = "float32"
+    return out
+
+
+def index_paths(index_dir: str | os.PathLike[str], index_id: str) -> tuple[Path, Path]:
+    """Return ``(csv_path, sidecar_path)`` of index ``index_id`` in folder ``index_dir``."""
+    folder = Path(index_dir)
+    return folder / f"{index_id}{CSV_SUFFIX}", folder / f"{index_id}{SIDECAR_SUFFIX}"
+
+
+def sidecar_path(csv_path: str | os.PathLike[str]) -> Path:
+    """Return the sidecar of an index CSV: ``x.samples.csv`` (or ``x.csv``) -> ``x.meta.json``."""
+    p = Path(csv_path)
+    name = p.name
+    for suffix in (CSV_SUFFIX, ".csv"):
+        if name.endswith(suffix):
+            return p.with_name(name[: -len(suffix)] + SIDECAR_SUFFIX)
+    return p.with_name(name + SIDECAR_SUFFIX)
+
+
+def utc_now_iso() -> str:
+    """Return the current UTC time as ISO 8601 with a ``Z`` suffix, to the second."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writing
+# --------------------------------------------------------------------------------------------
+class AtomicTextFile(io.TextIOBase):
+    """Text handle that writes UTF-8 to a temporary file while counting bytes and hashing them.
+
+    Yielded by :func:`atomic_write`; after the ``with`` block, :attr:`nbytes` and :attr:`sha256`
+    describe exactly the bytes that were committed.
+    """
+
+    def __init__(self, raw: io.BufferedWriter, encoding: str = "utf-8") -> None:
+        super().__init__()
+        self._raw = raw
+        self._encoding = encoding
+        self._hash = hashlib.sha256()
+        self.nbytes = 0
+
+    def writable(self) -> bool:
+        """Return True: the handle is write-only."""
+        return True
+
+    def readable(self) -> bool:
+        """Return False: the handle is write-only."""
+        return False
+
+    def write(self, s: str) -> int:
+        """Write text ``s``; returns the number of characters written."""
+        data = s.encode(self._encoding)
+        self._raw.write(data)
+        self._hash.update(data)
+        self.nbytes += len(data)
+        return len(s)
+
+    def flush(self) -> None:
+        """Flush the underlying buffered file."""
+        if not self._raw.closed:
+            self._raw.flush()
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of everything written so far."""
+        return self._hash.hexdigest()
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]  # pandas checks __iter__
+        raise io.UnsupportedOperation("AtomicTextFile is write-only")
+
+
+def _tmp_name(target: Path) -> Path:
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+    rand = secrets.token_hex(4)
+    return target.with_name(f"{_TMP_PREFIX}{target.name}.{host}.{os.getpid()}.{rand}{_TMP_SUFFIX}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def ensure_writable_dir(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` if needed and check that files can be created in it.
+
+    Parameters
+    ----------
+    folder
+        Index folder.
+
+    Returns
+    -------
+    Path
+        The folder.
+
+    Raises
+    ------
+    IndexFileError
+        If the folder cannot be created or written, naming the folder and the fix.
+
+    """
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise IndexFileError(
+            f"index folder {str(path)!r} exists but is not a folder; fix: pass a folder as "
+            "index_dir"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IndexFileError(
+            f"index folder {str(path)!r} cannot be created ({exc.strerror or exc}); fix: pass an "
+            "index_dir you can write to (an existing folder or one whose parent is writable)"
+        ) from exc
+    if not path.is_dir():
+        raise IndexFileError(
+            f"index folder {str(path)!r} exists but is not a folder; fix: pass a folder as "
+            "index_dir"
+        )
+    probe = _tmp_name(path / "write-probe")
+    try:
+        with open(probe, "wb"):
+            pass
+    except OSError as exc:
+        raise IndexFileError(
+            f"index folder {str(path)!r} is not writable ({exc.strerror or exc}); fix: pass an "
+            "index_dir you can write to, or change the folder's permissions"
+        ) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return path
+
+
+def cleanup_stale_temps(
+    folder: str | os.PathLike[str], *, max_age_s: float = _STALE_TMP_AGE_S
+) -> list[Path]:
+    """Remove temporary files left in ``folder`` by interrupted index writes.
+
+    A temp file is stale when the process that wrote it (same host) is gone, or when it is older
+    than ``max_age_s`` seconds. Temp files of live writers are left alone.
+
+    Parameters
+    ----------
+    folder
+        Index folder.
+    max_age_s
+        Age after which any of our temp files counts as stale.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+
+    """
+    removed: list[Path] = []
+    path = Path(folder)
+    if not path.is_dir():
+        return removed
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+    now = time.time()
+    for entry in path.iterdir():
+        match = _TMP_RE.match(entry.name)
+        if match is None:
+            continue
+        try:
+            age = now - entry.stat().st_mtime
+        except OSError:
+            continue
+        dead = False
+        if match["host"] == host:
+            pid = int(match["pid"])
+            if pid != os.getpid():
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    dead = True
+                except OSError:
+                    dead = False
+        if dead or age > max_age_s:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: str | os.PathLike[str],
+    *,
+    encoding: str = "utf-8",
+    before_commit: Callable[[], None] | None = None,
+) -> Iterator[AtomicTextFile]:
+    """Write a text file atomically: readers see the old file or the complete new one.
+
+    The text goes to a hidden temporary file in the same folder; on a clean exit of the ``with``
+    block it is flushed, fsynced and renamed over ``path`` (``os.replace``). On an exception the
+    temporary file is removed and ``path`` is untouched; after a kill the temporary file is left
+    behind, ignored by readers and removed by :func:`cleanup_stale_temps`.
+
+    Parameters
+    ----------
+    path
+        Final file path.
+    encoding
+        Text encoding.
+    before_commit
+        Called after the data is on disk and right before the rename (e.g. to delete an old
+        sidecar so that the new file never pairs with old metadata).
+
+    Yields
+    ------
+    AtomicTextFile
+        Text handle; ``nbytes`` and ``sha256`` describe the committed bytes.
+
+    Raises
+    ------
+    IndexFileError
+        If the folder cannot be written.
+
+    """
+    target = Path(path)
+    tmp = _tmp_name(target)
+    try:
+        raw = open(tmp, "wb")  # noqa: SIM115 - closed below in every path
+    except OSError as exc:
+        raise IndexFileError(
+            f"cannot write {str(target)!r} ({exc.strerror or exc}); fix: make the folder "
+            f"{str(target.parent)!r} writable or choose another index folder"
+        ) from exc
+    handle = AtomicTextFile(raw, encoding=encoding)
+    committed = False
+    try:
+        yield handle
+        raw.flush()
+        os.fsync(raw.fileno())
+        raw.close()
+        if before_commit is not None:
+            before_commit()
+        os.replace(tmp, target)
+        committed = True
+        _fsync_dir(target.parent)
+    finally:
+        if not raw.closed:
+            raw.close()
+        if not committed:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else str(f)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (np.datetime64,)):
+        return str(np.datetime_as_string(obj, unit="s"))
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_sidecar(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> None:
+    """Write a metadata sidecar (JSON) atomically.
+
+    Parameters
+    ----------
+    path
+        Sidecar path (``*.meta.json``).
+    meta
+        JSON-able mapping; numpy scalars, tuples and arrays are converted.
+
+    """
+    text = json.dumps(_jsonable(meta), indent=1, sort_keys=False) + "\n"
+    with atomic_write(path) as fh:
+        fh.write(text)
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a metadata sidecar.
+
+    Parameters
+    ----------
+    path
+        Sidecar path.
+
+    Returns
+    -------
+    dict
+        The metadata.
+
+    Raises
+    ------
+    IndexFileError
+        If the file is missing or not valid JSON.
+
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise IndexFileError(
+            f"metadata sidecar {str(p)!r} not found; fix: rerun prepare to rebuild the index"
+        ) from exc
+    except OSError as exc:
+        raise IndexFileError(
+            f"metadata sidecar {str(p)!r} cannot be read ({exc.strerror or exc}); fix: check the "
+            "file's permissions or rerun prepare"
+        ) from exc
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IndexFileError(
+            f"metadata sidecar {str(p)!r} is not valid JSON ({exc.msg} at line {exc.lineno}); "
+            "fix: rerun prepare (with recompute=True) to rebuild the index"
+        ) from exc
+    if not isinstance(meta, dict):
+        raise IndexFileError(
+            f"metadata sidecar {str(p)!r} does not hold a JSON object; fix: rerun prepare"
+        )
+    return meta
+
+
+def write_index(
+    csv_path: str | os.PathLike[str],
+    chunks: Iterable[pd.DataFrame],
+    meta: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+    *,
+    columns: Sequence[str],
+    float_format: str = "%.6g",
+) -> dict[str, Any]:
+    """Stream an index CSV to disk block by block, then write its sidecar; atomic as a whole.
+
+    Order of operations: rows go to a temporary file (fsynced); any old sidecar is deleted; the
+    temporary file replaces the CSV; the sidecar (with row count, byte size and sha256 of the CSV)
+    is written atomically last. An exception or a kill at any point leaves no index that looks
+    complete (a CSV without sidecar is "incomplete").
+
+    Parameters
+    ----------
+    csv_path
+        Final CSV path (``{index_dir}/{index_id}.samples.csv``).
+    chunks
+        DataFrames with exactly ``columns`` (in that order), written as they come; they may be
+        produced lazily so that memory stays bounded.
+    meta
+        Metadata to store, or a function returning it (called after the last chunk, so it can
+        report counts gathered while streaming); ``n_rows``, ``csv_file``, ``csv_bytes``,
+        ``csv_sha256``, ``columns`` and ``format_version`` are added.
+    columns
+        Column names in file order.
+    float_format
+        printf format of float columns.
+
+    Returns
+    -------
+    dict
+        The metadata as written to the sidecar.
+
+    """
+    csv = Path(csv_path)
+    side = sidecar_path(csv)
+    folder = ensure_writable_dir(csv.parent)
+    cleanup_stale_temps(folder)
+    cols = list(columns)
+    n_rows = 0
+
+    def _drop_old_sidecar() -> None:
+        side.unlink(missing_ok=True)
+
+    with atomic_write(csv, before_commit=_drop_old_sidecar) as fh:
+        fh.write(",".join(cols) + "\n")
+        for chunk in chunks:
+            if list(chunk.columns) != cols:
+                raise IndexFileError(
+                    f"internal error: rows for {csv.name} have columns {list(chunk.columns)}, "
+                    f"expected {cols}; fix: report this as a bug"
+                )
+            if len(chunk) == 0:
+                continue
+            chunk.to_csv(
+                fh,
+                header=False,
+                index=False,
+                float_format=float_format,
+                na_rep="nan",
+                lineterminator="\n",
+            )
+            n_rows += len(chunk)
+    full = dict(meta() if callable(meta) else meta)
+    full.setdefault("format_version", FORMAT_VERSION)
+    full.update(
+        {
+            "n_rows": n_rows,
+            "csv_file": csv.name,
+            "csv_bytes": fh.nbytes,
+            "csv_sha256": fh.sha256,
+            "columns": cols,
+        }
+    )
+    write_sidecar(side, full)
+    return full
+
+
+# --------------------------------------------------------------------------------------------
+# checked loading
+# --------------------------------------------------------------------------------------------
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_csv_path(path: str | os.PathLike[str], index_id: str | None = None) -> Path:
+    """Return the index CSV named by a CSV path, a sidecar path, or a folder plus an index id.
+
+    Raises
+    ------
+    ParameterError
+        If ``path`` is a folder and no ``index_id`` is given.
+
+    """
+    p = Path(path)
+    if index_id is not None:
+        return index_paths(p, index_id)[0]
+    if p.is_dir():
+        raise ParameterError(
+            f"{str(p)!r} is a folder; fix: pass the index CSV path, or the folder and the index id"
+        )
+    if p.name.endswith(SIDECAR_SUFFIX):
+        return p.with_name(p.name[: -len(SIDECAR_SUFFIX)] + CSV_SUFFIX)
+    return p
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, list):
+        return "(" + ", ".join(_fmt_value(x) for x in v) + ")"
+    return repr(v)
+
+
+def validate_index(
+    path: str | os.PathLike[str],
+    index_id: str | None = None,
+    *,
+    kind: str | None = None,
+    expected_params: Mapping[str, Any] | None = None,
+    expected_fingerprint: str | None = None,
+    verify: VerifyMode = "size",
+    rerun_hint: str = "rerun `mlcast-pipes prepare` for this dataset",
+) -> dict[str, Any]:
+    """Check that an index is complete, intact and made for the expected parameters and data.
+
+    Parameters
+    ----------
+    path
+        The index CSV (or its sidecar), or the index folder when ``index_id`` is given.
+    index_id
+        Index id (file name without ``.samples.csv``) inside folder ``path``.
+    kind
+        Expected ``kind`` in the sidecar (``"tiling"``, ``"sampling"``), if any.
+    expected_params
+        Parameters the caller wants; each differing entry of ``meta["params"]`` is reported.
+    expected_fingerprint
+        Fingerprint of the dataset as it is now.
+    verify
+        ``"size"`` compares the CSV byte size with the sidecar (cheap); ``"sha256"`` also hashes
+        the whole CSV (detects same-size edits).
+    rerun_hint
+        How to rebuild the index, used in messages.
+
+    Returns
+    -------
+    dict
+        The sidecar metadata.
+
+    Raises
+    ------
+    IndexFileError
+        Missing CSV, missing sidecar (interrupted write), size/hash/columns mismatch.
+    StaleIndexError
+        Another format version, other parameters, or another dataset fingerprint.
+
+    """
+    csv = resolve_csv_path(path, index_id)
+    side = sidecar_path(csv)
+    fix_stale = f"fix: {rerun_hint}, or pass recompute=True (or on_stale='recompute')"
+    if not csv.exists():
+        raise IndexFileError(f"index file {str(csv)!r} not found; fix: {rerun_hint} to create it")
+    if not side.exists():
+        raise IndexFileError(
+            f"index incomplete (no sidecar) - rerun prepare: {str(csv)!r} has no {side.name}, "
+            f"the pass that wrote it was interrupted; fix: {rerun_hint}"
+        )
+    meta = read_sidecar(side)
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StaleIndexError(
+            f"index {str(csv)!r} has format version {version!r}, this mlcast-pipes reads version "
+            f"{FORMAT_VERSION}; {fix_stale}"
+        )
+    if kind is not None and meta.get("kind") != kind:
+        raise IndexFileError(
+            f"index {str(csv)!r} is a {meta.get('kind')!r} index, a {kind!r} index was expected; "
+            "fix: pass the right index file"
+        )
+    size = csv.stat().st_size
+    if size != meta.get("csv_bytes"):
+        raise IndexFileError(
+            f"index CSV {str(csv)!r} has {size} bytes but its sidecar records "
+            f"{meta.get('csv_bytes')}: the file was truncated or edited after it was written; "
+            f"fix: {rerun_hint} (recompute=True), or restore the original file"
+        )
+    if verify == "sha256":
+        digest = file_sha256(csv)
+        if digest != meta.get("csv_sha256"):
+            raise IndexFileError(
+                f"index CSV {str(csv)!r} does not match the sha256 recorded in its sidecar: the "
+                f"file was edited after it was written; fix: {rerun_hint} (recompute=True), or "
+                "restore the original file"
+            )
+    elif verify != "size":
+        raise ParameterError(f"verify={verify!r} is not supported; fix: use 'size' or 'sha256'")
+    with open(csv, encoding="utf-8") as fh:
+        header = fh.readline().rstrip("\r\n").split(",")
+    if header != list(meta.get("columns", [])):
+        raise IndexFileError(
+            f"index CSV {str(csv)!r} has columns {header} but its sidecar lists "
+            f"{meta.get('columns')}; fix: {rerun_hint} (recompute=True)"
+        )
+    if expected_fingerprint is not None and meta.get("dataset_fingerprint") != expected_fingerprint:
+        raise StaleIndexError(
+            f"index {str(csv)!r} is stale: the dataset fingerprint changed "
+            f"(index: {meta.get('dataset_fingerprint')!r}, dataset now: {expected_fingerprint!r}); "
+            f"the dataset changed or was appended to since the index was made; {fix_stale}"
+        )
+    if expected_params is not None:
+        stored = _jsonable(meta.get("params", {}))
+        wanted = _jsonable(dict(expected_params))
+        changes = [
+            f"{k}: index has {_fmt_value(stored.get(k))}, asked {_fmt_value(wanted[k])}"
+            for k in wanted
+            if stored.get(k) != wanted[k]
+        ]
+        if changes:
+            raise StaleIndexError(
+                f"index {str(csv)!r} was made with other parameters ({'; '.join(changes)}); "
+                f"{fix_stale}"
+            )
+    return meta
+
+
+def read_index_table(
+    path: str | os.PathLike[str],
+    meta: Mapping[str, Any],
+    *,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Read an (already validated) index CSV with compact dtypes.
+
+    Parameters
+    ----------
+    path
+        Index CSV.
+    meta
+        Its sidecar metadata (``columns`` and optional ``dtypes``).
+    columns
+        Subset of columns to read (file order is kept); None reads all.
+
+    Returns
+    -------
+    pandas.DataFrame
+        int32 positions, float32 statistics, ``time_start`` as datetime64.
+
+    Raises
+    ------
+    ParameterError
+        If ``columns`` names a column the index does not have.
+    IndexFileError
+        If the CSV cannot be parsed.
+
+    """
+    all_cols = list(meta.get("columns", []))
+    if columns is not None:
+        unknown = [c for c in columns if c not in all_cols]
+        if unknown:
+            raise ParameterError(
+                f"columns {unknown} are not in index {Path(path).name}; fix: choose from {all_cols}"
+            )
+        use = [c for c in all_cols if c in set(columns)]
+    else:
+        use = all_cols
+    dtypes = dict(meta.get("dtypes") or {})
+    parse_dates = [c for c in use if str(dtypes.get(c, "")).startswith("datetime64")]
+    read_dtypes = {c: dtypes[c] for c in use if c in dtypes and c not in parse_dates}
+    try:
+        frame = pd.read_csv(
+            path,
+            usecols=use,
+            dtype=read_dtypes,
+            engine="c",
+            na_values=["nan"],
+        )
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise IndexFileError(
+            f"index CSV {str(path)!r} cannot be parsed ({exc}); fix: rerun prepare with "
+            "recompute=True to rebuild it"
+        ) from exc
+    for c in parse_dates:
+        frame[c] = pd.to_datetime(frame[c], format="%Y-%m-%dT%H:%M:%S").astype("datetime64[ns]")
+    return frame[use] if list(frame.columns) != use else frame
+
+
+def load_index(
+    path: str | os.PathLike[str],
+    index_id: str | None = None,
+    *,
+    kind: str | None = None,
+    expected_params: Mapping[str, Any] | None = None,
+    expected_fingerprint: str | None = None,
+    verify: VerifyMode = "size",
+    columns: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Validate and read an index: ``(table, meta)``.
+
+    Parameters
+    ----------
+    path
+        The index CSV (or its sidecar), or the folder when ``index_id`` is given.
+    index_id
+        Index id inside folder ``path``.
+    kind
+        Expected index kind, if any.
+    expected_params
+        Parameters the caller wants (a changed one raises :class:`StaleIndexError` naming it).
+    expected_fingerprint
+        Current dataset fingerprint (a change raises :class:`StaleIndexError`).
+    verify
+        ``"size"`` or ``"sha256"``, see :func:`validate_index`.
+    columns
+        Columns to read (None: all).
+
+    Returns
+    -------
+    tuple
+        ``(table, meta)``.
+
+    """
+    csv = resolve_csv_path(path, index_id)
+    meta = validate_index(
+        csv,
+        kind=kind,
+        expected_params=expected_params,
+        expected_fingerprint=expected_fingerprint,
+        verify=verify,
+    )
+    return read_index_table(csv, meta, columns=columns), meta

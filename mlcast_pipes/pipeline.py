@@ -1,0 +1,150 @@
+"""Build a datapipe chain from a list of steps (the seed's form) or from a YAML file.
+
+``compose([...])`` checks the order of the steps and gives the same chain as the functionals.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch.utils.data import IterDataPipe
+
+from mlcast_pipes.datapipes.normalize import NormalizeForTraining
+from mlcast_pipes.datapipes.sample import BinNormSampler, Sampler
+from mlcast_pipes.datapipes.source import MLCastCatalogDataset, OpenXarrayDataset
+from mlcast_pipes.datapipes.tensor import ToTorchTensor
+from mlcast_pipes.datapipes.tile import TilingSampler
+from mlcast_pipes.errors import ParameterError, PipelineOrderError
+
+#: Step names usable in YAML files, with the stage each one gives.
+STEPS: dict[str, Any] = {
+    "MLCastCatalogDataset": MLCastCatalogDataset,
+    "OpenXarrayDataset": OpenXarrayDataset,
+    "TilingSampler": TilingSampler,
+    "BinNormSampler": BinNormSampler,
+    "Sampler": Sampler,
+    "NormalizeForTraining": NormalizeForTraining,
+    "ToTorchTensor": ToTorchTensor,
+}
+
+#: What each kind of step accepts from the step before it.
+_ACCEPTS = {
+    "tiles": ("dataset",),
+    "samples": ("tiles",),
+    "normalized": ("tiles", "samples"),
+    "tensors": ("tiles", "samples", "normalized"),
+}
+_MAKES = {"tiles": "TilingSampler", "samples": "a sampler (BinNormSampler, Sampler)"}
+
+
+def compose(steps: Sequence[Any]) -> IterDataPipe[Any]:
+    """Chain pipeline steps, checking that each gets what it needs from the one before.
+
+    Parameters
+    ----------
+    steps : sequence
+        A source first (``MLCastCatalogDataset``, ``OpenXarrayDataset`` or any datapipe of opened
+        archives), then step objects: ``TilingSampler``, ``BinNormSampler`` / ``Sampler``
+        (optional), ``NormalizeForTraining`` (optional), ``ToTorchTensor``.
+
+    Returns
+    -------
+    IterDataPipe
+        The same chain as the functional form (``.tile().binnorm_sample()...``).
+
+    Examples
+    --------
+    >>> import mlcast_pipes as mp
+    >>> pipe = mp.compose([mp.MLCastCatalogDataset("demo"),
+    ...                    mp.TilingSampler(n_time_window=12, tile_size=(128, 128)),
+    ...                    mp.NormalizeForTraining(), mp.ToTorchTensor(batch_size=4)])
+    >>> type(pipe).__name__
+    'ToTensorDataPipe'
+
+    """
+    if not steps:
+        raise ParameterError(
+            "a pipeline needs at least a source step, e.g. MLCastCatalogDataset('demo')"
+        )
+    first, *rest = steps
+    if not isinstance(first, IterDataPipe):
+        raise PipelineOrderError(
+            f"the first step must be a source (MLCastCatalogDataset, OpenXarrayDataset or a "
+            f"datapipe), got {first!r}"
+        )
+    pipe: IterDataPipe[Any] = first
+    stage, previous = "dataset", repr(type(first).__name__)
+    for step in rest:
+        provides = getattr(step, "provides", None)
+        if provides not in _ACCEPTS or not callable(step):
+            raise PipelineOrderError(f"{step!r} is not a pipeline step; use {', '.join(STEPS)}")
+        if stage not in _ACCEPTS[provides]:
+            needs = " or ".join(_ACCEPTS[provides])
+            hint = "".join(
+                f"; put {_MAKES[s]} before it" for s in _ACCEPTS[provides][:1] if s in _MAKES
+            )
+            raise PipelineOrderError(
+                f"{step!r} needs {needs} from the step before it, "
+                f"but {previous} gives {stage}{hint}"
+            )
+        pipe = step(pipe)
+        stage, previous = provides, repr(step)
+    return pipe
+
+
+def load_pipeline(config: str | os.PathLike[str] | Mapping[str, Any]) -> IterDataPipe[Any]:
+    """Build a pipeline from a YAML file (or its parsed mapping).
+
+    The file holds a list ``steps:`` of one-key mappings, step name to its arguments::
+
+        steps:
+          - MLCastCatalogDataset: {dataset_id: demo}
+          - TilingSampler: {n_time_window: 12, tile_size: [128, 128]}
+          - BinNormSampler: {aggregation: sum, n_scalar_total_bins: 10}
+          - NormalizeForTraining: {}
+          - ToTorchTensor: {batch_size: 16}
+
+    Examples
+    --------
+    >>> pipe = load_pipeline({"steps": [{"MLCastCatalogDataset": {"dataset_id": "demo"}},
+    ...                                 {"TilingSampler": {"n_time_window": 12}}]})
+    >>> type(pipe).__name__
+    'TileDataPipe'
+
+    """
+    if isinstance(config, Mapping):
+        data: Any = config
+        where = "the pipeline mapping"
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise ParameterError(f"pipeline file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ParameterError(f"{path} is not valid YAML: {exc}") from exc
+        where = str(path)
+    steps_cfg = data.get("steps") if isinstance(data, Mapping) else None
+    if not isinstance(steps_cfg, list) or not steps_cfg:
+        raise ParameterError(f"{where} needs a non-empty list 'steps:' of {{StepName: {{args}}}}")
+    steps = []
+    for i, item in enumerate(steps_cfg):
+        if not isinstance(item, Mapping) or len(item) != 1:
+            raise ParameterError(f"{where}: step {i} must be a one-key mapping StepName: {{args}}")
+        ((name, args),) = item.items()
+        if name not in STEPS:
+            raise ParameterError(f"{where}: unknown step {name!r}; known steps: {', '.join(STEPS)}")
+        args = dict(args or {})
+        for key in ("tile_size", "stride"):
+            if isinstance(args.get(key), list):
+                args[key] = tuple(args[key])
+        try:
+            step = STEPS[name](**args)
+        except TypeError as exc:
+            raise ParameterError(f"{where}: bad arguments for {name}: {exc}") from exc
+        steps.append(step)
+    return compose(steps)

@@ -1,0 +1,601 @@
+"""Diagnostic figures and tables of sample pools and epochs (matplotlib Agg canvas, no pyplot).
+
+Checks that a sampler balances the scalar as meant, and where and when the samples lie.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from mlcast_pipes.errors import IndexFileError, ParameterError
+from mlcast_pipes.index import load_index, read_sidecar, sidecar_path
+from mlcast_pipes.sampling import draw_epoch, load_sampling_index
+
+__all__ = [
+    "inspect_index",
+    "plot_batch_sample",
+    "plot_sample_density",
+    "plot_samples_over_time",
+    "plot_scalar_histogram",
+    "summary_table",
+]
+
+_POOL_COLOR = "#7f7f7f"
+_EPOCH_COLOR = "#1f77b4"
+
+
+def _new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list[Any]]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110)
+
+
+def _rows(n_rows: int, epoch_rows: npt.ArrayLike | None) -> npt.NDArray[np.int64]:
+    if epoch_rows is None:
+        return np.arange(n_rows, dtype=np.int64)
+    rows = np.asarray(epoch_rows)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu":
+        raise ParameterError(
+            "epoch_rows must be a 1-D array of row positions, as returned by draw_epoch"
+        )
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise ParameterError(
+            f"epoch_rows hold positions outside the pool's {n_rows} rows; pass the rows that "
+            "draw_epoch returned for this same pool"
+        )
+    return rows.astype(np.int64)
+
+
+def _bins_info(pool: pd.DataFrame) -> list[dict[str, Any]]:
+    """Bins of a pool: from ``pool.attrs["bins"]`` (empty bins included) or the observed ids."""
+    info = pool.attrs.get("bins")
+    if isinstance(info, list) and info:
+        return [dict(b) for b in info]
+    ids = pool["bin_id"].to_numpy() if "bin_id" in pool.columns else np.full(len(pool), -1)
+    values = (
+        pool["scalar_value"].to_numpy(dtype=np.float64)
+        if "scalar_value" in pool.columns
+        else np.full(len(pool), np.nan)
+    )
+    out = []
+    for b in np.unique(ids):
+        sel = values[ids == b]
+        finite = sel[np.isfinite(sel)]
+        lo = float(finite.min()) if finite.size else None
+        hi = float(finite.max()) if finite.size else None
+        label = "all tiles" if b < 0 else f"bin {int(b)}"
+        out.append({"bin_id": int(b), "lower": lo, "upper": hi, "label": label})
+    return out
+
+
+def summary_table(pool: pd.DataFrame, epoch_rows: npt.ArrayLike | None = None) -> pd.DataFrame:
+    """Per-bin summary of a pool and of one epoch drawn from it.
+
+    Parameters
+    ----------
+    pool : pandas.DataFrame
+        A sample pool or sampling index table (``bin_id``; bins described by
+        ``pool.attrs["bins"]`` when the sampler set them).
+    epoch_rows : array_like of int, optional
+        Row positions of an epoch (:func:`mlcast_pipes.sampling.draw_epoch`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per bin (empty bins included when known): ``bin_id``, ``label``, ``lower``,
+        ``upper``, ``n_pool``, ``share_pool``, ``n_drawn``, ``n_unique_drawn``, ``share_drawn``,
+        ``draws_per_tile`` (how often a tile of the bin is drawn on average).
+
+    Examples
+    --------
+    >>> pool = pd.DataFrame({"bin_id": [0, 0, 0, 1], "scalar_value": [0.0, 0.0, 0.0, 5.0]})
+    >>> summary_table(pool, np.array([0, 3, 3, 1]))[["bin_id", "n_pool", "n_drawn"]].values.tolist()
+    [[0, 3, 2], [1, 1, 2]]
+
+    """
+    rows = _rows(len(pool), epoch_rows)
+    ids = (
+        np.asarray(pool["bin_id"].to_numpy(), dtype=np.int64)
+        if "bin_id" in pool.columns
+        else np.full(len(pool), -1, dtype=np.int64)
+    )
+    drawn = ids[rows]
+    records = []
+    for b in _bins_info(pool):
+        bid = int(b["bin_id"])
+        in_bin = ids == bid
+        n_pool = int(in_bin.sum())
+        n_drawn = int((drawn == bid).sum())
+        records.append(
+            {
+                "bin_id": bid,
+                "label": str(b.get("label", bid)),
+                "lower": np.nan if b.get("lower") is None else float(b["lower"]),
+                "upper": np.nan if b.get("upper") is None else float(b["upper"]),
+                "n_pool": n_pool,
+                "share_pool": n_pool / max(len(pool), 1),
+                "n_drawn": n_drawn,
+                "n_unique_drawn": int(np.unique(rows[drawn == bid]).size),
+                "share_drawn": n_drawn / max(rows.size, 1),
+                "draws_per_tile": n_drawn / n_pool if n_pool else np.nan,
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def plot_scalar_histogram(
+    pool: pd.DataFrame,
+    epoch_rows: npt.ArrayLike | None,
+    path: str | os.PathLike[str],
+    *,
+    all_values: npt.ArrayLike | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Draw the scalar's distribution before sampling (all tiles) and after (one epoch).
+
+    Histogram panel: share of tiles per log-spaced scalar interval (log-log), so that before and
+    after compare whatever their sizes; tiles at scalar <= 0 (no place on a log axis) are counted
+    in the legend; grey lines mark bin edges. Binned pools get a second panel: share of tiles
+    per bin in the pool and in the epoch (log scale; a balanced sampler gives equal epoch bars).
+
+    Parameters
+    ----------
+    pool : pandas.DataFrame
+        Sample pool or sampling index table (``scalar_value``, ``bin_id``).
+    epoch_rows : array_like of int or None
+        Rows of an epoch (None: only the pool is shown).
+    path : str or path
+        PNG file to write.
+    all_values : array_like of float, optional
+        The scalar of every tile before sampling, for samplers whose pool is already a
+        selection (``importance``: pass the tiling table's ``imp_s1``). Default: the pool's.
+    title : str, optional
+        Figure title (default: sampler name and parameters from ``pool.attrs``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    """
+    rows = _rows(len(pool), epoch_rows) if epoch_rows is not None else None
+    summary = summary_table(pool, rows)
+    binned = len(summary) > 1
+    fig, axes = _new_figure(12.0 if binned else 7.0, 4.6, ncols=2 if binned else 1)
+    ax_hist = axes[0]
+    scalar = str(pool.attrs.get("scalar", "scalar_value"))
+    values = (
+        pool["scalar_value"].to_numpy(dtype=np.float64)
+        if "scalar_value" in pool.columns
+        else np.full(len(pool), np.nan)
+    )
+    before = values if all_values is None else np.asarray(all_values, dtype=np.float64)
+    before = before[np.isfinite(before)]
+    after = None
+    if rows is not None:
+        after = values[rows]
+        after = after[np.isfinite(after)]
+    positive = np.concatenate([before[before > 0], [] if after is None else after[after > 0]])
+    if positive.size:
+        lo, hi = float(positive.min()), float(positive.max())
+        edges = np.geomspace(lo, hi * 1.000001 if hi > lo else lo * 10, 41)
+        for data, label, style in (
+            (before, "before sampling (all tiles)", {"histtype": "stepfilled", "alpha": 0.5}),
+            (after, "after sampling (one epoch)", {"histtype": "step", "lw": 1.6}),
+        ):
+            if data is None or not data.size:
+                continue
+            color = _POOL_COLOR if data is before else _EPOCH_COLOR
+            ax_hist.hist(
+                data[data > 0],
+                bins=edges,
+                weights=np.full(int((data > 0).sum()), 1.0 / data.size),
+                color=color,
+                label=f"{label}: {data.size} tiles, {(data <= 0).mean():.0%} at <= 0",
+                **style,
+            )
+        ax_hist.set_xscale("log")
+        ax_hist.set_yscale("log")
+        for e in pool.attrs.get("bin_edges") or []:
+            if e is not None and e > 0:
+                ax_hist.axvline(float(e), color="k", lw=0.5, alpha=0.4)
+        ax_hist.legend(fontsize=8)
+    else:
+        ax_hist.text(0.5, 0.5, "no positive scalar values", ha="center", va="center")
+    ax_hist.set_xlabel(scalar)
+    ax_hist.set_ylabel("share of tiles")
+    edges_note = " (grey lines: bin edges)" if pool.attrs.get("bin_edges") else ""
+    ax_hist.set_title(f"scalar distribution{edges_note}", fontsize=10)
+
+    if binned:
+        ax_bins = axes[1]
+        x = np.arange(len(summary))
+        width = 0.4
+        share_pool = summary["share_pool"].to_numpy()
+        ax_bins.bar(x - width / 2, share_pool, width, color=_POOL_COLOR, label="all tiles (pool)")
+        if rows is not None:
+            share_drawn = summary["share_drawn"].to_numpy()
+            ax_bins.bar(x + width / 2, share_drawn, width, color=_EPOCH_COLOR, label="one epoch")
+            n_present = int((summary["n_pool"] > 0).sum())
+            ax_bins.axhline(1.0 / max(n_present, 1), color="k", lw=0.8, ls=":", label="equal")
+        ax_bins.set_yscale("log")
+        ax_bins.set_xticks(x, summary["label"].tolist(), rotation=40, ha="right", fontsize=8)
+        ax_bins.set_ylabel("share of tiles")
+        ax_bins.set_xlabel(f"bin of {scalar}")
+        ax_bins.set_title("per bin", fontsize=10)
+        ax_bins.legend(fontsize=8)
+    if title is None:
+        title = f"{pool.attrs.get('sampler', 'sampler')} {pool.attrs.get('params', '')}".strip()
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+    return fig
+
+
+def _coverage(
+    y0: npt.NDArray[np.int64],
+    x0: npt.NDArray[np.int64],
+    ny: npt.NDArray[np.int64],
+    nx: npt.NDArray[np.int64],
+    shape: tuple[int, int],
+) -> npt.NDArray[np.int64]:
+    """Count how many rectangles cover each pixel (2-D difference array, O(n + H*W))."""
+    h, w = shape
+    diff = np.zeros((h + 1, w + 1), dtype=np.int64)
+    y1 = np.clip(y0 + ny, 0, h)
+    x1 = np.clip(x0 + nx, 0, w)
+    y0c = np.clip(y0, 0, h)
+    x0c = np.clip(x0, 0, w)
+    np.add.at(diff, (y0c, x0c), 1)
+    np.add.at(diff, (y0c, x1), -1)
+    np.add.at(diff, (y1, x0c), -1)
+    np.add.at(diff, (y1, x1), 1)
+    return np.cumsum(np.cumsum(diff, axis=0), axis=1)[:h, :w]
+
+
+def plot_sample_density(
+    table: pd.DataFrame,
+    domain_shape: tuple[int, int],
+    path: str | os.PathLike[str],
+    *,
+    rows: npt.ArrayLike | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Map how often each pixel of the domain is covered by a sample.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows with ``y_start``, ``x_start``, ``y_tile``, ``x_tile`` (a tiling or sampling index).
+    domain_shape : (int, int)
+        (rows, columns) of the archive's frames.
+    path : str or path
+        PNG file to write.
+    rows : array_like of int, optional
+        Count only these rows (e.g. an epoch; repeats count again).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The image has row 0 at the top (usually north in MLCast archives).
+
+    """
+    needed = ("y_start", "x_start", "y_tile", "x_tile")
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ParameterError(
+            f"plot_sample_density needs the column(s) {', '.join(missing)}; pass a tiling or "
+            "sampling index table"
+        )
+    if len(domain_shape) != 2 or min(int(domain_shape[0]), int(domain_shape[1])) < 1:
+        raise ParameterError(f"domain_shape must be (rows, columns), got {domain_shape!r}")
+    shape = (int(domain_shape[0]), int(domain_shape[1]))
+    sel = _rows(len(table), rows)
+    cols = {c: np.asarray(table[c].to_numpy(), dtype=np.int64)[sel] for c in needed}
+    count = _coverage(cols["y_start"], cols["x_start"], cols["y_tile"], cols["x_tile"], shape)
+    fig, (ax,) = _new_figure(7.0, 6.0 * shape[0] / max(shape[1], 1) + 0.8)
+    positive = count[count > 0]
+    norm = LogNorm(vmin=1, vmax=max(int(positive.max()), 2)) if positive.size else None
+    image = np.where(count > 0, count, np.nan).astype(np.float64)
+    im = ax.imshow(image, origin="upper", cmap="viridis", norm=norm, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="samples covering the pixel")
+    ax.set_xlabel("x (column index)")
+    ax.set_ylabel("y (row index, row 0 at top)")
+    uncovered = float((count == 0).mean())
+    ax.set_title(
+        title or f"{sel.size} samples; {uncovered:.0%} of pixels never covered (white)",
+        fontsize=9,
+    )
+    _save(fig, path)
+    return fig
+
+
+def _stacked_hist(
+    ax: Any, xs: npt.NDArray[np.float64], ids: npt.NDArray[np.int64], n_bins: int, legend: bool
+) -> None:
+    """Stacked histogram of ``xs``, one colour per bin id."""
+    if not xs.size:
+        ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
+        return
+    import matplotlib
+
+    labels = np.unique(ids)
+    lo, hi = float(xs.min()), float(xs.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, max(int(n_bins), 1) + 1)
+    cmap = matplotlib.colormaps["viridis"]
+    colors = [cmap(i / max(labels.size - 1, 1)) for i in range(labels.size)]
+    names = ["all samples" if b < 0 else f"bin {int(b)}" for b in labels]
+    ax.hist(
+        [xs[ids == b] for b in labels],
+        bins=edges,
+        stacked=True,
+        label=names,
+        color=colors,
+        histtype="barstacked",
+    )
+    if legend and 1 < labels.size <= 16:
+        ax.legend(fontsize=7, ncols=2)
+
+
+def plot_samples_over_time(
+    table: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    rows: npt.ArrayLike | None = None,
+    n_bins: int = 100,
+    title: str | None = None,
+) -> Figure:
+    """Histograms of sample start times, stacked per bin.
+
+    Top: over calendar time (``time_start``; gaps between events show as empty stretches).
+    Bottom: over the time index (``t_start``), where events separated by long gaps sit side by
+    side, so that each event's share is readable.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows with ``time_start`` (ISO strings) and/or ``t_start`` (step index); ``bin_id``
+        optional.
+    path : str or path
+        PNG file to write.
+    rows : array_like of int, optional
+        Count only these rows (e.g. an epoch; repeats count again).
+    n_bins : int
+        Number of histogram bins.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    """
+    sel = _rows(len(table), rows)
+    times: npt.NDArray[Any] | None = None
+    if "time_start" in table.columns and len(table):
+        parsed = pd.to_datetime(table["time_start"], errors="coerce")
+        if parsed.notna().all():
+            times = parsed.to_numpy(dtype="datetime64[ns]")[sel]
+    has_index = "t_start" in table.columns
+    if times is None and not has_index:
+        raise ParameterError(
+            "plot_samples_over_time needs a time_start or t_start column; pass a tiling or "
+            "sampling index table"
+        )
+    ids = (
+        np.asarray(table["bin_id"].to_numpy(), dtype=np.int64)[sel]
+        if "bin_id" in table.columns
+        else np.full(sel.size, -1, dtype=np.int64)
+    )
+    n_panels = int(times is not None) + int(has_index)
+    fig = Figure(figsize=(11.0, 3.2 * n_panels + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    panel = 1
+    if times is not None:
+        import matplotlib.dates as mdates
+
+        ax = fig.add_subplot(n_panels, 1, panel)
+        panel += 1
+        _stacked_hist(ax, np.asarray(mdates.date2num(times), dtype=np.float64), ids, n_bins, True)
+        ax.xaxis_date()
+        ax.set_xlabel("window start time")
+        ax.set_ylabel("samples")
+    if has_index:
+        ax = fig.add_subplot(n_panels, 1, panel)
+        xs = np.asarray(table["t_start"].to_numpy(), dtype=np.float64)[sel]
+        _stacked_hist(ax, xs, ids, n_bins, times is None)
+        ax.set_xlabel("window start (time index; gaps between events closed up)")
+        ax.set_ylabel("samples")
+    fig.suptitle(title or f"{sel.size} samples over time", fontsize=9)
+    _save(fig, path)
+    return fig
+
+
+def _as_numpy(x: Any) -> npt.NDArray[Any]:
+    """Convert an array or CPU/GPU tensor to numpy (duck-typed: no torch import here)."""
+    if hasattr(x, "detach"):
+        x = x.detach()
+    if hasattr(x, "cpu"):
+        x = x.cpu()
+    return np.asarray(x)
+
+
+def _frames(x: Any, index: int) -> npt.NDArray[np.float64]:
+    """One sample of a batch as ``[time, y, x]`` (channel axes of size 1 dropped)."""
+    arr = _as_numpy(x)
+    if arr.ndim >= 4:
+        arr = arr[index]
+    while arr.ndim > 3:
+        ones = [i for i in range(arr.ndim - 2) if arr.shape[i] == 1]
+        arr = arr.squeeze(ones[0]) if ones else arr[0]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ParameterError(
+            f"cannot draw an array of shape {arr.shape}: expected [batch, time, y, x] "
+            "(a channel axis of size 1 is allowed)"
+        )
+    return np.asarray(arr, dtype=np.float64)
+
+
+def plot_batch_sample(
+    batch: Any,
+    path: str | os.PathLike[str],
+    *,
+    index: int = 0,
+    max_frames: int = 8,
+) -> Path:
+    """Draw the frames of one sample of a batch (inputs, then targets) on a shared colour scale.
+
+    Parameters
+    ----------
+    batch : tensor, tuple or dict
+        A batch from ``.to_tensor()``: a ``[B, T, y, x]`` tensor (channel axis of size 1
+        allowed), an ``(inputs, targets)`` tuple, or a dict with ``"data"`` or
+        ``"inputs"``/``"targets"``. Torch tensors are converted without importing torch.
+    path : str or path
+        PNG file to write.
+    index : int
+        Which sample of the batch.
+    max_frames : int
+        At most this many frames per part (evenly spaced).
+
+    Returns
+    -------
+    pathlib.Path
+        The PNG written.
+
+    """
+    if isinstance(batch, dict):
+        keys = [k for k in ("inputs", "targets") if k in batch] or ["data"]
+        if "data" in keys and "data" not in batch:
+            raise ParameterError(
+                f"batch dict has none of 'data', 'inputs', 'targets' (keys: {sorted(batch)})"
+            )
+        parts = [(k, _frames(batch[k], index)) for k in keys]
+    elif isinstance(batch, tuple):
+        names = (
+            ["inputs", "targets"] if len(batch) == 2 else [f"part {i}" for i in range(len(batch))]
+        )
+        parts = [(n, _frames(b, index)) for n, b in zip(names, batch, strict=True)]
+    else:
+        parts = [("data", _frames(batch, index))]
+    shown = []
+    for name, frames in parts:
+        steps = np.unique(np.linspace(0, frames.shape[0] - 1, min(max_frames, frames.shape[0])))
+        shown.append((name, frames, steps.astype(int)))
+    finite = np.concatenate([f[np.isfinite(f)] for _, f, _ in shown] or [np.zeros(1)])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    ncols = max(s.size for _, _, s in shown)
+    fig = Figure(figsize=(1.9 * ncols + 1.0, 2.0 * len(shown) + 0.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    image = None
+    for r, (name, frames, steps) in enumerate(shown):
+        for c, step in enumerate(steps):
+            ax = fig.add_subplot(len(shown), ncols, r * ncols + c + 1)
+            image = ax.imshow(frames[step], vmin=vmin, vmax=vmax, cmap="viridis", origin="upper")
+            ax.set_title(f"{name} t={step}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if image is not None:
+        fig.colorbar(image, ax=fig.axes, shrink=0.8, label="value (as fed to the model)")
+    fig.suptitle(f"sample {index} of the batch", fontsize=9)
+    p = Path(path)
+    _save(fig, p)
+    return p
+
+
+def inspect_index(
+    path: str | os.PathLike[str],
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+) -> str:
+    """Summarise a tiling or sampling index file and draw its diagnostic figures.
+
+    A sampling index (its sidecar says kind "sampling") gets the per-bin summary of one epoch,
+    the scalar histogram, the coverage map and the time histogram of that epoch. A tiling index
+    gets its size, time range, statistics and the coverage and time figures of all its tiles.
+
+    Parameters
+    ----------
+    path : str or path
+        A ``{tiling_id}.samples.csv`` or ``{sampling_id}.samples.csv`` file.
+    out_dir : str or path, optional
+        Folder of the PNG figures (default: beside the index).
+    seed, epoch : int
+        The epoch drawn for a sampling index.
+
+    Returns
+    -------
+    str
+        A printable report naming the figures written.
+
+    """
+    p = Path(path)
+    if not p.exists():
+        raise IndexFileError(f"no index file at {p}; pass a .samples.csv file")
+    out = Path(out_dir) if out_dir is not None else p.parent
+    side = sidecar_path(p)
+    stem = side.name[: -len(".meta.json")]
+    kind = read_sidecar(side).get("kind") if side.exists() else None
+    lines = [f"index: {p}"]
+    files: list[Path] = []
+    if kind == "sampling":
+        idx = load_sampling_index(p)
+        table = idx.table
+        rows = draw_epoch(table, n_samples=None, seed=seed, epoch=epoch)
+        meta = idx.meta
+        lines.append(
+            f"sampling index of {meta.get('tiling_id')}: method {meta.get('method')} "
+            f"{meta.get('params')}, seed {meta.get('seed')}, n_time_sample "
+            f"{meta.get('n_time_sample')}; {len(table)} samples in the pool"
+        )
+        summary = summary_table(table, rows)
+        lines.append(f"epoch {epoch} (seed {seed}, {rows.size} draws):")
+        lines.append(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        files.append(out / f"{stem}.scalar_histogram.png")
+        plot_scalar_histogram(table, rows, files[-1])
+    else:
+        table, _ = load_index(p)
+        rows = np.arange(len(table), dtype=np.int64)
+        lines.append(f"tiling index: {len(table)} tiles")
+        if "time_start" in table.columns and len(table):
+            lines.append(
+                f"windows start {table['time_start'].min()} .. {table['time_start'].max()}"
+            )
+        stats = [
+            c for c in ("nan_fraction", "mean", "max", "frac_wet", "p99", "imp_s1") if c in table
+        ]
+        if stats:
+            lines.append(table[stats].describe().to_string(float_format=lambda v: f"{v:.4g}"))
+    if len(table) and {"y_start", "x_start", "y_tile", "x_tile"} <= set(table.columns):
+        shape = (
+            int((table["y_start"] + table["y_tile"]).max()),
+            int((table["x_start"] + table["x_tile"]).max()),
+        )
+        files.append(out / f"{stem}.sample_density.png")
+        plot_sample_density(table, shape, files[-1], rows=rows)
+        lines.append(f"domain covered up to {shape[0]} x {shape[1]} pixels (rows x columns)")
+    if len(table) and ({"time_start", "t_start"} & set(table.columns)):
+        files.append(out / f"{stem}.samples_over_time.png")
+        plot_samples_over_time(table, files[-1], rows=rows)
+    lines.append("figures: " + ", ".join(str(f) for f in files))
+    return "\n".join(lines)

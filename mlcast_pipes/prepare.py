@@ -1,0 +1,504 @@
+"""The offline preparation pass: per-tile statistics with dask, written to a checked index.
+
+Orchestration layer: loads a matching tiling index or computes it (progress bar, distributed-ready).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from dask.callbacks import Callback
+
+from mlcast_pipes import __version__
+from mlcast_pipes.errors import DatasetError, IndexFileError, ParameterError, StaleIndexError
+from mlcast_pipes.index import (
+    FORMAT_VERSION,
+    VerifyMode,
+    ensure_writable_dir,
+    index_paths,
+    read_index_table,
+    resolve_csv_path,
+    sidecar_path,
+    tiling_dtypes,
+    utc_now_iso,
+    validate_index,
+    write_index,
+)
+from mlcast_pipes.tiling import (
+    HIST_LOG_EDGES,
+    KERNEL_NAME_PREFIX,
+    N_BINS,
+    TilingParams,
+    iter_tile_statistics,
+    partials_dtype,
+    tile_grid,
+    tiling_id,
+    time_windows,
+)
+
+__all__ = ["TileIndex", "prepare_tiling"]
+
+_RERUN = "rerun `mlcast-pipes prepare` for this dataset"
+
+
+@dataclass
+class TileIndex:
+    """A complete tiling index on disk: CSV path, sidecar metadata and (lazily) the table.
+
+    Attributes
+    ----------
+    path
+        The ``{tiling_id}.samples.csv`` file.
+    meta
+        Sidecar metadata (parameters, fingerprint, rejection counts, ...).
+    tiling_id
+        Id of the tiling.
+
+    """
+
+    path: Path
+    meta: dict[str, Any]
+    tiling_id: str
+    _columns: Sequence[str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        index_id: str | None = None,
+        *,
+        expected_params: TilingParams | Mapping[str, Any] | None = None,
+        expected_fingerprint: str | None = None,
+        verify: VerifyMode = "size",
+    ) -> TileIndex:
+        """Open and check an existing tiling index.
+
+        Parameters
+        ----------
+        path
+            The CSV (or sidecar), or the index folder when ``index_id`` is given.
+        index_id
+            Tiling id inside folder ``path``.
+        expected_params
+            Parameters the caller wants (a change raises StaleIndexError naming it).
+        expected_fingerprint
+            Current dataset fingerprint (a change raises StaleIndexError).
+        verify
+            ``"size"`` or ``"sha256"``.
+
+        Returns
+        -------
+        TileIndex
+            The opened index (table read on first access).
+
+        """
+        csv = resolve_csv_path(path, index_id)
+        wanted = (
+            expected_params.to_dict()
+            if isinstance(expected_params, TilingParams)
+            else (expected_params)
+        )
+        meta = validate_index(
+            csv,
+            kind="tiling",
+            expected_params=wanted,
+            expected_fingerprint=expected_fingerprint,
+            verify=verify,
+            rerun_hint=_RERUN,
+        )
+        return cls(path=csv, meta=meta, tiling_id=str(meta.get("tiling_id", csv.name)))
+
+    @property
+    def sidecar(self) -> Path:
+        """Path of the metadata sidecar."""
+        return sidecar_path(self.path)
+
+    @property
+    def params(self) -> TilingParams:
+        """Tiling parameters the index was made with."""
+        return TilingParams.from_dict(self.meta["params"])
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of kept tiles (rows)."""
+        return int(self.meta["n_rows"])
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Rejected candidate tiles by reason (``gap``, ``nan``)."""
+        return {k: int(v) for k, v in self.meta.get("rejected", {}).items()}
+
+    def read(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Read the table (compact dtypes), optionally only some columns."""
+        return read_index_table(self.path, self.meta, columns=columns)
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        """The whole table, read on first access and cached."""
+        return self.read(self._columns)
+
+    def summary(self) -> str:
+        """One-paragraph human summary: tiles kept and rejected by reason."""
+        m = self.meta
+        rej = self.rejected
+        win = m.get("windows", {})
+        n_sp = int(m.get("n_spatial_tiles", 0))
+        cand = int(win.get("candidates", 0)) * n_sp
+        kept = self.n_tiles
+        pct = 100.0 * kept / cand if cand else 0.0
+        p = m.get("params", {})
+        detail = ", ".join(
+            f"{win.get(k, 0)} {label}"
+            for k, label in (
+                ("gap", "cross a time gap"),
+                ("step_change", "span a change of time step"),
+                ("missing_time", "contain a missing time"),
+            )
+            if win.get(k, 0)
+        )
+        lines = [
+            f"tiling {self.tiling_id}: {kept} tiles kept of {cand} candidates ({pct:.1f}%)",
+            f"  {win.get('valid', 0)} valid of {win.get('candidates', 0)} candidate time windows "
+            f"x {n_sp} spatial positions (tile {p.get('tile_size')}, {p.get('n_time_window')} "
+            f"steps, stride {p.get('stride')})",
+            f"  rejected: {rej.get('gap', 0)} for time gaps"
+            + (f" (windows: {detail})" if detail else "")
+            + f", {rej.get('nan', 0)} for NaN fraction > {p.get('max_nan_fraction')}",
+            f"  file: {self.path}",
+        ]
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# progress
+# ------------------------------------------------------------------------------------------------
+class _ProgressBar:
+    """A single text progress bar on stderr, in frames, throttled."""
+
+    def __init__(self, total: int, label: str, stream: IO[str] | None = None) -> None:
+        self.total = max(int(total), 1)
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+        self._shown = -1
+        self._lock = threading.Lock()
+
+    def advance(self, k: int) -> None:
+        with self._lock:
+            self.done = min(self.done + int(k), self.total)
+        self._draw()
+
+    def set(self, done: int) -> None:
+        with self._lock:
+            self.done = max(self.done, min(int(done), self.total))
+        self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.done == self._shown and self._shown >= 0:
+            return
+        if not force and now - self._last < 0.2 and self.done < self.total:
+            return
+        self._last = now
+        self._shown = self.done
+        frac = self.done / self.total
+        width = 30
+        filled = int(frac * width)
+        elapsed = now - self.t0
+        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
+        bar = "#" * filled + "-" * (width - filled)
+        text = (
+            f"\r{self.label} |{bar}| {100 * frac:5.1f}% {self.done}/{self.total} frames "
+            f"{elapsed:6.1f}s eta {eta:6.1f}s"
+        )
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        self._shown = -1
+        self._draw(force=True)
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+class _FrameCallback(Callback):  # type: ignore[misc]
+    """Counts finished per-frame kernel tasks over all blocks (local dask schedulers)."""
+
+    def __init__(self, bar: _ProgressBar, dtype: np.dtype[Any]) -> None:
+        super().__init__()
+        self._bar = bar
+        self._dtype = dtype
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        # fused tasks are renamed ("getitem-mlcast-...") and aliased back to our key: count the
+        # key with our exact prefix only, once per kernel output
+        if (
+            isinstance(key, tuple)
+            and isinstance(key[0], str)
+            and key[0].startswith(KERNEL_NAME_PREFIX)
+            and isinstance(result, np.ndarray)
+            and result.dtype == self._dtype
+        ):
+            self._bar.advance(len(result))
+
+
+# ------------------------------------------------------------------------------------------------
+# prepare
+# ------------------------------------------------------------------------------------------------
+def _check_dataarray(da: Any) -> xr.DataArray:
+    if not isinstance(da, xr.DataArray):
+        raise DatasetError(
+            f"prepare_tiling needs an xarray.DataArray (time, y, x), got {type(da).__name__}; "
+            "fix: open the archive with mlcast_pipes.dataset.open_mlcast(...) or pick a variable "
+            "of the Dataset (ds[name])"
+        )
+    if da.ndim != 3:
+        raise DatasetError(
+            f"the data variable must have 3 dims (time, y, x), it has {da.dims}; fix: select a "
+            "single level/member so that only time, y and x remain"
+        )
+    if "time" not in da.dims:
+        raise DatasetError(
+            f"the data variable has dims {da.dims} but no 'time' dim; fix: rename the time "
+            "dimension to 'time'"
+        )
+    if da.dims[0] != "time":
+        other = [d for d in da.dims if d != "time"]
+        da = da.transpose("time", *other)
+    assert isinstance(da, xr.DataArray)
+    if "time" not in da.coords:
+        raise DatasetError(
+            "the data variable has no 'time' coordinate; fix: open the archive with decoded times"
+        )
+    return da
+
+
+def _no_tile_message(
+    dataset_id: str, params: TilingParams, win: Mapping[str, int], n_sp: int, nan_rej: int
+) -> str:
+    gap = (win["candidates"] - win["valid"]) * n_sp
+    return (
+        f"no valid tile in dataset {dataset_id!r}: of {win['candidates']} candidate windows x "
+        f"{n_sp} spatial positions, {gap} were rejected for time gaps ({win['gap']} windows cross "
+        f"a gap, {win['step_change']} a change of time step, {win['missing_time']} a missing time) "
+        f"and {nan_rej} for NaN fraction > {params.max_nan_fraction}; fix: use a shorter "
+        "n_time_window or a smaller temporal stride (gaps), a larger max_nan_fraction or a smaller "
+        "tile_size (NaN), or check that the archive covers the radar domain"
+    )
+
+
+def prepare_tiling(
+    da: xr.DataArray,
+    params: TilingParams,
+    index_dir: str | os.PathLike[str],
+    *,
+    dataset_id: str,
+    fingerprint: str,
+    missing_times: np.ndarray | None = None,
+    to_rate: Callable[[np.ndarray], np.ndarray] | None = None,
+    consistent_timestep_start: Any = None,
+    recompute: bool = False,
+    on_stale: Literal["raise", "recompute"] = "raise",
+    progress: bool = False,
+    block_frames: int = 512,
+    verify: VerifyMode = "size",
+) -> TileIndex:
+    """Load the tiling index of ``da`` for ``params``, or compute and write it.
+
+    The index is ``{index_dir}/{tiling_id}.samples.csv`` plus ``{tiling_id}.meta.json``. A complete
+    index made for the same parameters and dataset fingerprint is loaded; a stale one raises
+    :class:`StaleIndexError` (unless ``recompute=True`` or ``on_stale="recompute"``); a missing or
+    incomplete one (interrupted pass) is computed in one dask pass over the frames and written
+    atomically.
+
+    Parameters
+    ----------
+    da
+        Archive ``(time, y, x)``, lazy (dask, chunks ``(1, H, W)``) or in memory.
+    params
+        Tiling parameters.
+    index_dir
+        Folder of the index files (created if needed).
+    dataset_id
+        Filename-safe dataset id (first part of the tiling id).
+    fingerprint
+        Fingerprint of the dataset (stored; a change makes the index stale).
+    missing_times
+        Timestamps absent from the archive; None uses ``da.attrs["missing_times"]`` if present.
+    to_rate
+        Numpy function converting native values to mm/h (None: values are mm/h already).
+    consistent_timestep_start
+        Start of the current regular time step; None uses the attr of the same name if present.
+    recompute
+        Always recompute (and overwrite) the index.
+    on_stale
+        ``"raise"`` (default) or ``"recompute"`` when the existing index is stale.
+    progress
+        Show one progress bar (frames read) on stderr for the whole pass.
+    block_frames
+        Frames per dask compute; memory is bounded by this, not by the archive length.
+    verify
+        Integrity check of an existing index: ``"size"`` or ``"sha256"``.
+
+    Returns
+    -------
+    TileIndex
+        The index (table loaded lazily).
+
+    Raises
+    ------
+    ParameterError
+        Bad parameters, or no valid tile at all (counts per rejection reason in the message).
+    StaleIndexError
+        Existing index made for other parameters or another version of the dataset.
+    IndexFileError
+        Existing index damaged, or the folder not writable.
+
+    """
+    if not isinstance(params, TilingParams):
+        raise ParameterError(
+            f"params must be a TilingParams, got {type(params).__name__}; fix: pass "
+            "TilingParams(n_time_window=..., tile_size=...)"
+        )
+    if on_stale not in ("raise", "recompute"):
+        raise ParameterError(f"on_stale={on_stale!r}; fix: use 'raise' or 'recompute'")
+    da = _check_dataarray(da)
+    n_t, height, width = (int(s) for s in da.shape)
+    params.validate_for(n_t, height, width)
+    grid = tile_grid(height, width, params)
+    tid = tiling_id(dataset_id, params)
+    csv, side = index_paths(index_dir, tid)
+
+    if not recompute and csv.exists() and side.exists():
+        try:
+            return TileIndex.open(
+                csv,
+                expected_params=params,
+                expected_fingerprint=fingerprint,
+                verify=verify,
+            )
+        except StaleIndexError:
+            if on_stale != "recompute":
+                raise
+        except IndexFileError as exc:
+            raise IndexFileError(
+                f"{exc}. To rebuild it call prepare_tiling(..., recompute=True)"
+            ) from exc
+
+    if missing_times is None:
+        missing_times = da.attrs.get("missing_times")
+    if consistent_timestep_start is None:
+        consistent_timestep_start = da.attrs.get("consistent_timestep_start")
+    times = np.asarray(da["time"].values)
+    windows = time_windows(
+        times,
+        params.n_time_window,
+        params.effective_stride[0],
+        missing_times=missing_times,
+        consistent_timestep_start=consistent_timestep_start,
+    )
+    wcounts = windows.counts()
+    n_sp = grid.n_tiles
+    if windows.n_valid == 0:
+        raise ParameterError(_no_tile_message(dataset_id, params, wcounts, n_sp, 0))
+    ensure_writable_dir(index_dir)
+
+    columns = params.columns
+    ncell = grid.n_cells[0] * grid.n_cells[1]
+    npix = params.n_time_window * params.tile_size[0] * params.tile_size[1]
+    state: dict[str, Any] = {"nan": 0, "kept": 0}
+    t0 = time.perf_counter()
+    frames_read = int(windows.frames_needed().size)
+    bar = _ProgressBar(frames_read, f"prepare {tid}") if progress else None
+
+    def frames() -> Iterator[pd.DataFrame]:
+        blocks = iter_tile_statistics(
+            da.data,
+            times,
+            params,
+            windows,
+            to_rate=to_rate,
+            block_frames=block_frames,
+        )
+        cb = _FrameCallback(bar, partials_dtype(ncell)) if bar is not None else None
+        try:
+            if cb is not None:
+                cb.register()
+            for blk in blocks:
+                if bar is not None:
+                    bar.set(blk.frames_done)
+                state["nan"] += blk.rejected_nan
+                k = blk.n_rows
+                if k == 0:
+                    continue
+                data: dict[str, Any] = {
+                    "tile_id": np.arange(state["kept"], state["kept"] + k, dtype=np.int64),
+                    "time_start": np.datetime_as_string(blk.time_start, unit="s"),
+                }
+                data.update(blk.columns)
+                state["kept"] += k
+                yield pd.DataFrame(data, columns=columns)
+        finally:
+            if cb is not None:
+                cb.unregister()
+            if bar is not None:
+                bar.close()
+        if state["kept"] == 0:
+            raise ParameterError(_no_tile_message(dataset_id, params, wcounts, n_sp, state["nan"]))
+
+    def meta() -> dict[str, Any]:
+        regimes = windows.regimes
+        return {
+            "kind": "tiling",
+            "format_version": FORMAT_VERSION,
+            "mlcast_pipes_version": __version__,
+            "created": utc_now_iso(),
+            "tiling_id": tid,
+            "dataset_id": dataset_id,
+            "dataset_fingerprint": fingerprint,
+            "params": params.to_dict(),
+            "shape": [n_t, height, width],
+            "time_step_s": regimes[-1]["step_s"] if regimes else None,
+            "time_regimes": regimes,
+            "consistent_timestep_start": (
+                None if consistent_timestep_start is None else str(consistent_timestep_start)
+            ),
+            "n_missing_times": int(np.size(missing_times)) if missing_times is not None else 0,
+            "units": "mm/h",
+            "rate_conversion": None if to_rate is None else getattr(to_rate, "__name__", "custom"),
+            "windows": wcounts,
+            "n_spatial_tiles": n_sp,
+            "rejected": {
+                "gap": (wcounts["candidates"] - wcounts["valid"]) * n_sp,
+                "nan": int(state["nan"]),
+            },
+            "n_kept": int(state["kept"]),
+            "frames_read": frames_read,
+            "cell_size": list(grid.cell),
+            "histogram": {
+                "description": (
+                    "bin 0: R <= 0; bin 1: 0 < R < edges[0]; bin b (2..N-2): edges[b-2] <= R < "
+                    "edges[b-1]; bin N-1: R >= edges[-1] (mm/h)"
+                ),
+                "n_bins": N_BINS,
+                "edges": [float(e) for e in HIST_LOG_EDGES],
+            },
+            "dtypes": tiling_dtypes(columns, nan_count_wide=npix >= 2**31),
+            "elapsed_s": round(time.perf_counter() - t0, 3),
+        }
+
+    written = write_index(csv, frames(), meta, columns=columns)
+    return TileIndex(path=csv, meta=written, tiling_id=tid)

@@ -1,0 +1,948 @@
+"""Fast pixel reader for (time, y, x) zarr archives: decoded-frame cache and grouped tile reads.
+
+Serves the training path's tile pixels with plain zarr + fsspec (no dask), decoding frames once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import json
+import math
+import operator
+import os
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from mlcast_pipes.errors import DatasetError, ParameterError, ReadError
+
+__all__ = [
+    "FrameReader",
+    "ReaderStats",
+    "TileRequest",
+    "close_readers",
+    "get_reader",
+    "naive_read_tile",
+]
+
+#: Time chunks decoded concurrently per call into zarr's event loop; the next batch decodes while
+#: the current one is cut. Measured on 2 shared cores, 1400 x 1200 float32 zstd frames: decoding
+#: frames one after the other 3.2-3.6 ms/frame, 4 at a time 2.2-2.4, all 24 at once 2.8-4.7. One
+#: contiguous ``arr[0:12]`` read: 2.4 at best but 8.2 ms/frame median, as it allocates a fresh
+#: (n, H, W) block each call (page faults), and a cached frame would need a copy out of it (1.4 ms).
+_FETCH_BATCH = 4
+
+#: Bytes counted per delivered or decoded pixel in :class:`ReaderStats` (float32 output).
+_OUT_ITEMSIZE = 4
+
+#: OSError subclasses that retrying cannot fix.
+_PERMANENT_OS_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    ReadError,
+)
+
+
+@dataclass(frozen=True)
+class TileRequest:
+    """A pixel window of an archive: ``n`` time steps from ``t0``, ``ny`` rows from ``y0``, ...
+
+    Attributes
+    ----------
+    t0, n : int
+        First time index and number of time steps.
+    y0, ny : int
+        First row index and number of rows.
+    x0, nx : int
+        First column index and number of columns.
+
+    """
+
+    t0: int
+    n: int
+    y0: int
+    ny: int
+    x0: int
+    nx: int
+
+    @property
+    def frames(self) -> range:
+        """The time indices the window covers."""
+        return range(self.t0, self.t0 + self.n)
+
+    @property
+    def nbytes(self) -> int:
+        """Size in bytes of the window as float32."""
+        return self.n * self.ny * self.nx * _OUT_ITEMSIZE
+
+
+@dataclass
+class ReaderStats:
+    """Counters of a :class:`FrameReader` (per process; reset after fork).
+
+    Both byte counters count 4 bytes (float32) per pixel whatever the dtype on disk, so that
+    ``bytes_decoded / bytes_delivered`` is the read amplification.
+
+    Attributes
+    ----------
+    frames_decoded : int
+        Frames decoded from the store (a time chunk of k frames counts k).
+    bytes_decoded : int
+        Pixels decoded from the store, times 4.
+    bytes_delivered : int
+        Pixels returned to callers, times 4.
+    cache_hits, cache_misses : int
+        Frame look-ups answered by / missing from the decoded-frame cache.
+
+    """
+
+    frames_decoded: int = 0
+    bytes_decoded: int = 0
+    bytes_delivered: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+    @property
+    def amplification(self) -> float:
+        """Decoded bytes per delivered byte (``nan`` before anything was delivered)."""
+        return self.bytes_decoded / self.bytes_delivered if self.bytes_delivered else math.nan
+
+    def reset(self) -> None:
+        """Set every counter to zero."""
+        for f in fields(self):
+            setattr(self, f.name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        """Return the counters as a plain dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _CFDecoding:
+    """CF decoding that xarray applies by default (mask fill values, then scale and offset)."""
+
+    mask_values: tuple[float, ...] = ()
+    scale_factor: float | None = None
+    add_offset: float | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.mask_values and self.scale_factor is None and self.add_offset is None
+
+    def apply_into(self, dst: np.ndarray, raw: np.ndarray) -> None:
+        """Write the decoded float32 values of ``raw`` into ``dst`` (same shape)."""
+        if self.is_identity:
+            dst[...] = raw
+            return
+        vals: np.ndarray = raw
+        if self.scale_factor is not None or self.add_offset is not None:
+            vals = raw.astype(np.float64)
+            if self.scale_factor is not None:
+                vals *= self.scale_factor
+            if self.add_offset is not None:
+                vals += self.add_offset
+        dst[...] = vals
+        for mv in self.mask_values:
+            dst[raw == mv] = np.nan
+
+
+class _FrameCache:
+    """LRU cache of decoded frames keyed by time index, bounded in bytes."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = capacity_bytes
+        self.nbytes = 0
+        self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __contains__(self, t: object) -> bool:
+        return t in self._frames
+
+    def keys(self) -> list[int]:
+        """Return the cached time indices, least recently used first."""
+        return list(self._frames)
+
+    def get(self, t: int) -> np.ndarray | None:
+        frame = self._frames.get(t)
+        if frame is not None:
+            self._frames.move_to_end(t)
+        return frame
+
+    def put(self, t: int, frame: np.ndarray) -> None:
+        if t in self._frames:
+            self.nbytes -= self._frames.pop(t).nbytes
+        if frame.nbytes > self.capacity:
+            return
+        while self._frames and self.nbytes + frame.nbytes > self.capacity:
+            _, old = self._frames.popitem(last=False)
+            self.nbytes -= old.nbytes
+        frame.flags.writeable = False
+        self._frames[t] = frame
+        self.nbytes += frame.nbytes
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self.nbytes = 0
+
+
+class _FrameFailedError(Exception):
+    """A fetch unit (time chunk) failed; carries its frame range and the original error."""
+
+    def __init__(self, c0: int, c1: int, error: BaseException) -> None:
+        super().__init__(c0, c1, error)
+        self.c0, self.c1, self.error = c0, c1, error
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether retrying the read may help (network-like errors), as opposed to a broken chunk."""
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError | asyncio.TimeoutError | OSError):
+        return True
+    try:  # aiohttp is optional (remote extra)
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp is normally installed with fsspec[http]
+        return False
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status >= 500 or exc.status in (408, 429)
+    return isinstance(exc, aiohttp.ClientError)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _as_int(value: Any, name: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError as exc:
+        raise ParameterError(
+            f"{name} must be an integer index, got {value!r} ({type(value).__name__}); "
+            "pass a Python or numpy integer."
+        ) from exc
+
+
+def _open_store(url: str, storage_options: dict[str, Any] | None) -> Any:
+    from zarr.storage import FsspecStore, LocalStore
+
+    if url.startswith("file://"):
+        return LocalStore(url[len("file://") :], read_only=True)
+    if "://" in url or "::" in url:
+        return FsspecStore.from_url(url, storage_options=storage_options or None, read_only=True)
+    return LocalStore(os.path.expanduser(url), read_only=True)
+
+
+def _cf_decoding(arr: Any) -> _CFDecoding:
+    """Reproduce xarray's default CF decoding of a zarr array (``open_zarr`` defaults)."""
+    attrs = dict(arr.attrs)
+    dtype = np.dtype(arr.dtype)
+    masks: list[float] = []
+
+    def add_mask(value: Any) -> None:
+        for v in np.atleast_1d(np.asarray(value)).ravel():
+            try:
+                fv = float(v)
+            except (TypeError, ValueError):
+                continue
+            if not math.isnan(fv) and fv not in masks:
+                masks.append(fv)
+
+    if arr.metadata.zarr_format == 2:
+        # xarray reads a v2 zarr fill_value as _FillValue (use_zarr_fill_value_as_mask=True)
+        if arr.fill_value is not None:
+            add_mask(arr.fill_value)
+    elif "_FillValue" in attrs:
+        fv = attrs["_FillValue"]
+        if dtype.kind == "f" and isinstance(fv, str | bytes):
+            with contextlib.suppress(ValueError, struct.error):
+                fv = struct.unpack("<d", base64.standard_b64decode(fv))[0]
+        add_mask(fv)
+    if "missing_value" in attrs:
+        add_mask(attrs["missing_value"])
+
+    def number(key: str) -> float | None:
+        value = attrs.get(key)
+        if value is None:
+            return None
+        return float(np.asarray(value).ravel()[0])
+
+    return _CFDecoding(tuple(masks), number("scale_factor"), number("add_offset"))
+
+
+class FrameReader:
+    """Read tiles of one (time, y, x) variable of a zarr archive, decoding each frame once.
+
+    Decoded frames are kept in an LRU cache keyed by time index and bounded by ``cache_bytes``;
+    :meth:`read_tiles` decodes the union of the frames of a group of tiles once (concurrently) and
+    cuts every tile from it. The archive is opened lazily on first use and reopened when the
+    process id changed, so a reader made in the main process works after fork (each worker then
+    has its own handle and cache). Values are decoded like xarray's ``open_zarr`` defaults (fill
+    values masked to NaN, ``scale_factor``/``add_offset`` applied) and returned as float32 copies.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL (``s3://``, ``https://``, ``memory://`` ...) of the zarr store
+        (format 2 or 3, consolidated metadata used when present).
+    var_name : str
+        Name of the (time, y, x) data variable in the store.
+    storage_options : dict, optional
+        fsspec options for URLs (ignored for local paths).
+    cache_bytes : int
+        Upper bound of the decoded-frame cache, in bytes (frames are cached in their on-disk
+        dtype). 0 disables caching across calls.
+    retries : int
+        How many times a read failing with a transient (network-like) error is tried again.
+    retry_backoff : float
+        Seconds to wait before the first retry; doubled at each further retry.
+
+    """
+
+    def __init__(
+        self,
+        url: str,
+        var_name: str,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        cache_bytes: int = 256 * 2**20,
+        retries: int = 3,
+        retry_backoff: float = 0.2,
+    ) -> None:
+        if not isinstance(url, str) or not url:
+            raise ParameterError(f"url must be a non-empty path or URL string, got {url!r}.")
+        if cache_bytes < 0:
+            raise ParameterError(f"cache_bytes must be >= 0, got {cache_bytes}; use 0 to disable.")
+        if retries < 0:
+            raise ParameterError(f"retries must be >= 0, got {retries}.")
+        if retry_backoff < 0:
+            raise ParameterError(f"retry_backoff must be >= 0 seconds, got {retry_backoff}.")
+        self.url = url
+        self.var_name = var_name
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.cache_bytes = int(cache_bytes)
+        self.retries = int(retries)
+        self.retry_backoff = float(retry_backoff)
+        self.stats = ReaderStats()
+        self._lock = threading.RLock()
+        self._cache = _FrameCache(self.cache_bytes)
+        self._reset_handles()
+
+    # ------------------------------------------------------------------ state and opening
+    def _reset_handles(self) -> None:
+        self._pid: int | None = None
+        self._store: Any = None
+        self._array: Any = None
+        self._shape: tuple[int, int, int] | None = None
+        self._dtype: np.dtype[Any] | None = None
+        self._tchunk = 1
+        self._cf = _CFDecoding()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "var_name": self.var_name,
+            "storage_options": self.storage_options,
+            "cache_bytes": self.cache_bytes,
+            "retries": self.retries,
+            "retry_backoff": self.retry_backoff,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["url"],
+            state["var_name"],
+            storage_options=state["storage_options"],
+            cache_bytes=state["cache_bytes"],
+            retries=state["retries"],
+            retry_backoff=state["retry_backoff"],
+        )
+
+    def __repr__(self) -> str:
+        opened = "open" if self._pid == os.getpid() else "not opened"
+        return f"FrameReader({self.url!r}, {self.var_name!r}, {opened})"
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure_open(self) -> None:
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        if self._pid is not None:
+            # forked copy: drop the parent's handles (not closing them) and start afresh
+            self._lock = threading.RLock()
+            self._cache = _FrameCache(self.cache_bytes)
+            self.stats = ReaderStats()
+            self._reset_handles()
+        with self._lock:
+            if self._pid == pid:
+                return
+            self._open(pid)
+
+    def _open(self, pid: int) -> None:
+        import zarr
+
+        attempt = 0
+        while True:
+            try:
+                store = _open_store(self.url, self.storage_options)
+                group = zarr.open_group(store, mode="r")
+                break
+            except Exception as exc:
+                if _is_transient(exc) and attempt < self.retries:
+                    time.sleep(self.retry_backoff * 2**attempt)
+                    attempt += 1
+                    continue
+                if _is_transient(exc):
+                    raise ReadError(
+                        f"Could not open the zarr store at {self.url!r} after {attempt + 1} "
+                        f"attempts ({_describe(exc)}). Check the network connection and "
+                        "storage_options, or raise `retries`."
+                    ) from exc
+                raise DatasetError(
+                    f"Could not open a zarr group at {self.url!r} ({_describe(exc)}). Check that "
+                    "the path or URL points at the root of a zarr store (format 2 or 3) and that "
+                    "storage_options give access to it."
+                ) from exc
+        try:
+            node = group[self.var_name]
+        except KeyError as exc:
+            names = sorted(group.array_keys())
+            raise DatasetError(
+                f"Variable {self.var_name!r} is not in the zarr store at {self.url!r}; its arrays "
+                f"are {names}. Pass one of these as var_name."
+            ) from exc
+        if not isinstance(node, zarr.Array):
+            raise DatasetError(
+                f"{self.var_name!r} in {self.url!r} is a group, not an array; pass the name of "
+                f"the (time, y, x) data variable, one of {sorted(group.array_keys())}."
+            )
+        if len(node.shape) != 3:
+            raise DatasetError(
+                f"Variable {self.var_name!r} in {self.url!r} has shape {node.shape}; the reader "
+                "needs a 3-D (time, y, x) array. Pick the data variable of the archive."
+            )
+        dtype = np.dtype(node.dtype)
+        if dtype.kind not in "fiu":
+            raise DatasetError(
+                f"Variable {self.var_name!r} in {self.url!r} has dtype {dtype}; the reader needs "
+                "numeric pixels (float or integer)."
+            )
+        self._store = store
+        self._array = node
+        self._shape = (int(node.shape[0]), int(node.shape[1]), int(node.shape[2]))
+        self._dtype = dtype
+        self._tchunk = max(1, int(node.chunks[0]))
+        self._cf = _cf_decoding(node)
+        self._pid = pid
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape (time, y, x) of the variable (opens the archive if needed)."""
+        self._ensure_open()
+        assert self._shape is not None
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Dtype of the variable on disk (returned arrays are always float32)."""
+        self._ensure_open()
+        assert self._dtype is not None
+        return self._dtype
+
+    @property
+    def frame_nbytes(self) -> int:
+        """Bytes of one decoded frame in the cache (on-disk dtype)."""
+        _, h, w = self.shape
+        return h * w * self.dtype.itemsize
+
+    @property
+    def cached_frames(self) -> list[int]:
+        """Time indices in the decoded-frame cache, least recently used first."""
+        return self._cache.keys()
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes held by the decoded-frame cache now."""
+        return self._cache.nbytes
+
+    # ------------------------------------------------------------------ public reads
+    def read_frames(self, t0: int, t1: int) -> np.ndarray:
+        """Return the full frames ``[t0, t1)`` as a float32 array of shape (t1 - t0, y, x).
+
+        Parameters
+        ----------
+        t0, t1 : int
+            First and one-past-last time index, ``0 <= t0 < t1 <= shape[0]``.
+
+        Returns
+        -------
+        numpy.ndarray
+            A new float32 array (not a view into the cache).
+
+        Raises
+        ------
+        ParameterError
+            If the range is empty or outside the archive.
+        ReadError
+            If a frame cannot be read (corrupted chunk, network failure after the retries).
+
+        """
+        t0, t1 = _as_int(t0, "t0"), _as_int(t1, "t1")
+        _, h, w = self.shape
+        return self.read_tiles([TileRequest(t0, t1 - t0, 0, h, 0, w)])[0]
+
+    def read_tile(self, t0: int, n: int, y0: int, ny: int, x0: int, nx: int) -> np.ndarray:
+        """Return the window ``[t0:t0+n, y0:y0+ny, x0:x0+nx]`` as a float32 copy.
+
+        Frames come from (and go to) the decoded-frame cache, so consecutive tiles of the same
+        time window decode each frame once as long as the cache holds them.
+
+        Parameters
+        ----------
+        t0, n, y0, ny, x0, nx : int
+            Start index and size along time, y and x.
+
+        Returns
+        -------
+        numpy.ndarray
+            Float32 array of shape (n, ny, nx).
+
+        Raises
+        ------
+        ParameterError
+            If the window is empty or reaches outside the archive.
+        ReadError
+            If a frame cannot be read.
+
+        """
+        return self.read_tiles([TileRequest(t0, n, y0, ny, x0, nx)])[0]
+
+    def read_tiles(self, requests: Sequence[TileRequest]) -> list[np.ndarray]:
+        """Read a group of tiles, decoding the union of their frames once.
+
+        Cached frames are used first; the missing ones are decoded concurrently in batches of
+        frames, every tile is cut from them, and they are put in the cache (LRU eviction).
+
+        Parameters
+        ----------
+        requests : sequence of TileRequest
+            The windows to read, in any order (overlaps and duplicates allowed).
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One float32 array of shape (n, ny, nx) per request, in request order.
+
+        Raises
+        ------
+        ParameterError
+            If a request is empty or reaches outside the archive.
+        ReadError
+            If a frame cannot be read; the message names the frame, the tiles and the URL.
+
+        """
+        reqs = [self._validate(r) for r in requests]
+        if not reqs:
+            return []
+        self._ensure_open()
+        with self._lock:
+            return self._read_tiles_locked(reqs)
+
+    def close(self) -> None:
+        """Drop the store handle and the cached frames (the reader reopens on next use)."""
+        with self._lock:
+            store = self._store
+            own = self._pid == os.getpid()
+            self._cache.clear()
+            self._reset_handles()
+        if own and store is not None:
+            with contextlib.suppress(Exception):  # closing is best effort
+                store.close()
+
+    # ------------------------------------------------------------------ internals
+    def _validate(self, r: TileRequest) -> TileRequest:
+        if not isinstance(r, TileRequest):
+            raise ParameterError(
+                f"read_tiles expects TileRequest items, got {type(r).__name__}; build them with "
+                "TileRequest(t0, n, y0, ny, x0, nx)."
+            )
+        vals = [_as_int(getattr(r, k), k) for k in ("t0", "n", "y0", "ny", "x0", "nx")]
+        shape = self.shape
+        for (start, size), dim, length in zip(
+            ((vals[0], vals[1]), (vals[2], vals[3]), (vals[4], vals[5])),
+            ("time", "y", "x"),
+            shape,
+            strict=True,
+        ):
+            if size < 1 or start < 0 or start + size > length:
+                raise ParameterError(
+                    f"Tile {r} reaches outside the archive along {dim}: [{start}, {start + size}) "
+                    f"is not inside [0, {length}) of {self.var_name!r} in {self.url!r} (shape "
+                    f"{shape}). Use a start >= 0, a size >= 1 and start + size <= {length}."
+                )
+        return TileRequest(*vals)
+
+    def _read_tiles_locked(self, reqs: list[TileRequest]) -> list[np.ndarray]:
+        outs = [np.empty((r.n, r.ny, r.nx), dtype=np.float32) for r in reqs]
+        users: dict[int, list[int]] = {}
+        for i, r in enumerate(reqs):
+            for t in r.frames:
+                users.setdefault(t, []).append(i)
+
+        missing: list[int] = []
+        for t in sorted(users):
+            frame = self._cache.get(t)
+            if frame is None:
+                missing.append(t)
+                self.stats.cache_misses += 1
+            else:
+                self.stats.cache_hits += 1
+                self._cut(frame, t, users[t], reqs, outs)
+
+        # decode the missing frames in batches of time chunks; the next batch decodes (in zarr's
+        # threads) while this one is cut, then its frames go to the cache
+        units = _group_by_chunk(missing, self._tchunk, self.shape[0])
+        batches = [units[b : b + _FETCH_BATCH] for b in range(0, len(units), _FETCH_BATCH)]
+        pending = self._submit(batches[0]) if batches else None
+        try:
+            for k, batch in enumerate(batches):
+                assert pending is not None
+                current = pending
+                pending = self._submit(batches[k + 1]) if k + 1 < len(batches) else None
+                for t, frame in self._collect(batch, current.result(), reqs, users):
+                    self._cut(frame, t, users[t], reqs, outs)
+                    self._cache.put(t, frame)
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+        self.stats.bytes_delivered += sum(o.nbytes for o in outs)
+        return outs
+
+    def _cut(
+        self,
+        frame: np.ndarray,
+        t: int,
+        idx: list[int],
+        reqs: list[TileRequest],
+        outs: list[np.ndarray],
+    ) -> None:
+        cf = self._cf
+        for i in idx:
+            r = reqs[i]
+            cf.apply_into(outs[i][t - r.t0], frame[r.y0 : r.y0 + r.ny, r.x0 : r.x0 + r.nx])
+
+    def _collect(
+        self,
+        units: list[tuple[int, int, list[int]]],
+        outcomes: list[Any],
+        reqs: list[TileRequest],
+        users: dict[int, list[int]],
+    ) -> list[tuple[int, np.ndarray]]:
+        """Return the needed frames of the decoded time chunks; retry the transient failures.
+
+        ``units`` are (chunk start, chunk stop, needed frames); ``outcomes`` their first fetch.
+        """
+        _, h, w = self.shape
+        frame_pixels = h * w
+        result: list[tuple[int, np.ndarray]] = []
+        pending = units
+        attempt = 0
+        while pending:
+            if attempt:
+                outcomes = self._submit(pending).result()
+            failed: list[tuple[int, int, list[int]]] = []
+            errors: list[_FrameFailedError] = []
+            for unit, outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, _FrameFailedError):
+                    failed.append(unit)
+                    errors.append(outcome)
+                    continue
+                c0, c1, needed = unit
+                block = np.asarray(outcome)
+                self.stats.frames_decoded += c1 - c0
+                self.stats.bytes_decoded += (c1 - c0) * frame_pixels * _OUT_ITEMSIZE
+                if block.ndim == 2:
+                    result.append((c0, block))
+                else:
+                    # copy so that a cached frame does not keep the whole time chunk alive
+                    result.extend((t, block[t - c0].copy()) for t in needed)
+            if not failed:
+                break
+            permanent = [e for e in errors if not _is_transient(e.error)]
+            if permanent or attempt >= self.retries:
+                first = (permanent or errors)[0]
+                raise self._read_error(
+                    first, attempt + 1, reqs, users, transient=not permanent
+                ) from first.error
+            time.sleep(self.retry_backoff * 2**attempt)
+            attempt += 1
+            pending = failed
+        return result
+
+    def _submit(self, units: list[tuple[int, int, list[int]]]) -> _Pending:
+        """Start decoding the time chunks ``units`` concurrently on zarr's event loop."""
+        arr = self._array
+        async_arr = getattr(arr, "_async_array", None)
+        loop = _zarr_loop()
+        if async_arr is not None and loop is not None:
+            return _Pending(asyncio.run_coroutine_threadsafe(_gather(async_arr, units), loop))
+        outcomes: list[Any] = []  # fallback: synchronous, one time chunk after the other
+        for c0, c1, _ in units:
+            sel = c0 if c1 - c0 == 1 else slice(c0, c1)
+            try:
+                outcomes.append(arr[sel])
+            except Exception as exc:
+                outcomes.append(_FrameFailedError(c0, c1, exc))
+        return _Pending(outcomes)
+
+    def _read_error(
+        self,
+        failure: _FrameFailedError,
+        attempts: int,
+        reqs: list[TileRequest],
+        users: dict[int, list[int]],
+        *,
+        transient: bool,
+    ) -> ReadError:
+        frames = range(failure.c0, failure.c1)
+        hit = sorted({i for t in frames for i in users.get(t, [])})
+        tiles = ", ".join(str(reqs[i]) for i in hit[:3]) + (
+            f" and {len(hit) - 3} more" if len(hit) > 3 else ""
+        )
+        where = (
+            f"frame {failure.c0}"
+            if len(frames) == 1
+            else f"frames {failure.c0}..{failure.c1 - 1} (one time chunk)"
+        )
+        if transient:
+            fix = (
+                f"It failed {attempts} times with a transient error; check the network "
+                "connection and storage_options, or raise `retries` / `retry_backoff`."
+            )
+        else:
+            fix = (
+                "The chunk is probably corrupted or truncated: re-download or rewrite that time "
+                "step of the archive, or add its time to `missing_times` to skip it."
+            )
+        return ReadError(
+            f"Could not read {where} of variable {self.var_name!r} from {self.url!r}, needed "
+            f"by tile(s) {tiles}: {_describe(failure.error)}. {fix}"
+        )
+
+
+def _group_by_chunk(
+    frames: Iterable[int], tchunk: int, length: int
+) -> list[tuple[int, int, list[int]]]:
+    """Group sorted time indices by time chunk: (chunk start, chunk stop, needed frames)."""
+    units: dict[int, list[int]] = {}
+    for t in frames:
+        units.setdefault(t // tchunk, []).append(t)
+    return [(c * tchunk, min((c + 1) * tchunk, length), needed) for c, needed in units.items()]
+
+
+class _Pending:
+    """A batch of time chunks being decoded (a future) or already decoded (a list)."""
+
+    def __init__(self, work: concurrent.futures.Future[list[Any]] | list[Any]) -> None:
+        self._work = work
+
+    def result(self) -> list[Any]:
+        if isinstance(self._work, list):
+            return self._work
+        return self._work.result()
+
+    def cancel(self) -> None:
+        if not isinstance(self._work, list) and not self._work.cancel():
+            with contextlib.suppress(Exception):
+                self._work.result()  # already running: let it finish, drop its frames
+
+
+def _zarr_loop() -> asyncio.AbstractEventLoop | None:
+    """Return zarr's I/O event loop (the one its synchronous API runs on), if reachable."""
+    try:
+        from zarr.core.sync import _get_loop
+    except ImportError:  # pragma: no cover - zarr internals moved: read synchronously
+        return None
+    loop: asyncio.AbstractEventLoop = _get_loop()
+    return loop
+
+
+async def _gather(async_arr: Any, units: list[tuple[int, int, list[int]]]) -> list[Any]:
+    async def one(c0: int, c1: int) -> Any:
+        sel = c0 if c1 - c0 == 1 else slice(c0, c1)
+        try:
+            return await async_arr.getitem(sel)
+        except Exception as exc:
+            return _FrameFailedError(c0, c1, exc)
+
+    return list(await asyncio.gather(*(one(c0, c1) for c0, c1, _ in units)))
+
+
+# ---------------------------------------------------------------------- per-process readers
+_READERS: dict[tuple[int, str, str, str], FrameReader] = {}
+_READERS_LOCK = threading.Lock()
+_NAIVE: dict[tuple[int, str, str, str], Any] = {}  # naive_read_tile's opened DataArrays
+
+
+def _options_token(storage_options: dict[str, Any] | None) -> str:
+    return json.dumps(storage_options or {}, sort_keys=True, default=repr)
+
+
+def get_reader(
+    url: str, var_name: str, storage_options: dict[str, Any] | None = None, **kw: Any
+) -> FrameReader:
+    """Return this process's shared :class:`FrameReader` for ``(url, var_name)``.
+
+    Readers are cached per process id (and storage options), so a call in a forked worker makes
+    a new reader instead of reusing the parent's handle and cache.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of the zarr store.
+    var_name : str
+        Name of the data variable.
+    storage_options : dict, optional
+        fsspec options for URLs.
+    **kw
+        Passed to :class:`FrameReader` when the reader is created (``cache_bytes``, ``retries``,
+        ``retry_backoff``); ignored when the reader already exists in this process.
+
+    Returns
+    -------
+    FrameReader
+        The reader shared by all callers in this process.
+
+    """
+    pid = os.getpid()
+    key = (pid, url, var_name, _options_token(storage_options))
+    with _READERS_LOCK:
+        reader = _READERS.get(key)
+        if reader is None:
+            for k in [k for k in _READERS if k[0] != pid]:
+                del _READERS[k]  # inherited through fork: the parent's, not ours to close
+            reader = FrameReader(url, var_name, storage_options=storage_options, **kw)
+            _READERS[key] = reader
+        return reader
+
+
+def _after_fork_in_child() -> None:
+    global _READERS_LOCK
+    _READERS_LOCK = threading.Lock()  # a lock held by another parent thread would never be freed
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def close_readers() -> None:
+    """Close and forget every reader :func:`get_reader` (and :func:`naive_read_tile`) made here."""
+    pid = os.getpid()
+    with _READERS_LOCK:
+        readers = [r for k, r in _READERS.items() if k[0] == pid]
+        _READERS.clear()
+        _NAIVE.clear()
+    for r in readers:
+        r.close()
+
+
+# ---------------------------------------------------------------------- naive reference path
+def naive_read_tile(
+    url: str,
+    var_name: str,
+    t0: int,
+    n: int,
+    y0: int,
+    ny: int,
+    x0: int,
+    nx: int,
+    storage_options: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """Read one tile the per-sample way: xarray + dask (chunks as on disk) and ``.isel().values``.
+
+    This is the reference (and baseline of the benchmark): each call decodes every frame the
+    tile touches. The opened dataset (lazy, no pixels) is kept per process so calls measure
+    reads, not opening.
+
+    Parameters
+    ----------
+    url, var_name : str
+        Zarr store and data variable.
+    t0, n, y0, ny, x0, nx : int
+        Start index and size along time, y and x.
+    storage_options : dict, optional
+        fsspec options for URLs.
+
+    Returns
+    -------
+    numpy.ndarray
+        Float32 array of shape (n, ny, nx).
+
+    Raises
+    ------
+    DatasetError
+        If the store or the variable cannot be opened.
+    ParameterError
+        If the window reaches outside the array.
+    ReadError
+        If the pixels cannot be read.
+
+    """
+    import xarray as xr
+
+    key = (os.getpid(), url, var_name, _options_token(storage_options))
+    da = _NAIVE.get(key)
+    if da is None:
+        try:
+            ds = xr.open_zarr(url, storage_options=storage_options or None, chunks={})
+        except Exception as exc:
+            raise DatasetError(
+                f"xarray could not open the zarr store at {url!r} ({_describe(exc)}); check the "
+                "path or URL and storage_options."
+            ) from exc
+        if var_name not in ds.data_vars:
+            raise DatasetError(
+                f"Variable {var_name!r} is not in {url!r}; its variables are "
+                f"{sorted(map(str, ds.data_vars))}. Pass one of these as var_name."
+            )
+        da = ds[var_name]
+        _NAIVE[key] = da
+    names = ("t0", "n", "y0", "ny", "x0", "nx")
+    vals = [_as_int(v, k) for v, k in zip((t0, n, y0, ny, x0, nx), names, strict=True)]
+    sel = {}
+    for (start, size), dim, length in zip(
+        ((vals[0], vals[1]), (vals[2], vals[3]), (vals[4], vals[5])), da.dims, da.shape, strict=True
+    ):
+        if size < 1 or start < 0 or start + size > length:
+            raise ParameterError(
+                f"Window [{start}, {start + size}) along {dim} is outside [0, {length}) of "
+                f"{var_name!r} in {url!r}; use a start >= 0, a size >= 1 and start + size <= "
+                f"{length}."
+            )
+        sel[dim] = slice(start, start + size)
+    try:
+        return np.asarray(da.isel(sel).values, dtype=np.float32)
+    except Exception as exc:
+        raise ReadError(
+            f"Could not read {sel} of {var_name!r} from {url!r}: {_describe(exc)}. Check the "
+            "archive and the network connection."
+        ) from exc

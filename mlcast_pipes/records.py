@@ -1,0 +1,164 @@
+"""Tile records: the lightweight items that flow between the tiling, sampling and normalising steps.
+
+A record is one index row plus a handle on its source archive; its pixels are read on demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from mlcast_pipes.dataset import SourceSpec
+from mlcast_pipes.reader import TileRequest, get_reader
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the steps after tiling need to know about a source archive, shared by its records.
+
+    Attributes
+    ----------
+    spec : SourceSpec
+        How to reopen the archive in any process.
+    standard_name, units : str
+        CF attributes of the data variable (used to pick and check normalisations).
+    time_step : numpy.timedelta64
+        The nominal time step of the archive.
+    fingerprint : str
+        Metadata fingerprint of the archive when it was opened.
+
+    """
+
+    spec: SourceSpec
+    standard_name: str
+    units: str
+    time_step: np.timedelta64
+    fingerprint: str
+
+    @property
+    def dataset_id(self) -> str:
+        """The stable id of the archive."""
+        return self.spec.dataset_id
+
+
+@dataclass
+class TileSample:
+    """One space-time tile of an archive: its position, its statistics, and its pixels once read.
+
+    Attributes
+    ----------
+    info : DatasetInfo
+        The archive the tile comes from.
+    tile_id : int
+        Row of the tile in the tiling index.
+    t_start, n_time : int
+        First time index (in the archive's time axis) and number of steps.
+    y_start, y_tile, x_start, x_tile : int
+        Row/column index of the top-left corner and the tile size.
+    time_start : str
+        ISO 8601 time of the first step.
+    sample_id : int or None
+        Row in the sampling index (None when the tile was not drawn by a sampler).
+    scalar_value, bin_id : float or None, int or None
+        The sampler's scalar and bin for this tile.
+    data : numpy.ndarray or None
+        The pixels, shape (n_time, y_tile, x_tile), once read (normalised after ``.normalize()``).
+    mask : numpy.ndarray or None
+        True where the source had data, when a normaliser was asked for a mask.
+    normalization : str or None
+        Name of the normalisation applied to ``data``, if any.
+
+    Examples
+    --------
+    >>> from mlcast_pipes.records import TileSample
+    >>> TileSample.__name__
+    'TileSample'
+
+    """
+
+    info: DatasetInfo
+    tile_id: int
+    t_start: int
+    n_time: int
+    y_start: int
+    y_tile: int
+    x_start: int
+    x_tile: int
+    time_start: str
+    sample_id: int | None = None
+    scalar_value: float | None = None
+    bin_id: int | None = None
+    data: np.ndarray | None = field(default=None, repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)
+    normalization: str | None = None
+
+    @property
+    def request(self) -> TileRequest:
+        """The pixel window of this tile as a reader request."""
+        return TileRequest(
+            self.t_start, self.n_time, self.y_start, self.y_tile, self.x_start, self.x_tile
+        )
+
+    def load(self) -> np.ndarray:
+        """Read the pixels (once) and return them, shape (n_time, y_tile, x_tile), float32."""
+        if self.data is None:
+            spec = self.info.spec
+            reader = get_reader(spec.url, spec.var_name, spec.storage_options)
+            r = self.request
+            self.data = reader.read_tile(r.t0, r.n, r.y0, r.ny, r.x0, r.nx)
+        return self.data
+
+    def to_dataarray(self) -> xr.DataArray:
+        """Return the tile as a (time, y, x) DataArray with the archive's coordinates.
+
+        Coordinates are read lazily from the source once per process; the pixels come from
+        :meth:`load` (so they are normalised if the record was normalised).
+        """
+        coords = _coordinates(self.info.spec)
+        ts = slice(self.t_start, self.t_start + self.n_time)
+        ys = slice(self.y_start, self.y_start + self.y_tile)
+        xs = slice(self.x_start, self.x_start + self.x_tile)
+        attrs: dict[str, Any] = {
+            "dataset_id": self.info.dataset_id,
+            "tile_id": self.tile_id,
+            "units": self.info.units if self.normalization is None else "1",
+            "standard_name": self.info.standard_name,
+        }
+        if self.normalization is not None:
+            attrs["normalization"] = self.normalization
+        return xr.DataArray(
+            self.load(),
+            dims=("time", "y", "x"),
+            coords={"time": coords["time"][ts], "y": coords["y"][ys], "x": coords["x"][xs]},
+            name=self.info.spec.var_name,
+            attrs=attrs,
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """Identify the sample (for validation bookkeeping): ids, position and start time."""
+        return {
+            "dataset_id": self.info.dataset_id,
+            "tile_id": self.tile_id,
+            "sample_id": -1 if self.sample_id is None else self.sample_id,
+            "t_start": self.t_start,
+            "y_start": self.y_start,
+            "x_start": self.x_start,
+            "time_start": self.time_start,
+        }
+
+
+_COORD_CACHE: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+
+def _coordinates(spec: SourceSpec) -> dict[str, np.ndarray]:
+    """Time, y and x coordinate values of an archive, read once per process."""
+    key = (spec.url, spec.var_name)
+    if key not in _COORD_CACHE:
+        from mlcast_pipes.dataset import open_source
+
+        da = open_source(spec)
+        _COORD_CACHE[key] = {name: np.asarray(da[name].values) for name in ("time", "y", "x")}
+    return _COORD_CACHE[key]

@@ -1,0 +1,293 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlcast_pipes.errors import DatasetError, ParameterError
+from mlcast_pipes.tiling import (
+    HIST_LOG_EDGES,
+    N_BINS,
+    KernelSpec,
+    TilingParams,
+    frame_partials,
+    hist_bin,
+    hist_importance,
+    hist_quantiles,
+    importance_weights,
+    tile_grid,
+    tiling_id,
+    time_windows,
+    window_max,
+    window_sum,
+)
+
+# ------------------------------------------------------------------------------------------------
+# parameters
+# ------------------------------------------------------------------------------------------------
+
+
+def test_defaults_and_derived() -> None:
+    p = TilingParams()
+    assert p.effective_stride == (12, 128, 128)
+    assert p.cell_size == (128, 128)
+    assert p.columns[-6:] == ["p50", "p90", "p95", "p99", "p999", "imp_s1"]
+    q = TilingParams(tile_size=(128, 96), stride=(3, 32, 48))
+    assert q.cell_size == (32, 48)
+    assert TilingParams.from_dict(q.to_dict()).effective_stride == q.effective_stride
+    # lists (e.g. from YAML) are normalised to tuples
+    r = TilingParams(tile_size=[64, 64], stride=[1, 32, 32])  # type: ignore[arg-type]
+    assert r.tile_size == (64, 64) and r.stride == (1, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"n_time_window": 0}, "n_time_window"),
+        ({"tile_size": (0, 128)}, "positive"),
+        ({"tile_size": (128,)}, "2 entries"),
+        ({"stride": (1, 0, 4)}, "positive"),
+        ({"stride": (1, 4)}, "3 entries"),
+        ({"max_nan_fraction": 1.5}, "outside [0, 1]"),
+        ({"max_nan_fraction": -0.1}, "outside [0, 1]"),
+        ({"wet_threshold": -1}, "negative"),
+        ({"quantiles": (0.5, 1.5)}, "[0, 1]"),
+        ({"importance_scales": (0.0,)}, "positive"),
+        ({"n_time_window": 2.5}, "integer"),
+        ({"quantiles": (0.5, 0.5)}, "duplicate"),
+    ],
+)
+def test_bad_params(kwargs: dict[str, object], needle: str) -> None:
+    with pytest.raises(ParameterError, match="fix") as info:
+        TilingParams(**kwargs)  # type: ignore[arg-type]
+    assert needle in str(info.value)
+
+
+def test_validate_for_domain_and_archive() -> None:
+    with pytest.raises(ParameterError, match=r"larger than the domain \(y=100, x=300\)"):
+        TilingParams(tile_size=(128, 128)).validate_for(50, 100, 300)
+    with pytest.raises(ParameterError, match="larger than the archive"):
+        TilingParams(n_time_window=12).validate_for(5, 200, 200)
+    TilingParams(n_time_window=5, tile_size=(100, 300)).validate_for(5, 100, 300)
+
+
+def test_tiling_id_default_and_collision_free() -> None:
+    assert tiling_id("it_dpc", TilingParams()) == "it_dpc.128x128.12"
+    # explicit default stride gives the same id (same tiling)
+    assert tiling_id("d", TilingParams(stride=(12, 128, 128))) == "d.128x128.12"
+    variants = [
+        TilingParams(),
+        TilingParams(n_time_window=24),
+        TilingParams(tile_size=(256, 256)),
+        TilingParams(tile_size=(128, 256)),
+        TilingParams(stride=(6, 64, 64)),
+        TilingParams(stride=(6, 128, 128)),
+        TilingParams(stride=(12, 64, 128)),
+        TilingParams(max_nan_fraction=0.1),
+        TilingParams(max_nan_fraction=0.0),
+        TilingParams(wet_threshold=0.2),
+        TilingParams(quantiles=(0.5, 0.99)),
+        TilingParams(quantiles=(0.5, 0.9)),
+        TilingParams(importance_scales=(1.0, 4.0)),
+        TilingParams(importance_scales=(2.0,)),
+        TilingParams(max_nan_fraction=0.1, wet_threshold=0.2),
+    ]
+    ids = [tiling_id("ds", v) for v in variants]
+    assert len(set(ids)) == len(ids)
+    assert tiling_id("ds", TilingParams(stride=(6, 64, 64))) == "ds.128x128.12.s6x64x64"
+    assert tiling_id("ds", TilingParams(max_nan_fraction=0.1)) == "ds.128x128.12.nan0.1"
+    assert tiling_id("ds", TilingParams(wet_threshold=0.2)) == "ds.128x128.12.wet0.2"
+    weird = tiling_id("a/b c:d", TilingParams())
+    assert "/" not in weird and " " not in weird and ":" not in weird
+
+
+# ------------------------------------------------------------------------------------------------
+# time windows
+# ------------------------------------------------------------------------------------------------
+
+
+def _naive_windows(times, n, st, missing=(), cts=None):  # type: ignore[no-untyped-def]
+    t = np.asarray(times, dtype="datetime64[ns]")
+    reg = np.zeros(len(t), int) if cts is None else (t >= np.datetime64(cts)).astype(int)
+    nominal = {}
+    for r in set(reg.tolist()):
+        d = [t[i + 1] - t[i] for i in range(len(t) - 1) if reg[i] == reg[i + 1] == r]
+        nominal[r] = min(d) if d else None
+    valid = []
+    for s in range(0, len(t) - n + 1, st):
+        idx = list(range(s, s + n))
+        ok = len({reg[i] for i in idx}) == 1
+        ok = ok and all(t[i + 1] - t[i] == nominal[reg[s]] for i in idx[:-1])
+        ok = ok and not any(t[s] < np.datetime64(m) < t[s + n - 1] for m in missing)
+        valid.append(ok)
+    return np.array(valid, bool)
+
+
+def test_time_windows_gaps_missing_and_step_change() -> None:
+    a = pd.date_range("2020-01-01 00:00", periods=30, freq="15min")
+    b = pd.date_range(a[-1] + pd.Timedelta("5min"), periods=40, freq="5min")
+    c = pd.date_range(b[-1] + pd.Timedelta("30D"), periods=25, freq="5min")
+    times = np.concatenate([a.values, b.values, c.values])
+    times = np.delete(times, [80, 81])  # a gap inside the third block
+    missing = [c.values[10] + np.timedelta64(150, "s")]  # between two existing steps
+    for n, st in [(1, 1), (3, 1), (6, 6), (12, 5), (4, 3)]:
+        w = time_windows(
+            times, n, st, missing_times=np.array(missing), consistent_timestep_start=b[0]
+        )
+        naive = _naive_windows(times, n, st, missing, cts=b[0])
+        np.testing.assert_array_equal(w.reason == 0, naive)
+        assert w.counts()["candidates"] == len(range(0, len(times) - n + 1, st))
+    w = time_windows(times, 3, 1, consistent_timestep_start=b[0])
+    assert w.regimes[0]["step_s"] == 900 and w.regimes[1]["step_s"] == 300
+    # window spanning the regime change is a step change
+    span = np.flatnonzero(w.starts == 28)[0]
+    assert w.reason[span] == 2
+    # without the attr the nominal step is 5 min: 15-min windows are gaps
+    w2 = time_windows(times, 3, 1)
+    assert np.all(w2.reason[:28] == 1)
+
+
+def test_frames_needed_and_validation() -> None:
+    times = pd.date_range("2021-01-01", periods=10, freq="10min").values
+    w = time_windows(np.delete(times, 4), 3, 3)
+    assert w.valid_starts.tolist() == [0, 6]
+    assert w.frames_needed().tolist() == [0, 1, 2, 6, 7, 8]
+    with pytest.raises(DatasetError, match="strictly increasing"):
+        time_windows(times[::-1], 2, 1)
+    with pytest.raises(DatasetError, match="datetime64"):
+        time_windows(np.array(["a", "b"], dtype=object), 1, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# grid, window reductions
+# ------------------------------------------------------------------------------------------------
+
+
+def test_tile_grid() -> None:
+    g = tile_grid(100, 70, TilingParams(tile_size=(32, 16), stride=(1, 16, 24)))
+    assert g.y_starts.tolist() == [0, 16, 32, 48, 64]
+    assert g.x_starts.tolist() == [0, 24, 48]
+    assert g.cell == (16, 8) and g.crop == (96, 64) and g.n_cells == (6, 8)
+    with pytest.raises(ParameterError, match="common"):
+        tile_grid(2000, 2000, TilingParams(tile_size=(128, 128), stride=(1, 1, 1)))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_window_sum_max_match_naive(k: int) -> None:
+    rng = np.random.default_rng(k)
+    a = rng.integers(0, 50, size=(23, 4, 3)).astype(np.int32)
+    f = rng.random((23, 4, 3)).astype(np.float32)
+    for starts in (
+        np.arange(0, 23 - k + 1, 1),
+        np.arange(0, 23 - k + 1, k),
+        np.array([0, k + 2, 23 - k]),
+        np.array([3]),
+    ):
+        exp_s = np.stack([a[s : s + k].sum(0) for s in starts])
+        exp_m = np.stack([f[s : s + k].max(0) for s in starts])
+        np.testing.assert_array_equal(window_sum(a, starts, k), exp_s)
+        np.testing.assert_array_equal(window_max(f, starts, k), exp_m)
+        np.testing.assert_allclose(
+            window_sum(np.moveaxis(f, 0, 1), starts, k, axis=1),
+            np.moveaxis(np.stack([f[s : s + k].sum(0) for s in starts]), 0, 1),
+            rtol=1e-6,
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# histogram statistics
+# ------------------------------------------------------------------------------------------------
+
+
+def test_hist_bins_edges() -> None:
+    v = np.array([-1.0, 0.0, 1e-5, 0.0099, 0.01, 0.1, 0.11, 1.0, 999.0, 1000.0, 8600.0])
+    b = hist_bin(v)
+    assert b.tolist()[:5] == [0, 0, 1, 1, 2]
+    assert b[-1] == b[-2] == N_BINS - 1
+    for val, bi in zip(v[4:-2], b[4:-2], strict=True):
+        assert HIST_LOG_EDGES[bi - 2] <= val * (1 + 1e-9)
+        assert val < HIST_LOG_EDGES[bi - 1] * (1 + 1e-9)
+
+
+def _hist_of(values: np.ndarray) -> np.ndarray:
+    return np.bincount(hist_bin(values), minlength=N_BINS)
+
+
+def test_quantiles_within_one_bin() -> None:
+    rng = np.random.default_rng(3)
+    qs = (0.1, 0.5, 0.9, 0.95, 0.99, 0.999)
+    for case in range(6):
+        n = int(rng.integers(50, 5000))
+        v = rng.lognormal(mean=rng.normal(0, 1), sigma=1.5, size=n)
+        v[rng.random(n) < rng.random()] = 0.0
+        if case == 5:
+            v[:3] = 5000.0  # clutter in the overflow bin
+        est = hist_quantiles(_hist_of(v)[None], np.array([v.max()]), qs)[0]
+        for q, e in zip(qs, est, strict=True):
+            lo = np.quantile(v, q, method="lower")
+            hi = np.quantile(v, q, method="higher")
+            be = hist_bin([e])[0]
+            assert hist_bin([lo])[0] - 1 <= be <= hist_bin([hi])[0] + 1, (case, q, e, lo, hi)
+            assert e <= v.max() + 1e-12
+    # all dry, no valid pixel
+    out = hist_quantiles(
+        np.zeros((2, N_BINS), int) + np.eye(1, N_BINS, 0, dtype=int) * [[5], [0]],
+        np.array([0.0, np.nan]),
+        (0.5,),
+    )
+    assert out[0, 0] == 0 and np.isnan(out[1, 0])
+
+
+def test_importance_from_histogram_close_to_exact() -> None:
+    rng = np.random.default_rng(5)
+    scales = (0.5, 1.0, 4.0)
+    w = importance_weights(scales)
+    for _ in range(5):
+        v = rng.lognormal(0, 1.5, 3000)
+        v[rng.random(3000) < 0.6] = 0
+        est = hist_importance(_hist_of(v)[None], w)[0]
+        exact = [np.mean(1 - np.exp(-v / s)) for s in scales]
+        np.testing.assert_allclose(est, exact, atol=3e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# per-frame kernel
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cy", "cx"), [(8, 8), (4, 6), (16, 5)])
+def test_frame_partials_match_naive(cy: int, cx: int) -> None:
+    rng = np.random.default_rng(cy * cx)
+    h, w = 35, 33
+    ncy, ncx = h // cy, w // cx
+    block = rng.gamma(0.4, 3.0, (3, h, w)).astype(np.float32)
+    block[block < 0.3] = 0.0
+    block[0, :10, :10] = np.nan
+    block[1] = np.nan  # all-NaN frame
+    block[2, 5, 5] = -2.0  # negative rates count as dry
+    block[2, 6, 6] = 5000.0  # clutter
+    spec = KernelSpec(h, w, cy, cx, ncy, ncx, 0.1, None)
+    out = frame_partials(block, spec)
+    for f, (i, j) in itertools.product(range(3), itertools.product(range(ncy), range(ncx))):
+        c = i * ncx + j
+        cell = block[f, i * cy : (i + 1) * cy, j * cx : (j + 1) * cx]
+        valid = cell[~np.isnan(cell)]
+        clipped = np.maximum(valid, 0)
+        assert out["nan"][f, c] == np.isnan(cell).sum()
+        np.testing.assert_allclose(out["sum"][f, c], clipped.sum(), rtol=1e-6)
+        assert out["max"][f, c] == (clipped.max() if valid.size else 0)
+        assert out["wet"][f, c] == np.count_nonzero(valid > np.float32(0.1))
+        exp_hist = _hist_of(valid.astype(np.float64))
+        exp_hist[0] = 0
+        np.testing.assert_array_equal(out["hist"][f, c], exp_hist)
+
+
+def test_frame_partials_to_rate_and_dtype() -> None:
+    block = np.full((1, 8, 8), 20.0, dtype=np.float16)  # e.g. dBZ
+    spec = KernelSpec(8, 8, 4, 4, 2, 2, 0.1, lambda z: (10 ** (z / 10) / 200) ** (1 / 1.6))
+    out = frame_partials(block, spec)
+    rate = (10 ** (20 / 10) / 200) ** (1 / 1.6)
+    np.testing.assert_allclose(out["sum"][0], 16 * rate, rtol=1e-5)
+    np.testing.assert_allclose(out["max"][0], rate, rtol=1e-5)
