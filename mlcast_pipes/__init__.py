@@ -32,6 +32,8 @@ with warnings.catch_warnings():
         ToTorchTensor,
         register_sampler_functional,
     )
+    from mlcast_pipes.loader import Loader, WorkerDiedError, make_dataloader
+    from mlcast_pipes.pipeline import compose, load_pipeline
 
 from mlcast_pipes.dataset import open_mlcast
 from mlcast_pipes.errors import (
@@ -44,8 +46,6 @@ from mlcast_pipes.errors import (
     ReadError,
     StaleIndexError,
 )
-from mlcast_pipes.loader import Loader, WorkerDiedError, make_dataloader
-from mlcast_pipes.pipeline import compose, load_pipeline
 from mlcast_pipes.splits import TimeSplit, split_by_blocks, split_by_ranges, split_chronological
 from mlcast_pipes.transforms import denormalize
 

@@ -190,17 +190,20 @@ def bench_prepare(
 class _ChildrenPeakRSS(_PeakRSS):
     """Samples the RSS of each child process (DataLoader2 workers); ``peak`` is the largest one."""
 
+    peak_uss: int = 0
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 for child in self._proc.children(recursive=True):
                     self.peak = max(self.peak, child.memory_info().rss)
+                    self.peak_uss = max(self.peak_uss, child.memory_full_info().uss)
             except psutil.Error:
                 pass
             self._stop.wait(self._interval)
 
     def __enter__(self) -> _PeakRSS:
-        self.start_rss = self.peak = 0
+        self.start_rss = self.peak = self.peak_uss = 0
         self._thread.start()
         return self
 
@@ -367,6 +370,7 @@ def bench_read(
         "sampler_overhead_over_reader": round(sampler_s / direct_s - 1, 3),
         "samples_checked": [n_sampler, n_b, n_c],
         "peak_rss_per_worker_mb": round(mem.peak / 2**20, 1),
+        "peak_uss_per_worker_mb": round(getattr(mem, "peak_uss", 0) / 2**20, 1),
         "d_training_copy": "not built (prepare --materialize is not available yet)",
     }
 

@@ -6,7 +6,7 @@ Pure numpy: the datapipes call it so that every record of an epoch is delivered 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -88,33 +88,16 @@ def epoch_rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), *map(int, stream)])
 
 
-def assign_groups(sizes: Sequence[int], n_shards: int) -> list[list[int]]:
-    """Deal groups (already in epoch order) to shards, balancing the number of records.
-
-    Each group goes to the shard with the fewest records so far (lowest index on ties), so
-    shard sizes differ by at most the largest group. Every group lands in exactly one shard.
-
-    Examples
-    --------
-    >>> assign_groups([3, 1, 1, 1], 2)
-    [[0], [1, 2, 3]]
-
-    """
-    totals = [0] * n_shards
-    out: list[list[int]] = [[] for _ in range(n_shards)]
-    for g, size in enumerate(sizes):
-        s = min(range(n_shards), key=lambda k: (totals[k], k))
-        out[s].append(g)
-        totals[s] += int(size)
-    return out
-
-
-def plan_shard(keys: np.ndarray, *, seed: int, epoch: int, shard: Shard) -> list[np.ndarray]:
+def plan_shard(
+    keys: np.ndarray, *, seed: int, epoch: int, shard: Shard, shuffle: bool = True
+) -> list[np.ndarray]:
     """Plan one shard's part of an epoch as groups of row positions sharing a read window.
 
-    Groups are ordered randomly for (seed, epoch), dealt to shards by :func:`assign_groups`,
-    and the rows inside each group are shuffled. The union over all shards is every row,
-    exactly once.
+    Rows are grouped by key; groups are put in a random order for (seed, epoch) (or key
+    order when ``shuffle`` is False) and the rows inside each group are shuffled. The
+    resulting sequence is cut into ``shard.count`` contiguous slices whose sizes differ by at
+    most one, so every worker and rank gets the same number of records (±1) and the union over
+    all shards is every row exactly once. A group cut between two shards is read by both.
 
     Parameters
     ----------
@@ -124,19 +107,39 @@ def plan_shard(keys: np.ndarray, *, seed: int, epoch: int, shard: Shard) -> list
         Determine the order.
     shard : Shard
         The share to plan.
+    shuffle : bool
+        Randomise the order of groups and of rows within groups.
 
     Returns
     -------
     list of numpy.ndarray
-        Row positions, one array per group, in delivery order.
+        Row positions, one array per (part of a) group, in delivery order.
+
+    Examples
+    --------
+    >>> keys = np.array([0, 0, 1, 1, 1])
+    >>> [g.tolist() for g in plan_shard(keys, seed=0, epoch=0, shard=Shard(2, 0), shuffle=False)]
+    [[0, 1]]
 
     """
-    rng = epoch_rng(seed, epoch, 0)
     groups = group_by_key(keys)
-    order = rng.permutation(len(groups))
-    groups = [groups[i] for i in order]
-    mine = assign_groups([len(g) for g in groups], shard.count)[shard.index]
-    return [rng.permutation(groups[g]) for g in mine]
+    if shuffle:
+        rng = epoch_rng(seed, epoch, 0)
+        groups = [rng.permutation(groups[i]) for i in rng.permutation(len(groups))]
+    n = int(sum(len(g) for g in groups))
+    lo = shard.index * n // shard.count
+    hi = (shard.index + 1) * n // shard.count
+    out: list[np.ndarray] = []
+    start = 0
+    for group in groups:
+        end = start + len(group)
+        a, b = max(lo, start), min(hi, end)
+        if a < b:
+            out.append(group[a - start : b - start])
+        start = end
+        if start >= hi:
+            break
+    return out
 
 
 def mix_groups(groups: Iterable[list[T]], n_mix: int, rng: random.Random) -> Iterator[T]:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import _thread
 import signal
 import threading
 from collections.abc import Iterator
@@ -101,7 +100,7 @@ class Loader:
         self.watchdog_interval = watchdog_interval
         set_epoch(pipe, start_epoch)
         services: list[Any] = []
-        if distributed:
+        if distributed and not _shard_ranks_directly(pipe):
             services.append(DistributedReadingService())
         if num_workers > 0:
             services.append(
@@ -126,26 +125,22 @@ class Loader:
         if self._mp is None:
             yield from self.dataloader
             return
-        watchdog = _Watchdog(self._mp, self.watchdog_interval)
+        # DataLoader2 works on a copy of the reading service: watch that copy's processes.
+        watchdog = _Watchdog(self.dataloader.reading_service, self.watchdog_interval)
         iterator = iter(self.dataloader)
-        watchdog.start()
-        try:
+        with watchdog:
             while True:
                 try:
                     item = next(iterator)
                 except StopIteration:
                     return
-                except KeyboardInterrupt:
-                    if watchdog.dead:
-                        self._abort()
-                        raise WorkerDiedError(watchdog.message()) from None
+                except WorkerDiedError:
+                    self._abort()
                     raise
                 yield item
-        finally:
-            watchdog.stop()
 
     def _abort(self) -> None:
-        for proc in _processes(self._mp):
+        for proc in _processes(self.dataloader.reading_service):
             if proc.is_alive():
                 proc.kill()
         closer = threading.Thread(target=self.dataloader.shutdown, daemon=True)
@@ -163,16 +158,66 @@ class Loader:
         self.shutdown()
 
 
+def _shard_ranks_directly(pipe: IterDataPipe[Any]) -> bool:
+    """Give each rank its share of the epoch without DistributedReadingService, if possible.
+
+    DistributedReadingService ends every rank's epoch when the first rank runs out (its
+    ``fullsync``), which drops samples whenever ranks hold unequal numbers of batches. When
+    every shardable step of the pipeline is one of ours, each rank takes its share directly
+    (shares differ by at most one sample) and nothing is dropped. Returns False, leaving the
+    job to DistributedReadingService, when the pipeline has other sharding steps.
+    """
+    import torch.distributed as dist
+    from torch.utils.data.datapipes.iter.sharding import SHARDING_PRIORITIES
+
+    from mlcast_pipes.datapipes._sharding import EpochShardMixin
+
+    shardable = [dp for dp in _walk(pipe) if callable(getattr(dp, "apply_sharding", None))]
+    if not shardable or not all(isinstance(dp, EpochShardMixin) for dp in shardable):
+        return False
+    for dp in shardable:
+        dp.apply_sharding(dist.get_world_size(), dist.get_rank(), SHARDING_PRIORITIES.DISTRIBUTED)
+    return True
+
+
+def _worker_entries(service: Any) -> list[tuple[Any, Any, Any]]:
+    """(process, request queue, result queue) of each worker a reading service started."""
+    entries: list[tuple[Any, Any, Any]] = []
+    for inner in getattr(service, "reading_services", ()):
+        entries.extend(_worker_entries(inner))
+    entries.extend(getattr(service, "_worker_processes", []))
+    return entries
+
+
 def _processes(service: Any) -> list[Any]:
-    procs = [entry[0] for entry in getattr(service, "_worker_processes", [])]
-    dispatch = getattr(service, "_dispatch_process", None)
-    if dispatch:
-        procs.append(dispatch[0])
+    """The processes a (possibly sequential) reading service has started."""
+    procs = [entry[0] for entry in _worker_entries(service)]
+    for inner in [service, *getattr(service, "reading_services", ())]:
+        dispatch = getattr(inner, "_dispatch_process", None)
+        if dispatch:
+            procs.append(dispatch[0])
     return procs
 
 
+def _report(result_queue: Any, error: Exception) -> None:
+    """Deliver ``error`` to the main process as if the worker behind the queue had raised it."""
+    from torchdata._utils import ExceptionWrapper
+    from torchdata.dataloader2.communication.messages import WorkerExceptionResponse
+
+    try:
+        raise error
+    except WorkerDiedError:
+        wrapped = ExceptionWrapper(where="in the mlcast-pipes watchdog")
+    result_queue.put(WorkerExceptionResponse(wrapped))
+
+
 class _Watchdog:
-    """Interrupts the main thread when a worker process has died (DataLoader2 would hang)."""
+    """Fails the epoch promptly when a worker process has died.
+
+    DataLoader2 would otherwise wait forever for the dead worker's next item. The watchdog
+    puts a worker-exception message on the dead worker's result queue, which the main process
+    raises as :class:`WorkerDiedError` with the exit status.
+    """
 
     def __init__(self, service: Any, interval: float) -> None:
         self.service = service
@@ -181,31 +226,28 @@ class _Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="mlcast-watchdog")
 
-    def start(self) -> None:
+    def __enter__(self) -> _Watchdog:
         self._thread.start()
+        return self
 
-    def stop(self) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            procs = _processes(self.service)
-            dead = [
-                (p.pid, p.exitcode) for p in procs if p.exitcode is not None and p.exitcode != 0
-            ]
+            entries = _worker_entries(self.service)
+            dead = [e for e in entries if e[0].exitcode not in (None, 0)]
             if dead and not self._stop.is_set():
-                self.dead = dead
-                _thread.interrupt_main(signal.SIGINT)
+                self.dead = [(e[0].pid, e[0].exitcode) for e in dead]
+                for entry in dead:
+                    _report(entry[2], WorkerDiedError(self.message()))
                 return
 
     def message(self) -> str:
         parts = []
         for pid, code in self.dead:
-            how = (
-                f"killed by signal {-code}"
-                if code is not None and code < 0
-                else f"exit code {code}"
-            )
+            killed = code is not None and code < 0
+            how = f"killed by signal {-(code or 0)}" if killed else f"exit code {code}"
             if code == -signal.SIGKILL:
                 how += " (SIGKILL: often the out-of-memory killer; lower batch_size or mix_groups)"
             parts.append(f"pid {pid} ({how})")
@@ -234,7 +276,9 @@ def make_dataloader(
     num_workers : int
         Worker processes (0: iterate in this process).
     distributed : bool
-        Split each epoch across the ranks of the initialised ``torch.distributed`` group.
+        Split each epoch across the ranks of the initialised ``torch.distributed`` group:
+        shares are disjoint, complete, and differ by at most one sample (wrap uneven last
+        steps in DDP's ``join()`` or drop the last batch).
     seed : int
         Base seed given to DataLoader2 each epoch (``seed + epoch``) for any other random step.
     start_epoch : int

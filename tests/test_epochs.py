@@ -5,7 +5,6 @@ import pytest
 
 from mlcast_pipes.epochs import (
     Shard,
-    assign_groups,
     combine_shards,
     group_by_key,
     mix_groups,
@@ -33,24 +32,26 @@ def test_group_by_key_partitions_rows():
     assert group_by_key(np.array([], dtype=int)) == []
 
 
-def test_assign_groups_balances_and_covers():
-    sizes = [5, 1, 1, 1, 1, 1, 4]
-    out = assign_groups(sizes, 3)
-    assert sorted(g for shard in out for g in shard) == list(range(len(sizes)))
-    totals = [sum(sizes[g] for g in shard) for shard in out]
-    assert max(totals) - min(totals) <= max(sizes)
-
-
 @pytest.mark.parametrize("n_shards", [1, 2, 3, 5])
 def test_plan_shard_exactly_once(n_shards):
     rng = np.random.default_rng(0)
     keys = rng.integers(0, 40, size=500)
     seen = []
+    sizes = []
     for i in range(n_shards):
-        for group in plan_shard(keys, seed=7, epoch=3, shard=Shard(n_shards, i)):
+        mine = plan_shard(keys, seed=7, epoch=3, shard=Shard(n_shards, i))
+        for group in mine:
             assert len(set(keys[group])) == 1  # a group shares one read window
             seen.extend(group.tolist())
+        sizes.append(sum(len(g) for g in mine))
     assert sorted(seen) == list(range(len(keys)))
+    assert max(sizes) - min(sizes) <= 1  # every worker and rank gets the same count (+-1)
+
+
+def test_plan_shard_time_order_without_shuffle():
+    keys = np.array([2, 0, 1, 0, 2])
+    groups = plan_shard(keys, seed=0, epoch=0, shard=Shard(), shuffle=False)
+    assert [keys[g][0] for g in groups] == [0, 1, 2]
 
 
 def test_plan_shard_reproducible_and_fresh_per_epoch():

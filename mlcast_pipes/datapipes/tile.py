@@ -14,7 +14,7 @@ import xarray as xr
 from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.datapipes._sharding import EpochShardMixin
-from mlcast_pipes.epochs import assign_groups, group_by_key, plan_shard
+from mlcast_pipes.epochs import plan_shard
 from mlcast_pipes.indexing import TilingPlan, default_index_dir, iter_tables
 from mlcast_pipes.records import TileSample
 from mlcast_pipes.splits import TimeSplit
@@ -103,12 +103,9 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         shard = self.shard
         for table in iter_tables(self.plan, iter(self.source_datapipe)):
             keys = table.column("t_start")
-            if self.shuffle_windows:
-                groups = plan_shard(keys, seed=self.seed, epoch=epoch, shard=shard)
-            else:
-                by_time = group_by_key(keys)
-                mine = assign_groups([len(g) for g in by_time], shard.count)[shard.index]
-                groups = [by_time[g] for g in mine]
+            groups = plan_shard(
+                keys, seed=self.seed, epoch=epoch, shard=shard, shuffle=self.shuffle_windows
+            )
             for group in groups:
                 for pos in group:
                     yield table.record(int(pos))
