@@ -19,6 +19,7 @@ from mlcast_pipes.datapipes.tile import TileDataPipe
 from mlcast_pipes.epochs import epoch_rng, mix_groups, plan_shard
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
 from mlcast_pipes.indexing import TileTable, iso_time, iter_tables
+from mlcast_pipes.materialize import TrainingCopy, copy_path
 from mlcast_pipes.reader import get_reader
 from mlcast_pipes.records import TileSample
 from mlcast_pipes.sampling import SamplingIndex, available_samplers, draw_epoch, get_sampler
@@ -49,6 +50,9 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         moments in time, at the memory cost of that many windows.
     load : bool
         Read pixels here (grouped, each frame decoded once). False yields lazy records.
+    materialized : bool, optional
+        Read from the training copy (``prepare --materialize``): None uses it when it exists
+        and matches the sampling index, True requires it, False never uses it.
     index_dir : str or path, optional
         Folder of the sampling index (the tiling index's folder when None).
     recompute : bool
@@ -70,6 +74,7 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         seed: int = 0,
         mix_groups: int = 4,
         load: bool = True,
+        materialized: bool | None = None,
         index_dir: str | os.PathLike[str] | None = None,
         recompute: bool = False,
         **params: Any,
@@ -106,6 +111,7 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         self.seed = seed
         self.mix_groups = mix_groups
         self.load = load
+        self.materialized = materialized
         self.index_dir = Path(index_dir) if index_dir is not None else self.plan.index_dir
         self.recompute = recompute
         self._pools: dict[str, SamplingIndex] = {}
@@ -133,17 +139,42 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         epoch = self._start_epoch()
         shard = self.shard
         for k, table in enumerate(iter_tables(self.plan, iter(self.source_datapipe))):
-            pool = self._pool(table).table
+            sampling = self._pool(table)
+            pool = sampling.table
+            copy = self.training_copy(sampling)
             rows = draw_epoch(pool, n_samples=self.n_samples, seed=self.seed, epoch=epoch)
             cols = {name: pool[name].to_numpy() for name in _POOL_COLUMNS}
-            src = cols["t_start"][rows]
-            groups = plan_shard(src, seed=self.seed + k, epoch=epoch, shard=shard)
+            # From the source, a read group is a time window; from a training copy every
+            # sample is its own chunk, so blocks of draws only keep the plan cheap.
+            keys = cols["t_start"][rows] if copy is None else np.arange(len(rows)) // 16
+            groups = plan_shard(keys, seed=self.seed + k, epoch=epoch, shard=shard)
             rng = random.Random(int(epoch_rng(self.seed, epoch, shard.index, k).integers(2**63)))
-            loaded = (self._read_group(table, cols, rows[g]) for g in groups)
+            loaded = (self._read_group(table, cols, rows[g], copy) for g in groups)
             yield from mix_groups(loaded, self.mix_groups, rng)
 
+    def training_copy(self, sampling: SamplingIndex) -> TrainingCopy | None:
+        """The training copy to read this sampling index from, if any (see ``materialized``)."""
+        if self.materialized is False:
+            return None
+        copy = TrainingCopy(
+            copy_path(sampling.path.parent, sampling.sampling_id), sampling.meta.get("csv_sha256")
+        )
+        if copy.exists():
+            return copy
+        if self.materialized:
+            raise ParameterError(
+                f"no training copy of {sampling.sampling_id} in {sampling.path.parent}: run "
+                "`mlcast-pipes prepare ... --sampler ... --materialize` first, or pass "
+                "materialized=None to read from the source archive"
+            )
+        return None
+
     def _read_group(
-        self, table: TileTable, col: dict[str, np.ndarray], rows: np.ndarray
+        self,
+        table: TileTable,
+        col: dict[str, np.ndarray],
+        rows: np.ndarray,
+        copy: TrainingCopy | None = None,
     ) -> list[TileSample]:
         records = []
         for r in rows:
@@ -164,7 +195,10 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
                 bin_id=int(col["bin_id"][r]),
             )
             records.append(rec)
-        if self.load and records:
+        if self.load and copy is not None:
+            for rec, r in zip(records, rows, strict=True):
+                rec.data = copy.read(int(r))
+        elif self.load and records:
             spec = table.info.spec
             reader = get_reader(spec.url, spec.var_name, spec.storage_options)
             for rec, data in zip(

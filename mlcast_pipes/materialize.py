@@ -1,0 +1,158 @@
+"""Training copies: the sampled tiles of a sampling index in a zarr store, one sample per chunk.
+
+Made once by ``prepare --materialize``; the sampling step reads it instead of the source.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+import pandas as pd
+import zarr
+
+from mlcast_pipes.epochs import group_by_key
+from mlcast_pipes.errors import IndexFileError, ReadError
+from mlcast_pipes.reader import TileRequest, get_reader
+from mlcast_pipes.records import DatasetInfo
+
+#: Name of the array in a training copy.
+ARRAY = "samples"
+
+
+def copy_path(index_dir: str | os.PathLike[str], sampling_id: str) -> Path:
+    """Where the training copy of a sampling index lives: ``{index_dir}/{sampling_id}.zarr``."""
+    return Path(index_dir) / f"{sampling_id}.zarr"
+
+
+def materialize(
+    pool: pd.DataFrame,
+    meta: dict[str, Any],
+    info: DatasetInfo,
+    path: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+) -> Path:
+    """Write every sample of a sampling pool into a zarr store chunked one sample per chunk.
+
+    Tiles are read window by window (each frame decoded once) and written with zstd. The store
+    is built in a temporary folder beside ``path`` and renamed into place when complete, so an
+    interrupted run leaves no copy that looks usable.
+
+    Parameters
+    ----------
+    pool : pandas.DataFrame
+        The sampling index table (one row per sample).
+    meta : dict
+        The sampling index's sidecar (its ``csv_sha256`` ties the copy to the index).
+    info : DatasetInfo
+        The source archive.
+    path : str or path
+        Target store, usually :func:`copy_path`.
+    progress : bool
+        Print one line per 10% written.
+
+    Returns
+    -------
+    pathlib.Path
+        The store.
+
+    """
+    target = Path(path)
+    if len(pool) == 0:
+        raise IndexFileError(f"the sampling index behind {target.name} is empty: nothing to copy")
+    n_time = int(pool["n_time_sample"].iloc[0])
+    ty, tx = int(pool["y_tile"].iloc[0]), int(pool["x_tile"].iloc[0])
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+    arr = root.create_array(
+        ARRAY,
+        shape=(len(pool), n_time, ty, tx),
+        chunks=(1, n_time, ty, tx),
+        dtype="float32",
+        compressors=[numcodecs.Zstd(level=3)],
+        fill_value=np.nan,
+    )
+    spec = info.spec
+    reader = get_reader(spec.url, spec.var_name, spec.storage_options)
+    starts = pool["t_start"].to_numpy() + pool["t_offset"].to_numpy()
+    ys, xs = pool["y_start"].to_numpy(), pool["x_start"].to_numpy()
+    done, step = 0, max(1, len(pool) // 10)
+    try:
+        for group in group_by_key(pool["t_start"].to_numpy()):
+            requests = [
+                TileRequest(int(starts[i]), n_time, int(ys[i]), ty, int(xs[i]), tx) for i in group
+            ]
+            for i, data in zip(group, reader.read_tiles(requests), strict=True):
+                arr[int(i)] = data
+            done += len(group)
+            if progress and done // step != (done - len(group)) // step:
+                print(f"materialize: {done}/{len(pool)} samples", flush=True)
+        root.attrs.update(
+            {
+                "sampling_id": str(meta.get("sampling_id", "")),
+                "sampling_csv_sha256": str(meta.get("csv_sha256", "")),
+                "dataset_id": info.dataset_id,
+                "source_url": spec.url,
+                "n_samples": len(pool),
+            }
+        )
+        zarr.consolidate_metadata(str(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+class TrainingCopy:
+    """Reads samples of a training copy by row of its sampling index (opened lazily, per process).
+
+    Parameters
+    ----------
+    path : str or path
+        The store written by :func:`materialize`.
+    expected_sha256 : str, optional
+        The sampling index's CSV hash; a copy made from another index is refused.
+
+    Examples
+    --------
+    >>> TrainingCopy("/nonexistent.zarr").exists()
+    False
+
+    """
+
+    def __init__(self, path: str | os.PathLike[str], expected_sha256: str | None = None) -> None:
+        self.path = Path(path)
+        self.expected_sha256 = expected_sha256
+        self._array: Any = None
+        self._pid = -1
+
+    def exists(self) -> bool:
+        """Whether a complete copy is there (and matches the expected index)."""
+        if not (self.path / ".zmetadata").is_file():
+            return False
+        if self.expected_sha256 is None:
+            return True
+        attrs = zarr.open_group(str(self.path), mode="r").attrs
+        return bool(attrs.get("sampling_csv_sha256") == self.expected_sha256)
+
+    def read(self, row: int) -> np.ndarray:
+        """The sample of sampling-index row ``row``, shape (n_time, y, x), float32."""
+        if self._array is None or self._pid != os.getpid():
+            self._array = zarr.open_group(str(self.path), mode="r")[ARRAY]
+            self._pid = os.getpid()
+        try:
+            return np.asarray(self._array[int(row)], dtype=np.float32)
+        except Exception as exc:  # zarr/codec errors come in many types
+            raise ReadError(
+                f"cannot read sample {row} from the training copy {self.path}: {exc}; delete the "
+                "copy and rerun `mlcast-pipes prepare ... --materialize`"
+            ) from exc

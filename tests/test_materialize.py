@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+
+import mlcast_pipes as mp
+from mlcast_pipes.errors import ParameterError
+from mlcast_pipes.materialize import TrainingCopy, copy_path, materialize
+
+
+def _sampler(path, index_dir, **kw):
+    return (
+        mp.OpenXarrayDataset(str(path))
+        .tile(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=index_dir)
+        .uniform_sample(seed=1, **kw)
+    )
+
+
+def test_training_copy_gives_the_same_samples(tiny_archive, index_dir):
+    source = _sampler(tiny_archive, index_dir, materialized=False)
+    sampling = source.sampling_indexes()[0]
+    table = source.plan.table(next(iter(source.source_datapipe)))
+    target = copy_path(index_dir, sampling.sampling_id)
+    with pytest.raises(ParameterError, match="--materialize"):
+        next(iter(_sampler(tiny_archive, index_dir, materialized=True)))
+    materialize(sampling.table, sampling.meta, table.info, target)
+    assert TrainingCopy(target, sampling.meta["csv_sha256"]).exists()
+    assert not TrainingCopy(target, "another-index").exists()
+    assert not list(index_dir.glob("*.tmp-*"))  # no temp store left behind
+    expected = {s.sample_id: s.data for s in source}
+    copied = {s.sample_id: s.data for s in _sampler(tiny_archive, index_dir, materialized=True)}
+    auto = [s.sample_id for s in _sampler(tiny_archive, index_dir)]
+    assert sorted(copied) == sorted(expected) == sorted(auto)
+    for key, data in expected.items():
+        np.testing.assert_array_equal(copied[key], data)
