@@ -6,7 +6,7 @@ Pure numpy: the datapipes call it so that every record of an epoch is delivered 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -161,3 +161,62 @@ def mix_groups(groups: Iterable[list[T]], n_mix: int, rng: random.Random) -> Ite
             pool, held = [], 0
     rng.shuffle(pool)
     yield from pool
+
+
+def mix_blocks(
+    groups: Sequence[np.ndarray], n_mix: int, rng: random.Random
+) -> Iterator[np.ndarray]:
+    """Positions of consecutive groups, ``n_mix`` groups at a time, in shuffled delivery order.
+
+    The same order as :func:`mix_groups` gives for the same generator, computed on positions
+    only, so a resumed epoch can skip records without reading their pixels.
+    """
+    if n_mix < 1:
+        raise ParameterError(f"mix_groups must be >= 1, got {n_mix}")
+    for i in range(0, len(groups), n_mix):
+        block = [int(p) for g in groups[i : i + n_mix] for p in g]
+        rng.shuffle(block)
+        yield np.asarray(block, dtype=np.int64)
+
+
+def worker_sizes(n_total: int, levels: Mapping[int, tuple[int, int]]) -> tuple[list[int], int]:
+    """Records per worker of this copy's rank under :func:`plan_shard`, and this worker's index."""
+    shard = combine_shards(levels)
+    n_workers, worker = levels.get(_MULTIPROCESSING, (1, 0))
+    first = shard.index - worker
+    sizes = [
+        (first + j + 1) * n_total // shard.count - (first + j) * n_total // shard.count
+        for j in range(n_workers)
+    ]
+    return sizes, worker
+
+
+def resume_skip(
+    n_total: int,
+    levels: Mapping[int, tuple[int, int]],
+    batches: int,
+    batch_size: int,
+    drop_last: bool = False,
+) -> int:
+    """Records this worker skips so that its rank's epoch resumes at batch ``batches``.
+
+    DataLoader2 takes batches from its workers in turn (worker 0, 1, ..., 0, 1, ...), skipping
+    workers that have run out; the first ``batches`` batches of that sequence are replayed
+    here on the workers' batch counts.
+
+    Examples
+    --------
+    >>> resume_skip(10, {3: (2, 1)}, batches=3, batch_size=2)
+    2
+
+    """
+    sizes, worker = worker_sizes(n_total, levels)
+    counts = [n // batch_size if drop_last else -(-n // batch_size) for n in sizes]
+    taken = [0] * len(sizes)
+    left = batches
+    while left > 0 and any(t < c for t, c in zip(taken, counts, strict=True)):
+        for j, c in enumerate(counts):
+            if left > 0 and taken[j] < c:
+                taken[j] += 1
+                left -= 1
+    return min(taken[worker] * batch_size, sizes[worker])

@@ -58,6 +58,23 @@ def prepare_indexes(pipe: IterDataPipe[Any]) -> None:
                 plan.table(da)
 
 
+def set_resume(pipe: IterDataPipe[Any], batch: int) -> None:
+    """Make the next epoch of a pipeline start at batch ``batch`` (skipped without reading)."""
+    if batch <= 0:
+        return
+    dps = _walk(pipe)
+    sizes = [dp for dp in dps if hasattr(dp, "batch_size") and hasattr(dp, "drop_last")]
+    batch_size = int(sizes[0].batch_size or 1) if sizes else 1
+    drop_last = bool(sizes[0].drop_last) if sizes else False
+    resumable = [dp for dp in dps if callable(getattr(dp, "set_resume", None))]
+    if not resumable:
+        raise ParameterError(
+            "start_batch needs a sampling step (.binnorm_sample(), .sample(...)) in the pipeline"
+        )
+    for dp in resumable:
+        dp.set_resume(batch, batch_size, drop_last)
+
+
 def set_epoch(pipe: IterDataPipe[Any], epoch: int) -> None:
     """Set the next epoch of every epoch-aware datapipe of a graph (for resuming)."""
     for dp in _walk(pipe):
@@ -86,6 +103,7 @@ class Loader:
         distributed: bool = False,
         seed: int = 0,
         start_epoch: int = 0,
+        start_batch: int = 0,
         prefetch: int = 2,
         watchdog_interval: float = 0.5,
         multiprocessing_context: str | None = None,
@@ -99,6 +117,11 @@ class Loader:
         self.epoch = start_epoch
         self.watchdog_interval = watchdog_interval
         set_epoch(pipe, start_epoch)
+        # DataLoader2 takes batches from the workers in turn, starting again at worker 0 each
+        # epoch: the workers skip whole rounds, this loader drops the rest of the last round.
+        rounds = max(num_workers, 1)
+        set_resume(pipe, start_batch - start_batch % rounds)
+        self._drop_first = start_batch % rounds
         services: list[Any] = []
         if distributed and not _shard_ranks_directly(pipe):
             services.append(DistributedReadingService())
@@ -120,6 +143,12 @@ class Loader:
         self.dataloader = DataLoader2(pipe, reading_service=service)
 
     def __iter__(self) -> Iterator[Any]:
+        drop, self._drop_first = self._drop_first, 0
+        for i, item in enumerate(self._epoch()):
+            if i >= drop:
+                yield item
+
+    def _epoch(self) -> Iterator[Any]:
         self.dataloader.seed(self.seed + self.epoch)
         self.epoch += 1
         if self._mp is None:
@@ -264,6 +293,7 @@ def make_dataloader(
     distributed: bool = False,
     seed: int = 0,
     start_epoch: int = 0,
+    start_batch: int = 0,
     prefetch: int = 2,
     prepare: bool = True,
 ) -> Loader:
@@ -283,6 +313,10 @@ def make_dataloader(
         Base seed given to DataLoader2 each epoch (``seed + epoch``) for any other random step.
     start_epoch : int
         The first epoch to deliver (to resume a run).
+    start_batch : int
+        Start that epoch at this batch: the skipped batches' records are dropped before any
+        pixel is read, and the batches after them are those the interrupted run would have
+        seen (same ``num_workers`` and ranks).
     prefetch : int
         Items prefetched per worker and in the main process.
     prepare : bool
@@ -319,5 +353,6 @@ def make_dataloader(
         distributed=distributed,
         seed=seed,
         start_epoch=start_epoch,
+        start_batch=start_batch,
         prefetch=prefetch,
     )

@@ -129,3 +129,23 @@ def test_two_ranks_disjoint_and_complete(tiny_archive, index_dir, tmp_path):
         assert sorted(a + b) == reference  # complete
         assert abs(len(a) - len(b)) <= 1
     assert ranks[0][0] != ranks[0][1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_mid_epoch_gets_identical_batches(tiny_archive, index_dir, workers):
+    def batches(loader):
+        try:
+            return [b["meta"]["sample_id"].tolist() for b in loader]
+        finally:
+            loader.shutdown()
+
+    pipe = _pipe(tiny_archive, index_dir, "binnorm", n_samples=30)
+    full = mp.make_dataloader(pipe, num_workers=workers, start_epoch=1)
+    expected = batches(full)
+    resumed = mp.make_dataloader(
+        _pipe(tiny_archive, index_dir, "binnorm", n_samples=30),
+        num_workers=workers,
+        start_epoch=1,
+        start_batch=3,
+    )
+    assert batches(resumed) == expected[3:]

@@ -16,7 +16,7 @@ from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.datapipes._sharding import EpochShardMixin
 from mlcast_pipes.datapipes.tile import TileDataPipe
-from mlcast_pipes.epochs import epoch_rng, mix_groups, plan_shard
+from mlcast_pipes.epochs import epoch_rng, group_by_key, mix_blocks, plan_shard, resume_skip
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
 from mlcast_pipes.indexing import TileTable, iso_time, iter_tables
 from mlcast_pipes.materialize import TrainingCopy, copy_path
@@ -135,22 +135,44 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
             )
         return self._pools[key]
 
+    def set_resume(self, batches: int, batch_size: int, drop_last: bool = False) -> None:
+        """Start the next epoch at batch ``batches`` of batch size ``batch_size``.
+
+        The records of the skipped batches are dropped before any pixel is read; the batches
+        that follow are the ones the interrupted epoch would have delivered.
+        """
+        self._resume: tuple[int, int, bool] | None = (int(batches), int(batch_size), drop_last)
+
     def __iter__(self) -> Iterator[TileSample]:
         epoch = self._start_epoch()
         shard = self.shard
+        plans = []
         for k, table in enumerate(iter_tables(self.plan, iter(self.source_datapipe))):
             sampling = self._pool(table)
             pool = sampling.table
             copy = self.training_copy(sampling)
             rows = draw_epoch(pool, n_samples=self.n_samples, seed=self.seed, epoch=epoch)
             cols = {name: pool[name].to_numpy() for name in _POOL_COLUMNS}
+            plans.append((k, table, copy, rows, cols))
+        skip = 0
+        resume: tuple[int, int, bool] | None = getattr(self, "_resume", None)
+        self._resume = None
+        if resume is not None:
+            batches, batch_size, drop_last = resume
+            n_total = sum(len(p[3]) for p in plans)
+            skip = resume_skip(n_total, self._shard_levels, batches, batch_size, drop_last)
+        for k, table, copy, rows, cols in plans:
             # From the source, a read group is a time window; from a training copy every
             # sample is its own chunk, so blocks of draws only keep the plan cheap.
             keys = cols["t_start"][rows] if copy is None else np.arange(len(rows)) // 16
             groups = plan_shard(keys, seed=self.seed + k, epoch=epoch, shard=shard)
             rng = random.Random(int(epoch_rng(self.seed, epoch, shard.index, k).integers(2**63)))
-            loaded = (self._read_group(table, cols, rows[g], copy) for g in groups)
-            yield from mix_groups(loaded, self.mix_groups, rng)
+            for block in mix_blocks(groups, self.mix_groups, rng):
+                if skip >= len(block):
+                    skip -= len(block)
+                    continue
+                yield from self._read_block(table, cols, rows[block[skip:]], copy)
+                skip = 0
 
     def training_copy(self, sampling: SamplingIndex) -> TrainingCopy | None:
         """The training copy to read this sampling index from, if any (see ``materialized``)."""
@@ -169,13 +191,14 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
             )
         return None
 
-    def _read_group(
+    def _read_block(
         self,
         table: TileTable,
         col: dict[str, np.ndarray],
         rows: np.ndarray,
         copy: TrainingCopy | None = None,
     ) -> list[TileSample]:
+        """Records of pool rows ``rows``, in order, read window by window (or from the copy)."""
         records = []
         for r in rows:
             rec = TileSample(
@@ -201,10 +224,11 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         elif self.load and records:
             spec = table.info.spec
             reader = get_reader(spec.url, spec.var_name, spec.storage_options)
-            for rec, data in zip(
-                records, reader.read_tiles([r.request for r in records]), strict=True
-            ):
-                rec.data = data
+            for group in group_by_key(col["t_start"][rows]):  # one read per window
+                members = [records[int(i)] for i in group]
+                requests = [r.request for r in members]
+                for rec, data in zip(members, reader.read_tiles(requests), strict=True):
+                    rec.data = data
         return records
 
 
