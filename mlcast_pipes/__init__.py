@@ -32,6 +32,7 @@ with warnings.catch_warnings():
         ToTorchTensor,
         register_sampler_functional,
     )
+    from mlcast_pipes.datapipes.mix import MixDataPipe, mix
     from mlcast_pipes.loader import Loader, WorkerDiedError, make_dataloader
     from mlcast_pipes.pipeline import compose, load_pipeline
 
@@ -59,6 +60,7 @@ __all__ = [
     "MLCastCatalogDataset",
     "MLCastOpener",
     "MLCastPipesError",
+    "MixDataPipe",
     "NormalizeDataPipe",
     "NormalizeForTraining",
     "OpenXarrayDataset",
@@ -79,6 +81,7 @@ __all__ = [
     "denormalize",
     "load_pipeline",
     "make_dataloader",
+    "mix",
     "open_mlcast",
     "register_sampler_functional",
     "split_by_blocks",

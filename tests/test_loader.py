@@ -149,3 +149,37 @@ def test_resume_mid_epoch_gets_identical_batches(tiny_archive, index_dir, worker
         start_batch=3,
     )
     assert batches(resumed) == expected[3:]
+
+
+def test_mix_two_archives_exactly_once_with_workers(tiny_archive, index_dir, tmp_path):
+    from mlcast_pipes.demo import generate_demo
+
+    other = generate_demo(tmp_path / "other.zarr", preset="tiny", seed=3)
+
+    def pipe():
+        sampled = [
+            mp.OpenXarrayDataset(str(p))
+            .tile(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=index_dir)
+            .uniform_sample(seed=2)
+            for p in (tiny_archive, other)
+        ]
+        return (
+            mp.mix(sampled, weights=[2, 1], seed=0)
+            .normalize()
+            .to_tensor(batch_size=4, metadata=True)
+        )
+
+    def keys(batches):
+        return Counter(
+            (d, int(i))
+            for b in batches
+            for d, i in zip(b["meta"]["dataset_id"], b["meta"]["sample_id"], strict=True)
+        )
+
+    reference = keys(pipe())
+    assert len({d for d, _ in reference}) == 2
+    loader = mp.make_dataloader(pipe(), num_workers=2)
+    try:
+        assert keys(loader) == reference
+    finally:
+        loader.shutdown()

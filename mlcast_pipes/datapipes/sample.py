@@ -322,6 +322,7 @@ def register_sampler_functional(name: str) -> type[SampleDataPipe]:
         },
     )
     functional_datapipe(functional)(cls)
+    globals()[cls.__name__] = cls  # picklable: graph traversal and spawned workers pickle it
     return cls
 
 
