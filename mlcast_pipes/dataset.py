@@ -715,7 +715,7 @@ def _open_store(
             if _is_connection_error(exc):
                 break
     assert error is not None
-    raise _open_error(url, error, is_url) from error
+    raise _open_error(url, error, is_url, options) from error
 
 
 def _preflight(url: str, options: Mapping[str, Any]) -> None:
@@ -740,9 +740,9 @@ def _preflight(url: str, options: Mapping[str, Any]) -> None:
             return
         except FileNotFoundError as exc:
             if _is_connection_error(exc):
-                raise _open_error(url, exc, True) from exc
+                raise _open_error(url, exc, True, options) from exc
         except Exception as exc:
-            raise _open_error(url, exc, True) from exc
+            raise _open_error(url, exc, True, options) from exc
     raise DatasetError(
         f"no zarr store found at {url}: none of .zmetadata, zarr.json, .zgroup exists there. "
         "Check the URL (it should point to the '*.zarr' folder) and storage_options."
@@ -784,7 +784,9 @@ def _is_connection_error(exc: BaseException) -> bool:
     )
 
 
-def _open_error(url: str, exc: Exception, is_url: bool) -> DatasetError:
+def _open_error(
+    url: str, exc: Exception, is_url: bool, options: Mapping[str, Any] | None = None
+) -> DatasetError:
     what = f"{type(exc).__name__}: {exc}"
     if len(what) > 400:
         what = what[:400] + "..."
@@ -798,6 +800,12 @@ def _open_error(url: str, exc: Exception, is_url: bool) -> DatasetError:
         names & {"NoCredentialsError", "AccessDenied", "ClientAuthenticationError"}
     )
     if denied:
+        if options and options.get("anon"):
+            return DatasetError(
+                f"anonymous access to {url} was denied ({what}): the store is not public. Pass "
+                "credentials in storage_options (e.g. {'key': ..., 'secret': ...} or "
+                "{'profile': ...}) with anon=False, or configure them in the environment."
+            )
         return DatasetError(
             f"access to {url} was denied ({what}). For public buckets pass "
             "storage_options={'anon': True}; otherwise configure credentials."

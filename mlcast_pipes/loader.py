@@ -172,13 +172,22 @@ class Loader:
         for proc in _processes(self.dataloader.reading_service):
             if proc.is_alive():
                 proc.kill()
+        self.shutdown(timeout=5)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the worker processes, killing them if they do not stop within ``timeout`` s.
+
+        DataLoader2's own shutdown can wait forever for a worker that is mid-item when an
+        epoch is left early; this bound keeps a training script from hanging at exit.
+        """
         closer = threading.Thread(target=self.dataloader.shutdown, daemon=True)
         closer.start()
-        closer.join(timeout=5)
-
-    def shutdown(self) -> None:
-        """Stop the worker processes."""
-        self.dataloader.shutdown()
+        closer.join(timeout=timeout)
+        if closer.is_alive():
+            for proc in _processes(self.dataloader.reading_service):
+                if proc.is_alive():
+                    proc.kill()
+            closer.join(timeout=timeout)
 
     def __enter__(self) -> Loader:
         return self

@@ -286,6 +286,15 @@ def _check_dataarray(da: Any) -> xr.DataArray:
     return da
 
 
+def _source_label(da: xr.DataArray, dataset_id: str) -> str:
+    """How read errors name the archive: its path or URL when known, else the dataset id."""
+    spec = da.encoding.get("mlcast_source")
+    url = getattr(spec, "url", None)
+    if isinstance(url, str) and url:
+        return f"{url!r} (dataset {dataset_id!r})"
+    return f"dataset {dataset_id!r}"
+
+
 def _no_tile_message(
     dataset_id: str, params: TilingParams, win: Mapping[str, int], n_sp: int, nan_rej: int
 ) -> str:
@@ -314,7 +323,7 @@ def prepare_tiling(
     on_stale: Literal["raise", "recompute"] = "raise",
     progress: bool = False,
     block_frames: int = 512,
-    verify: VerifyMode = "size",
+    verify: VerifyMode = "sha256",
 ) -> TileIndex:
     """Load the tiling index of ``da`` for ``params``, or compute and write it.
 
@@ -351,7 +360,9 @@ def prepare_tiling(
     block_frames
         Frames per dask compute; memory is bounded by this, not by the archive length.
     verify
-        Integrity check of an existing index: ``"size"`` or ``"sha256"``.
+        Integrity check of an existing index: ``"sha256"`` (default: a hand edit that keeps the
+        byte size, e.g. one changed digit of ``t_start``, is caught too; hashing costs about a
+        third of parsing the CSV) or ``"size"`` (byte size only, cheaper).
 
     Returns
     -------
@@ -432,6 +443,7 @@ def prepare_tiling(
             windows,
             to_rate=to_rate,
             block_frames=block_frames,
+            source=_source_label(da, dataset_id),
         )
         cb = _FrameCallback(bar, partials_dtype(ncell)) if bar is not None else None
         try:

@@ -206,19 +206,83 @@ class _FrameFailedError(Exception):
         self.c0, self.c1, self.error = c0, c1, error
 
 
-def _is_transient(exc: BaseException) -> bool:
-    """Whether retrying the read may help (network-like errors), as opposed to a broken chunk."""
+#: Exception class names (botocore, aiohttp, fsspec) of network failures worth retrying; matched by
+#: name so that the optional remote packages need not be imported.
+_TRANSIENT_NAMES = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ProxyConnectionError",
+        "HTTPClientError",
+        "ResponseStreamingError",
+        "IncompleteReadError",
+        "FSTimeoutError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
+        "ClientPayloadError",
+        "ClientConnectorError",
+        "ClientOSError",
+    }
+)
+
+#: HTTP statuses that say "no access" (a permanent error with its own fix).
+_DENIED_STATUSES = (401, 403)
+
+
+def _classify(exc: BaseException) -> bool | None:
+    """True: retrying may help; False: it cannot; None: this exception does not tell."""
     if isinstance(exc, _PERMANENT_OS_ERRORS):
         return False
-    if isinstance(exc, TimeoutError | ConnectionError | asyncio.TimeoutError | OSError):
+    if type(exc).__name__ in _TRANSIENT_NAMES:
+        return True
+    if isinstance(exc, TimeoutError | ConnectionError | asyncio.TimeoutError):
+        return True
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and type(exc).__name__ == "ClientResponseError":
+        return status >= 500 or status in (408, 429)
+    if isinstance(exc, OSError):  # s3fs turns throttling and 5xx answers into OSError
         return True
     try:  # aiohttp is optional (remote extra)
         import aiohttp
     except ImportError:  # pragma: no cover - aiohttp is normally installed with fsspec[http]
-        return False
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return exc.status >= 500 or exc.status in (408, 429)
-    return isinstance(exc, aiohttp.ClientError)
+        return None
+    if isinstance(exc, aiohttp.ClientError):
+        return True
+    return None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether retrying the read may help (network-like errors), as opposed to a broken chunk.
+
+    The exception itself decides when it can; otherwise the explicit causes (``raise ... from``)
+    are asked in turn, so that a library error wrapping a refused connection counts as transient.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        verdict = _classify(current)
+        if verdict is not None:
+            return verdict
+        current = current.__cause__
+    return False
+
+
+def _is_denied(exc: BaseException) -> bool:
+    """Whether an error (or one of its explicit causes) says that access was refused."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PermissionError):
+            return True
+        status = getattr(current, "status", None)
+        if isinstance(status, int) and status in _DENIED_STATUSES:
+            return True
+        current = current.__cause__
+    return False
 
 
 def _describe(exc: BaseException) -> str:
@@ -235,13 +299,49 @@ def _as_int(value: Any, name: str) -> int:
         ) from exc
 
 
+#: Timeouts (seconds) added to http(s) options unless given: a server that accepts the connection
+#: and then stays silent must not stall a training loop (aiohttp's own default is 300 s).
+_HTTP_CONNECT_TIMEOUT_S = 10.0
+_HTTP_READ_TIMEOUT_S = 30.0
+
+
+def _read_options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Storage options for the reader: user options plus bounded timeouts and retries.
+
+    For ``http(s)://`` a connect and a read timeout are added; for ``s3://`` botocore's own
+    retries are turned off (``retries={"total_max_attempts": 1}``) so that the reader's bounded
+    retry loop is the only one: left on, botocore (5 tries) times s3fs (5 tries on throttling)
+    times the reader made an always-failing chunk cost 100 requests and minutes. Options the user
+    gives win.
+    """
+    opts = dict(storage_options or {})
+    scheme = url.split("://", 1)[0].lower() if "://" in url and "::" not in url else ""
+    if scheme in ("http", "https"):
+        client_kwargs = dict(opts.get("client_kwargs") or {})
+        if "timeout" not in client_kwargs:
+            try:
+                import aiohttp
+            except ImportError:  # pragma: no cover - aiohttp ships with the 'remote' extra
+                return opts
+            client_kwargs["timeout"] = aiohttp.ClientTimeout(
+                total=None, sock_connect=_HTTP_CONNECT_TIMEOUT_S, sock_read=_HTTP_READ_TIMEOUT_S
+            )
+        opts["client_kwargs"] = client_kwargs
+    elif scheme in ("s3", "s3a"):
+        config = dict(opts.get("config_kwargs") or {})
+        config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
+        opts["config_kwargs"] = config
+    return opts
+
+
 def _open_store(url: str, storage_options: dict[str, Any] | None) -> Any:
     from zarr.storage import FsspecStore, LocalStore
 
     if url.startswith("file://"):
         return LocalStore(url[len("file://") :], read_only=True)
     if "://" in url or "::" in url:
-        return FsspecStore.from_url(url, storage_options=storage_options or None, read_only=True)
+        options = _read_options(url, storage_options)
+        return FsspecStore.from_url(url, storage_options=options or None, read_only=True)
     return LocalStore(os.path.expanduser(url), read_only=True)
 
 
@@ -300,7 +400,10 @@ class FrameReader:
     var_name : str
         Name of the (time, y, x) data variable in the store.
     storage_options : dict, optional
-        fsspec options for URLs (ignored for local paths).
+        fsspec options for URLs (ignored for local paths). Unless given, ``http(s)://`` reads
+        get a 10 s connect and 30 s read timeout, and ``s3://`` reads leave retrying to the
+        reader (botocore's own retries off), so that a failing chunk costs at most
+        ``retries + 1`` attempts (s3fs still retries throttling answers itself, ~2 s).
     cache_bytes : int
         Upper bound of the decoded-frame cache, in bytes (frames are cached in their on-disk
         dtype). 0 disables caching across calls.
@@ -586,6 +689,8 @@ class FrameReader:
             )
         vals = [_as_int(getattr(r, k), k) for k in ("t0", "n", "y0", "ny", "x0", "nx")]
         shape = self.shape
+        if vals[1] >= 1 and vals[0] >= 0 and vals[0] + vals[1] > shape[0]:
+            shape = self._refresh_if_grown()  # frames appended since the archive was opened?
         for (start, size), dim, length in zip(
             ((vals[0], vals[1]), (vals[2], vals[3]), (vals[4], vals[5])),
             ("time", "y", "x"),
@@ -599,6 +704,31 @@ class FrameReader:
                     f"{shape}). Use a start >= 0, a size >= 1 and start + size <= {length}."
                 )
         return TileRequest(*vals)
+
+    def _refresh_if_grown(self) -> tuple[int, int, int]:
+        """Re-read the array's metadata; keep the new handle only if frames were appended.
+
+        A long-lived process (a notebook, a loader's workers) keeps its reader while the archive
+        grows; a window past the end it knew is then read after one metadata request instead of
+        being refused. Decoded frames stay cached: appending does not change earlier frames.
+        """
+        import zarr
+
+        with self._lock:
+            assert self._shape is not None
+            try:
+                node = zarr.open_group(self._store, mode="r")[self.var_name]
+            except Exception:  # the caller reports the request against the shape it knows
+                return self._shape
+            if (
+                isinstance(node, zarr.Array)
+                and len(node.shape) == 3
+                and tuple(int(n) for n in node.shape[1:]) == self._shape[1:]
+                and int(node.shape[0]) > self._shape[0]
+            ):
+                self._array = node
+                self._shape = (int(node.shape[0]), self._shape[1], self._shape[2])
+            return self._shape
 
     def _read_tiles_locked(self, reqs: list[TileRequest]) -> list[np.ndarray]:
         outs = [np.empty((r.n, r.ny, r.nx), dtype=np.float32) for r in reqs]
@@ -737,6 +867,11 @@ class FrameReader:
             fix = (
                 f"It failed {attempts} times with a transient error; check the network "
                 "connection and storage_options, or raise `retries` / `retry_backoff`."
+            )
+        elif _is_denied(failure.error):
+            fix = (
+                "Access to the chunk was denied: check the credentials and storage_options "
+                "(key/secret, anon, endpoint_url) and the permissions of the store."
             )
         else:
             fix = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from mlcast_pipes.index import (
     short_hash,
     tiling_columns,
 )
+from mlcast_pipes.reader import _is_transient
 
 __all__ = [
     "DEFAULT_IMPORTANCE_SCALES",
@@ -77,6 +79,12 @@ REJECT_REASONS: dict[int, str] = {1: "gap", 2: "step_change", 3: "missing_time"}
 KERNEL_NAME_PREFIX = "mlcast-tile-partials-"
 _MAX_CELLS = 40_000
 _PARTIALS_BUDGET_BYTES = 384 * 2**20
+
+#: Times a block of frames is read again after the same transient (network-like) error, and the
+#: wait before the first retry in seconds (doubled each time). A corrupted chunk fails at once.
+COMPUTE_RETRIES = 3
+COMPUTE_RETRY_BACKOFF_S = 0.5
+_MAX_BLOCK_RETRY_FACTOR = 4  # at most 4 x COMPUTE_RETRIES retries per block in all
 
 
 def hist_bin(values: npt.ArrayLike) -> npt.NDArray[np.intp]:
@@ -968,6 +976,9 @@ def iter_tile_statistics(
     to_rate: RateFn | None = None,
     block_frames: int = 512,
     compute: Callable[[Any], np.ndarray] | None = None,
+    source: str | None = None,
+    retries: int | None = None,
+    retry_backoff: float | None = None,
 ) -> Iterator[TileBlock]:
     """Compute per-tile statistics of all valid windows in one streaming pass over the frames.
 
@@ -993,6 +1004,12 @@ def iter_tile_statistics(
     compute
         Function computing a dask array (default ``arr.compute()``; the active dask scheduler or
         distributed client is used).
+    source
+        The archive's path or URL, named in read errors.
+    retries, retry_backoff
+        Times a block is read again after the same transient (network) error (at most four
+        times as many retries per block in all) and the first wait in seconds (doubled each
+        retry); :data:`COMPUTE_RETRIES` and :data:`COMPUTE_RETRY_BACKOFF_S` when None.
 
     Yields
     ------
@@ -1031,6 +1048,8 @@ def iter_tile_statistics(
         def compute(x: Any) -> np.ndarray:
             return np.asarray(x.compute())
 
+    n_retries = COMPUTE_RETRIES if retries is None else max(0, int(retries))
+    backoff = COMPUTE_RETRY_BACKOFF_S if retry_backoff is None else max(0.0, float(retry_backoff))
     carry = np.zeros(0, dtype=pdtype)
     carry_start = 0
     qcols = [quantile_column(q) for q in params.quantiles]
@@ -1047,21 +1066,40 @@ def iter_tile_statistics(
             meta=np.zeros((0, 0, 0), dtype=pdtype),
             name=f"{KERNEL_NAME_PREFIX}{uuid.uuid4().hex}",
         )
-        try:
-            res = compute(parts)
-        except MLCastPipesError:
-            raise
-        except Exception as exc:
-            first, last = int(frames[b0]), int(frames[b1 - 1])
-            span = (
-                f"{np.datetime_as_string(tvals[first], 's')} .. "
-                f"{np.datetime_as_string(tvals[last], 's')}"
-            )
-            raise ReadError(
-                f"reading or converting frames {first}..{last} ({span}) failed: "
-                f"{type(exc).__name__}: {exc}; fix: check that the archive is readable there "
-                "(network, credentials, damaged chunks) and that to_rate accepts the data"
-            ) from exc
+        # a failing compute stops at its first error: several flaky chunks in one block fail
+        # one after the other, so the retries are counted per error (per chunk), within a cap
+        attempt = 0
+        seen: dict[str, int] = {}
+        while True:
+            try:
+                res = compute(parts)
+                break
+            except MLCastPipesError:
+                raise
+            except Exception as exc:
+                key = f"{type(exc).__name__}: {exc}"
+                seen[key] = seen.get(key, 0) + 1
+                if (
+                    seen[key] <= n_retries
+                    and attempt < _MAX_BLOCK_RETRY_FACTOR * n_retries
+                    and _is_transient(exc)
+                ):
+                    time.sleep(backoff * 2 ** (seen[key] - 1))
+                    attempt += 1
+                    continue
+                first, last = int(frames[b0]), int(frames[b1 - 1])
+                span = (
+                    f"{np.datetime_as_string(tvals[first], 's')} .. "
+                    f"{np.datetime_as_string(tvals[last], 's')}"
+                )
+                where = f" of {source}" if source else ""
+                tries = f" after {attempt + 1} attempts" if attempt else ""
+                raise ReadError(
+                    f"reading or converting frames {first}..{last} ({span}){where} failed"
+                    f"{tries}: {type(exc).__name__}: {exc}; fix: check that the archive is "
+                    "readable there (network, credentials, damaged chunks) and that to_rate "
+                    "accepts the data"
+                ) from exc
         res = res.reshape(-1)
         cat = np.concatenate([carry, res]) if carry.size else res
         lo, hi = np.searchsorted(end_pos, [b0, b1])
