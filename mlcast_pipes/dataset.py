@@ -658,10 +658,32 @@ def _check_local_store(path: pathlib.Path) -> bool:
     return False
 
 
-def _with_default_timeouts(url: str, storage_options: Mapping[str, Any]) -> dict[str, Any]:
-    """Storage options with connection and read timeouts added for http(s) and S3 URLs."""
-    opts = dict(storage_options)
-    scheme = url.split("://", 1)[0].lower()
+def with_timeouts(
+    url: str, storage_options: Mapping[str, Any] | None, *, s3_attempts: int = 3
+) -> dict[str, Any]:
+    """Storage options with bounded connect/read timeouts (http(s), S3) and S3 attempts added.
+
+    A server that accepts a connection and then stays silent must not stall a pass or a
+    training loop (aiohttp's own default is 300 s). Options the user gives win.
+
+    Parameters
+    ----------
+    url : str
+        The store's URL; only ``http(s)://`` and ``s3://`` get defaults.
+    storage_options : mapping, optional
+        The user's fsspec options.
+    s3_attempts : int
+        botocore attempts per request (the reader passes 1: its own bounded retry loop is the
+        only one, otherwise retries multiply across botocore, s3fs and the reader).
+
+    Examples
+    --------
+    >>> with_timeouts("s3://b/x.zarr", {"anon": True})["config_kwargs"]["read_timeout"]
+    30
+
+    """
+    opts = dict(storage_options or {})
+    scheme = url.split("://", 1)[0].lower() if "://" in url and "::" not in url else ""
     if scheme in ("http", "https"):
         client_kwargs = dict(opts.get("client_kwargs") or {})
         if "timeout" not in client_kwargs:
@@ -677,7 +699,7 @@ def _with_default_timeouts(url: str, storage_options: Mapping[str, Any]) -> dict
         config = dict(opts.get("config_kwargs") or {})
         config.setdefault("connect_timeout", 10)
         config.setdefault("read_timeout", 30)
-        config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
+        config.setdefault("retries", {"total_max_attempts": s3_attempts, "mode": "standard"})
         opts["config_kwargs"] = config
     return opts
 
@@ -691,7 +713,7 @@ def _open_store(
 ) -> xr.Dataset:
     """Open a zarr store lazily with xarray, turning failures into DatasetError."""
     if is_url:
-        options: dict[str, Any] | None = _with_default_timeouts(url, storage_options) or None
+        options: dict[str, Any] | None = with_timeouts(url, storage_options) or None
         _preflight(url, options or {})
     else:
         options = None

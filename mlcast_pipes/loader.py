@@ -163,9 +163,15 @@ class Loader:
                     item = next(iterator)
                 except StopIteration:
                     return
-                except WorkerDiedError:
+                except Exception as exc:
+                    if not watchdog.dead:
+                        raise
+                    # DataLoader2 shuts down on the error itself, which can fail in turn on
+                    # the dead worker's queue: report the death, not the follow-up error.
                     self._abort()
-                    raise
+                    if isinstance(exc, WorkerDiedError):
+                        raise
+                    raise WorkerDiedError(watchdog.message()) from exc
                 yield item
 
     def _abort(self) -> None:

@@ -299,48 +299,15 @@ def _as_int(value: Any, name: str) -> int:
         ) from exc
 
 
-#: Timeouts (seconds) added to http(s) options unless given: a server that accepts the connection
-#: and then stays silent must not stall a training loop (aiohttp's own default is 300 s).
-_HTTP_CONNECT_TIMEOUT_S = 10.0
-_HTTP_READ_TIMEOUT_S = 30.0
-
-
-def _read_options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """Storage options for the reader: user options plus bounded timeouts and retries.
-
-    For ``http(s)://`` a connect and a read timeout are added; for ``s3://`` botocore's own
-    retries are turned off (``retries={"total_max_attempts": 1}``) so that the reader's bounded
-    retry loop is the only one: left on, botocore (5 tries) times s3fs (5 tries on throttling)
-    times the reader made an always-failing chunk cost 100 requests and minutes. Options the user
-    gives win.
-    """
-    opts = dict(storage_options or {})
-    scheme = url.split("://", 1)[0].lower() if "://" in url and "::" not in url else ""
-    if scheme in ("http", "https"):
-        client_kwargs = dict(opts.get("client_kwargs") or {})
-        if "timeout" not in client_kwargs:
-            try:
-                import aiohttp
-            except ImportError:  # pragma: no cover - aiohttp ships with the 'remote' extra
-                return opts
-            client_kwargs["timeout"] = aiohttp.ClientTimeout(
-                total=None, sock_connect=_HTTP_CONNECT_TIMEOUT_S, sock_read=_HTTP_READ_TIMEOUT_S
-            )
-        opts["client_kwargs"] = client_kwargs
-    elif scheme in ("s3", "s3a"):
-        config = dict(opts.get("config_kwargs") or {})
-        config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
-        opts["config_kwargs"] = config
-    return opts
-
-
 def _open_store(url: str, storage_options: dict[str, Any] | None) -> Any:
     from zarr.storage import FsspecStore, LocalStore
 
     if url.startswith("file://"):
         return LocalStore(url[len("file://") :], read_only=True)
     if "://" in url or "::" in url:
-        options = _read_options(url, storage_options)
+        from mlcast_pipes.dataset import with_timeouts
+
+        options = with_timeouts(url, storage_options, s3_attempts=1)
         return FsspecStore.from_url(url, storage_options=options or None, read_only=True)
     return LocalStore(os.path.expanduser(url), read_only=True)
 

@@ -31,9 +31,10 @@ from torchdata.datapipes.iter import IterableWrapper
 
 import mlcast_pipes as mp
 from mlcast_pipes import tiling
+from mlcast_pipes.dataset import with_timeouts
 from mlcast_pipes.errors import DatasetError, ReadError
 from mlcast_pipes.indexing import prepare_index
-from mlcast_pipes.reader import FrameReader, _read_options, close_readers, get_reader
+from mlcast_pipes.reader import FrameReader, close_readers, get_reader
 from mlcast_pipes.tiling import TilingParams
 
 s3fs = pytest.importorskip("s3fs")
@@ -488,6 +489,10 @@ def test_silent_server_times_out_and_names_the_url(http: Remote) -> None:
     assert time.monotonic() - start < 10
     assert "frame 2" in str(info.value) and http.url in str(info.value)
     assert http.faults.calls[http.chunk(2)] == 2
+
+
+def _read_options(url: str, options: dict | None) -> dict:
+    return with_timeouts(url, options, s3_attempts=1)
 
 
 def test_reader_bounds_remote_reads_by_default() -> None:

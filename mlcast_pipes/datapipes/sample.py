@@ -22,7 +22,13 @@ from mlcast_pipes.indexing import TileTable, iso_time, iter_tables
 from mlcast_pipes.materialize import TrainingCopy, copy_path
 from mlcast_pipes.reader import get_reader
 from mlcast_pipes.records import TileSample
-from mlcast_pipes.sampling import SamplingIndex, available_samplers, draw_epoch, get_sampler
+from mlcast_pipes.sampling import (
+    SAMPLES_COLUMNS,
+    SamplingIndex,
+    available_samplers,
+    draw_epoch,
+    get_sampler,
+)
 
 
 class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
@@ -232,20 +238,7 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         return records
 
 
-_POOL_COLUMNS = (
-    "sampled_tile_id",
-    "source_tile_id",
-    "scalar_value",
-    "bin_id",
-    "t_offset",
-    "time_start",
-    "t_start",
-    "y_start",
-    "x_start",
-    "y_tile",
-    "x_tile",
-    "n_time_sample",
-)
+_POOL_COLUMNS = tuple(c for c in SAMPLES_COLUMNS if c != "weight")
 
 functional_datapipe("sample")(SampleDataPipe)
 
