@@ -60,7 +60,15 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``mlcast-pipes`` command."""
+    """The argument parser of the ``mlcast-pipes`` command.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["prepare", "demo", "--tile-size", "64"])
+    >>> args.command, args.tile_size, args.n_time_window
+    ('prepare', [64], 12)
+
+    """
     parser = argparse.ArgumentParser(
         prog="mlcast-pipes",
         description="Radar precipitation archives (MLCast zarr) to training batches.",
@@ -73,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2, help="DataLoader2 worker processes")
     demo.add_argument("--batches", type=int, default=4, help="batches to draw")
     demo.add_argument("--batch-size", type=int, default=8)
+    demo.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="tile size in pixels (default: 128, or 64 for archives smaller than 512 pixels)",
+    )
     demo.add_argument("--out", default="mlcast_out", help="folder for the sample figure")
     demo.add_argument("--config", default=None, help="a pipeline YAML file to run instead")
     demo.add_argument("--index-dir", default=None, help="folder of index files")
@@ -90,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument(
         "--param", action="append", metavar="KEY=VALUE", help="sampler parameter, repeatable"
+    )
+    prep.add_argument(
+        "--stats",
+        action="store_true",
+        help="also compute the sampled tiles' mean/std for normalize(method='fitted') "
+        "({sampling_id}.stats.csv; needs --sampler)",
     )
     prep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -111,7 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``mlcast-pipes`` command; returns the exit status."""
+    """Run the ``mlcast-pipes`` command; returns the exit status.
+
+    Examples
+    --------
+    >>> main(["inspect", "/nonexistent/x.samples.csv"])  # errors: a message and status 2
+    2
+
+    """
     args = build_parser().parse_args(argv)
     try:
         handler = {"demo": _demo, "prepare": _prepare, "inspect": _inspect, "bench": _bench}
@@ -137,10 +164,13 @@ def _demo(args: argparse.Namespace) -> int:
     if args.config:
         pipe = mp.load_pipeline(args.config)
     else:
+        size = args.tile_size or _demo_tile_size(path)
         pipe = mp.compose(
             [
                 mp.OpenXarrayDataset(str(path)),
-                mp.TilingSampler(n_time_window=12, tile_size=(128, 128), index_dir=args.index_dir),
+                mp.TilingSampler(
+                    n_time_window=12, tile_size=(size, size), index_dir=args.index_dir
+                ),
                 mp.BinNormSampler(aggregation="sum", n_scalar_total_bins=10),
                 mp.NormalizeForTraining(),
                 mp.ToTorchTensor(batch_size=args.batch_size, n_input=4, n_target=8, metadata=True),
@@ -173,6 +203,14 @@ def _demo(args: argparse.Namespace) -> int:
         figure = plot_batch_sample(first, out / "demo_sample.png")
         print(f"sample figure: {figure}")
     return 0
+
+
+def _demo_tile_size(path: Path) -> int:
+    """128-pixel tiles, or 64 on archives too small to hold 128-pixel tiles without much NaN."""
+    from mlcast_pipes.dataset import open_mlcast
+
+    da = open_mlcast(str(path))
+    return 128 if min(int(da.sizes["y"]), int(da.sizes["x"])) >= 512 else 64
 
 
 def _batch_len(batch: Any) -> int:
@@ -209,6 +247,10 @@ def _prepare(args: argparse.Namespace) -> int:
     from mlcast_pipes.indexing import TilingPlan, default_index_dir
     from mlcast_pipes.tiling import TilingParams
 
+    if args.stats and not args.sampler:
+        raise ParameterError(
+            "--stats computes the statistics of a sampling: add --sampler NAME (e.g. binnorm)"
+        )
     params = TilingParams(
         n_time_window=args.n_time_window,
         tile_size=_tile_size(args.tile_size),
@@ -246,6 +288,14 @@ def _prepare(args: argparse.Namespace) -> int:
             recompute=args.recompute,
         )
         print(f"sampling index: {sampling.path} ({len(sampling.table)} samples in the pool)")
+        if args.stats:
+            from mlcast_pipes.indexing import sampling_stats
+
+            stats = sampling_stats(table, sampling, seed=args.seed, recompute=args.recompute)
+            print(
+                f"statistics: {stats.path} (mean {stats.mean:.6g}, std {stats.std:.6g} mm/h "
+                f"of {stats.variable}; use .normalize(method='fitted'))"
+            )
     return 0
 
 

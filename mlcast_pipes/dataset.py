@@ -1063,7 +1063,9 @@ def _to_datetime64(value: Any, what: str) -> np.datetime64:
 def _read_missing_times(ds: xr.Dataset, label: str) -> np.ndarray:
     if "missing_times" not in ds.variables:
         return np.array([], dtype="datetime64[ns]")
-    values = np.asarray(ds.variables["missing_times"].values).ravel()
+    # Synchronously: a forked worker process inherits dask's thread pool without its threads.
+    values = np.asarray(ds.variables["missing_times"].compute(scheduler="synchronous").values)
+    values = values.ravel()
     if values.size == 0:
         return np.array([], dtype="datetime64[ns]")
     if not np.issubdtype(values.dtype, np.datetime64):

@@ -47,6 +47,9 @@ def prepare_indexes(pipe: IterDataPipe[Any]) -> None:
     Workers would otherwise wait for one another on the index files' locks at their first epoch.
     """
     for dp in _walk(pipe):
+        fitted = getattr(dp, "fitted_stats", None)
+        if callable(fitted) and getattr(dp, "method", None) == "fitted":
+            fitted()
         build = getattr(dp, "sampling_indexes", None)
         if callable(build):
             build()
@@ -186,6 +189,13 @@ class Loader:
         DataLoader2's own shutdown can wait forever for a worker that is mid-item when an
         epoch is left early; this bound keeps a training script from hanging at exit.
         """
+        # torchdata 0.9 can deadlock in shutdown() after an epoch left early: its main-process
+        # prefetch thread may still wait on a worker. Stop that thread first.
+        service = self.dataloader.reading_service
+        for rs in [service, *getattr(service, "reading_services", ())]:
+            prefetcher = getattr(rs, "_main_prefetch_datapipe", None)
+            if prefetcher is not None and hasattr(prefetcher, "reset"):
+                prefetcher.reset()
         closer = threading.Thread(target=self.dataloader.shutdown, daemon=True)
         closer.start()
         closer.join(timeout=timeout)

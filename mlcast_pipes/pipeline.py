@@ -78,22 +78,35 @@ def compose(steps: Sequence[Any]) -> IterDataPipe[Any]:
         )
     pipe: IterDataPipe[Any] = first
     stage, previous = "dataset", repr(type(first).__name__)
+    made: dict[str, str] = {"dataset": previous}  # stage -> the step that gave it
     for step in rest:
         provides = getattr(step, "provides", None)
         if provides not in _ACCEPTS or not callable(step):
             raise PipelineOrderError(f"{step!r} is not a pipeline step; use {', '.join(STEPS)}")
         if stage not in _ACCEPTS[provides]:
-            needs = " or ".join(_ACCEPTS[provides])
-            hint = "".join(
-                f"; put {_MAKES[s]} before it" for s in _ACCEPTS[provides][:1] if s in _MAKES
-            )
-            raise PipelineOrderError(
-                f"{step!r} needs {needs} from the step before it, "
-                f"but {previous} gives {stage}{hint}"
-            )
+            raise PipelineOrderError(_order_message(step, provides, stage, previous, made))
         pipe = step(pipe)
         stage, previous = provides, repr(step)
+        made.setdefault(stage, previous)
     return pipe
+
+
+def _order_message(
+    step: Any, provides: str, stage: str, previous: str, made: Mapping[str, str]
+) -> str:
+    """Explain why ``step`` cannot follow ``previous``, and how to reorder the steps."""
+    accepted = _ACCEPTS[provides]
+    needs = " or ".join(accepted)
+    earlier = [made[s] for s in accepted if s in made]
+    if provides in made:
+        hint = f"; the pipeline already has {made[provides]}: keep one of them"
+    elif earlier:
+        hint = f"; move it to directly after {earlier[-1]}"
+    elif accepted[0] in _MAKES:
+        hint = f"; put {_MAKES[accepted[0]]} before it"
+    else:
+        hint = ""
+    return f"{step!r} needs {needs} from the step before it, but {previous} gives {stage}{hint}"
 
 
 def load_pipeline(config: str | os.PathLike[str] | Mapping[str, Any]) -> IterDataPipe[Any]:

@@ -172,6 +172,15 @@ def plot_scalar_histogram(
     -------
     matplotlib.figure.Figure
 
+    Examples
+    --------
+    >>> import tempfile
+    >>> pool = pd.DataFrame({"scalar_value": [0.0, 2.0, 30.0, 400.0], "bin_id": [0, 1, 1, 2]})
+    >>> path = Path(tempfile.mkdtemp()) / "hist.png"
+    >>> fig = plot_scalar_histogram(pool, np.array([0, 1, 3, 3]), path)
+    >>> path.is_file()
+    True
+
     """
     rows = _rows(len(pool), epoch_rows) if epoch_rows is not None else None
     summary = summary_table(pool, rows)
@@ -295,6 +304,16 @@ def plot_sample_density(
     matplotlib.figure.Figure
         The image has row 0 at the top (usually north in MLCast archives).
 
+    Examples
+    --------
+    >>> import tempfile
+    >>> tiles = pd.DataFrame({"y_start": [0, 64], "x_start": [0, 0], "y_tile": [64, 64],
+    ...                       "x_tile": [64, 64]})
+    >>> path = Path(tempfile.mkdtemp()) / "density.png"
+    >>> fig = plot_sample_density(tiles, (128, 128), path, rows=np.array([0, 0, 1]))
+    >>> path.is_file()
+    True
+
     """
     needed = ("y_start", "x_start", "y_tile", "x_tile")
     missing = [c for c in needed if c not in table.columns]
@@ -384,6 +403,16 @@ def plot_samples_over_time(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> table = pd.DataFrame({"time_start": ["2021-06-12T10:00:00", "2021-07-20T12:00:00"],
+    ...                       "t_start": [0, 60], "bin_id": [0, 1]})
+    >>> path = Path(tempfile.mkdtemp()) / "time.png"
+    >>> fig = plot_samples_over_time(table, path)
+    >>> path.is_file()
+    True
 
     """
     sel = _rows(len(table), rows)
@@ -481,6 +510,13 @@ def plot_batch_sample(
     pathlib.Path
         The PNG written.
 
+    Examples
+    --------
+    >>> import tempfile
+    >>> inputs, targets = np.zeros((2, 4, 32, 32)), np.ones((2, 8, 32, 32))
+    >>> plot_batch_sample((inputs, targets), Path(tempfile.mkdtemp()) / "batch.png").suffix
+    '.png'
+
     """
     if isinstance(batch, dict):
         keys = [k for k in ("inputs", "targets") if k in batch] or ["data"]
@@ -547,6 +583,19 @@ def inspect_index(
     -------
     str
         A printable report naming the figures written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from mlcast_pipes.index import write_index
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> table = pd.DataFrame({"tile_id": [0, 1], "time_start": ["2021-06-12T10:00:00"] * 2,
+    ...                       "t_start": [0, 0], "y_start": [0, 0], "x_start": [0, 64],
+    ...                       "y_tile": [64, 64], "x_tile": [64, 64], "mean": [0.5, 2.0]})
+    >>> meta = write_index(folder / "t.samples.csv", [table], {"kind": "tiling"},
+    ...                    columns=list(table.columns))
+    >>> print(inspect_index(folder / "t.samples.csv").splitlines()[1])
+    tiling index: 2 tiles
 
     """
     p = Path(path)

@@ -30,6 +30,14 @@ class DatasetInfo:
     fingerprint : str
         Metadata fingerprint of the archive when it was opened.
 
+    Examples
+    --------
+    >>> from mlcast_pipes.dataset import SourceSpec
+    >>> info = DatasetInfo(SourceSpec("/data/radar.zarr", "rr", "it-dpc-rr"), "rainfall_flux",
+    ...                    "mm h-1", np.timedelta64(5, "m"), "0123abcd")
+    >>> info.dataset_id
+    'it-dpc-rr'
+
     """
 
     spec: SourceSpec
@@ -117,7 +125,7 @@ class TileSample:
         Coordinates are read lazily from the source once per process; the pixels come from
         :meth:`load` (so they are normalised if the record was normalised).
         """
-        coords = _coordinates(self.info.spec)
+        coords = _coordinates(self.info)
         ts = slice(self.t_start, self.t_start + self.n_time)
         ys = slice(self.y_start, self.y_start + self.y_tile)
         xs = slice(self.x_start, self.x_start + self.x_tile)
@@ -150,12 +158,13 @@ class TileSample:
         }
 
 
-_COORD_CACHE: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+_COORD_CACHE: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
 
 
-def _coordinates(spec: SourceSpec) -> dict[str, np.ndarray]:
-    """Time, y and x coordinate values of an archive, read once per process."""
-    key = (spec.url, spec.var_name)
+def _coordinates(info: DatasetInfo) -> dict[str, np.ndarray]:
+    """Time, y and x coordinate values of an archive, read once per process and version."""
+    spec = info.spec
+    key = (spec.url, spec.var_name, info.fingerprint)
     if key not in _COORD_CACHE:
         from mlcast_pipes.dataset import open_source
 

@@ -123,6 +123,13 @@ def split_by_blocks(
     -------
     dict of str to TimeSplit
 
+    Examples
+    --------
+    >>> times = np.arange("2020-01-01", "2020-03-01", dtype="datetime64[h]")
+    >>> splits = split_by_blocks(times, block="2D", seed=0)
+    >>> sorted(splits), int(splits["train"].frame_mask(times).sum()) > 0.6 * len(times)
+    (['test', 'train', 'validation'], True)
+
     """
     fractions = dict(fractions or {"train": 0.7, "validation": 0.15, "test": 0.15})
     _check_fractions(fractions)
@@ -146,7 +153,16 @@ def split_by_blocks(
 def split_chronological(
     times: np.ndarray, fractions: Mapping[str, float] | None = None
 ) -> dict[str, TimeSplit]:
-    """Split the time axis into consecutive periods (the community loader's 70/15/15 by time)."""
+    """Split the time axis into consecutive periods (the community loader's 70/15/15 by time).
+
+    Examples
+    --------
+    >>> times = np.arange("2020-01-01", "2020-01-11", dtype="datetime64[D]")
+    >>> s = split_chronological(times, {"train": 0.8, "test": 0.2})
+    >>> s["test"].frame_mask(times).tolist()[-3:]
+    [False, True, True]
+
+    """
     fractions = dict(fractions or {"train": 0.7, "validation": 0.15, "test": 0.15})
     _check_fractions(fractions)
     t = np.sort(np.asarray(times).astype("datetime64[ns]"))
@@ -164,7 +180,15 @@ def split_chronological(
 def tiles_within(
     t_start: np.ndarray, n_time: np.ndarray | int, frame_mask: np.ndarray
 ) -> np.ndarray:
-    """True for each window ``[t_start, t_start + n_time)`` whose frames are all in the mask."""
+    """True for each window ``[t_start, t_start + n_time)`` whose frames are all in the mask.
+
+    Examples
+    --------
+    >>> mask = np.array([True, True, True, False, True])
+    >>> tiles_within(np.array([0, 1, 2]), 2, mask).tolist()
+    [True, True, False]
+
+    """
     csum = np.concatenate([[0], np.cumsum(frame_mask.astype(np.int64))])
     start = np.asarray(t_start, dtype=np.int64)
     n = np.broadcast_to(np.asarray(n_time, dtype=np.int64), start.shape)

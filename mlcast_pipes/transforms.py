@@ -123,6 +123,11 @@ def known_units() -> list[str]:
     list of str
         Units as written in CF attributes, e.g. ``"mm h-1"``, ``"dBZ"``, ``"kg m-2"``.
 
+    Examples
+    --------
+    >>> "dBZ" in known_units() and "mm h-1" in known_units()
+    True
+
     """
     return [_UNITS_DISPLAY[u].split(" (")[0] for u in _UNITS]
 
@@ -450,6 +455,12 @@ class Transform:
     fill_value : float
         The output value that stands for NaN input (by default the image of "no rain").
 
+    Examples
+    --------
+    >>> t = get_transform("log1p")
+    >>> isinstance(t, Transform), t.kind, t.fill_value
+    (True, 'rate', 0.0)
+
     """
 
     name: str = ""
@@ -560,6 +571,11 @@ def available_transforms() -> list[str]:
     -------
     list of str
 
+    Examples
+    --------
+    >>> {"fitted", "ldcast", "log1p", "mlcast_dbz", "scale"} <= set(available_transforms())
+    True
+
     """
     return sorted(_REGISTRY)
 
@@ -645,6 +661,16 @@ class LDCastTransform(Transform):
     Inverse: ``R = 10**(0.528 x - 0.051)``, values below 0.1 mm/h set to 0. Invertible for
     R >= 0.1 mm/h; rates below 0.1 (no or negligible rain) all map to ``fill_value``
     ``(log10(0.02) + 0.051) / 0.528`` (about -3.12) and come back as 0. Reads rain rate in mm/h.
+
+    Examples
+    --------
+    >>> t = LDCastTransform()
+    >>> x = t.forward(np.array([0.0, 1.0, 10.0]))
+    >>> x.round(3)
+    array([-3.121,  0.097,  1.991])
+    >>> t.inverse(x).round(3)
+    array([ 0.,  1., 10.])
+
     """
 
     accepts = frozenset({"rate"})
@@ -685,6 +711,14 @@ class MLCastDBZTransform(Transform):
     kind : {"rate", "reflectivity"}
         Whether :meth:`forward` reads mm/h or dBZ (and :meth:`inverse` returns it).
 
+    Examples
+    --------
+    >>> t = MLCastDBZTransform()
+    >>> t.forward(np.array([0.0, 1.0])).round(3)
+    array([-1.   , -0.233])
+    >>> MLCastDBZTransform(kind="reflectivity").forward(np.array([30.0, 70.0]))
+    array([0., 1.])
+
     """
 
     accepts = frozenset({"rate", "reflectivity"})
@@ -717,6 +751,13 @@ class Log1pTransform(Transform):
     ----------
     scale : float
         Positive divisor of ``log1p(R)`` (default 1).
+
+    Examples
+    --------
+    >>> t = Log1pTransform(scale=2.0)
+    >>> y = t.forward(np.array([0.0, 3.0]))
+    >>> y.round(4), t.inverse(y).round(6)
+    (array([0.    , 0.6931]), array([0., 3.]))
 
     """
 
@@ -757,6 +798,11 @@ class ScaleTransform(Transform):
     scale : float
         Non-zero divisor (default 1).
 
+    Examples
+    --------
+    >>> ScaleTransform(offset=1.0, scale=4.0).forward(np.array([1.0, 9.0]))
+    array([0., 2.])
+
     """
 
     accepts = frozenset({"rate", "reflectivity", "amount"})
@@ -789,6 +835,12 @@ class IdentityTransform(ScaleTransform):
     """No scaling: values pass through (NaN filling and clipping still apply in a Normalizer).
 
     Reads any kind; ``fill_value`` is 0.
+
+    Examples
+    --------
+    >>> IdentityTransform().forward(np.array([1.5]))
+    array([1.5])
+
     """
 
     def __init__(self, *, kind: Kind = "rate") -> None:
@@ -815,6 +867,12 @@ class FittedTransform(ScaleTransform):
         Read ``mean``/``std`` from this file instead.
     variable : str, optional
         Row of ``stats_file`` to use.
+
+    Examples
+    --------
+    >>> t = FittedTransform(mean=0.5, std=2.0)
+    >>> t.forward(np.array([0.5, 4.5])), t.fill_value
+    (array([0., 2.]), -0.25)
 
     """
 
@@ -894,6 +952,12 @@ class MeanStdAccumulator:
         Their mean (NaN while ``count`` is 0).
     m2 : float
         Sum of squared deviations from the mean.
+
+    Examples
+    --------
+    >>> acc = MeanStdAccumulator().update([1.0, 2.0]).merge(MeanStdAccumulator().update([3.0]))
+    >>> acc.count, acc.mean, round(acc.std(), 6)
+    (3, 2.0, 0.816497)
 
     """
 
@@ -975,7 +1039,14 @@ def fit_mean_std(values_iter: Iterable[npt.ArrayLike], *, ddof: int = 0) -> tupl
 
 
 def stats_filename(sampling_id: str) -> str:
-    """File name of the statistics of a sampling: ``{sampling_id}.stats.csv``."""
+    """File name of the statistics of a sampling: ``{sampling_id}.stats.csv``.
+
+    Examples
+    --------
+    >>> stats_filename("demo.128x128.12.12.binnorm.0123456789ab")
+    'demo.128x128.12.12.binnorm.0123456789ab.stats.csv'
+
+    """
     return f"{sampling_id}.stats.csv"
 
 
@@ -1000,6 +1071,14 @@ def write_stats_csv(path: str | os.PathLike[str], stats: Mapping[str, tuple[floa
     ------
     ParameterError
         Empty mapping, non-finite values or a negative std.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / stats_filename("demo.binnorm")
+    >>> print(write_stats_csv(path, {"rainfall_rate": (0.25, 1.5)}).read_text(), end="")
+    variable,mean,std
+    rainfall_rate,0.25,1.5
 
     """
     target = Path(path)
@@ -1048,6 +1127,13 @@ def read_stats_csv(path: str | os.PathLike[str]) -> dict[str, tuple[float, float
     ------
     IndexFileError
         Missing or unreadable file, wrong header, bad or non-finite numbers, duplicate rows.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = write_stats_csv(Path(tempfile.mkdtemp()) / "s.stats.csv", {"rr": (0.25, 1.5)})
+    >>> read_stats_csv(path)
+    {'rr': (0.25, 1.5)}
 
     """
     source = Path(path)
@@ -1113,6 +1199,16 @@ class Normalizer:
         Output value of NaN inputs; ``None`` keeps NaN.
     mask : bool
         Whether :meth:`__call__` also returns the validity mask.
+
+    Examples
+    --------
+    >>> norm = make_normalizer("fitted", standard_name="rainfall_flux", units="mm h-1",
+    ...                        mean=1.0, std=2.0, mask=True)
+    >>> values, valid = norm(np.array([np.nan, 5.0, 500.0]))
+    >>> values, valid
+    (array([ -0.5,   2. , 149.5], dtype=float32), array([False,  True,  True]))
+    >>> norm.inverse(values)
+    array([  0.,   5., 300.], dtype=float32)
 
     """
 

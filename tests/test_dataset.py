@@ -735,21 +735,19 @@ def test_unreachable_s3_endpoint_fails_fast() -> None:
 
 
 def test_default_timeouts_merge_with_user_options() -> None:
-    from mlcast_pipes.dataset import _with_default_timeouts
+    from mlcast_pipes.dataset import with_timeouts
 
-    s3 = _with_default_timeouts(
-        "s3://b/x.zarr", {"anon": True, "config_kwargs": {"read_timeout": 5}}
-    )
+    s3 = with_timeouts("s3://b/x.zarr", {"anon": True, "config_kwargs": {"read_timeout": 5}})
     assert s3["anon"] is True
     assert s3["config_kwargs"]["read_timeout"] == 5
     assert s3["config_kwargs"]["connect_timeout"] > 0
-    assert s3["config_kwargs"]["retries"]["max_attempts"] >= 1
-    http = _with_default_timeouts("https://h/x.zarr", {})
+    assert s3["config_kwargs"]["retries"]["total_max_attempts"] >= 1
+    http = with_timeouts("https://h/x.zarr", {})
     assert http["client_kwargs"]["timeout"].sock_connect > 0
     mine = object()
-    kept = _with_default_timeouts("http://h/x.zarr", {"client_kwargs": {"timeout": mine}})
+    kept = with_timeouts("http://h/x.zarr", {"client_kwargs": {"timeout": mine}})
     assert kept["client_kwargs"]["timeout"] is mine
-    assert _with_default_timeouts("memory://x.zarr", {"a": 1}) == {"a": 1}
+    assert with_timeouts("memory://x.zarr", {"a": 1}) == {"a": 1}
 
 
 def test_catalog_entry_with_other_driver(tmp_path: Path) -> None:

@@ -11,9 +11,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterDataPipe, functional_datapipe
 
-from mlcast_pipes.errors import PipelineOrderError
+from mlcast_pipes.errors import ParameterError, PipelineOrderError
+from mlcast_pipes.indexing import SamplingStats, iter_tables, sampling_stats
 from mlcast_pipes.records import DatasetInfo, TileSample
-from mlcast_pipes.transforms import Normalizer, make_normalizer
+from mlcast_pipes.transforms import DEFAULT_CLIP_MAX, DEFAULT_DBZ_FLOOR, Normalizer, make_normalizer
+
+#: Parameters that give the ``fitted`` transform its statistics explicitly.
+_FITTED_EXPLICIT = ("mean", "std", "stats_file")
 
 
 @functional_datapipe("normalize")
@@ -23,6 +27,13 @@ class NormalizeDataPipe(IterDataPipe[TileSample]):
     Functional name: ``normalize``. ``method="auto"`` picks by the variable's standard_name and
     units: LDCast's log rain rate for rates and amounts, the MLCast dBZ scaling for
     reflectivity. NaN becomes the method's fill value; ``mask=True`` keeps a validity mask.
+
+    ``method="fitted"`` standardises rain rate with a mean and std of the training samples:
+    give ``mean=``/``std=`` or ``stats_file=``, or nothing, and the statistics of the upstream
+    sampler's pool are loaded from ``{sampling_id}.stats.csv`` beside its sampling index
+    (computed there on first use, or ahead with ``mlcast-pipes prepare --sampler ... --stats``).
+    ``stats_max_tiles`` and ``stats_weighting`` are passed to
+    :func:`mlcast_pipes.indexing.sampling_stats` then.
 
     Parameters
     ----------
@@ -41,6 +52,10 @@ class NormalizeDataPipe(IterDataPipe[TileSample]):
     >>> dp = IterableWrapper(["demo"]).open_mlcast().tile().normalize(method="ldcast")
     >>> dp.method
     'ldcast'
+    >>> fitted = IterableWrapper(["demo"]).open_mlcast().tile().uniform_sample().normalize(
+    ...     method="fitted")
+    >>> type(fitted.sampler).__name__
+    'UniformSampleDataPipe'
 
     """
 
@@ -49,22 +64,81 @@ class NormalizeDataPipe(IterDataPipe[TileSample]):
     ) -> None:
         self.source_datapipe = source_datapipe
         self.method = method
+        weighting = params.pop("stats_weighting", "epoch")
+        if weighting not in ("epoch", "pool"):
+            raise ParameterError(f"stats_weighting must be 'epoch' or 'pool', got {weighting!r}")
+        self.stats_options = {
+            "max_tiles": params.pop("stats_max_tiles", None),
+            "weighting": weighting,
+        }
         self.params = params
+        # The sampler is looked up, not stored: a second reference to it would make the
+        # datapipe graph (sharding, seeding) see it twice.
+        self.uses_sampler_stats = method == "fitted" and not any(
+            k in params for k in _FITTED_EXPLICIT
+        )
+        if self.uses_sampler_stats and self.sampler is None:
+            raise ParameterError(
+                "normalize(method='fitted') needs the training statistics: pass mean=..., "
+                "std=... (mm/h) or stats_file='<sampling_id>.stats.csv', or put a sampler "
+                "(e.g. .binnorm_sample(), BinNormSampler) before it so that its "
+                "{sampling_id}.stats.csv is used"
+            )
         self._normalizers: dict[DatasetInfo, Normalizer] = {}
+        self._stats: dict[DatasetInfo, SamplingStats] = {}
+
+    @property
+    def sampler(self) -> Any:
+        """The nearest sampling step upstream (None if there is none)."""
+        return find_sampler(self.source_datapipe)
+
+    def fitted_stats(self) -> dict[DatasetInfo, SamplingStats]:
+        """Load (or compute) the statistics files of the upstream sampler, one per archive.
+
+        Only for ``method="fitted"`` without explicit statistics; empty otherwise.
+        """
+        if not self.uses_sampler_stats:
+            return {}
+        if not self._stats:
+            sampler = self.sampler
+            tables = list(iter_tables(sampler.plan, iter(sampler.source_datapipe)))
+            pools = sampler.sampling_indexes()
+            for table, pool in zip(tables, pools, strict=True):
+                self._stats[table.info] = sampling_stats(
+                    table,
+                    pool,
+                    clip_max=self.params.get("clip_max", DEFAULT_CLIP_MAX),
+                    dbz_floor=self.params.get("dbz_floor", DEFAULT_DBZ_FLOOR),
+                    seed=int(getattr(sampler, "seed", 0)),
+                    **self.stats_options,
+                )
+        return self._stats
 
     def normalizer(self, info: DatasetInfo) -> Normalizer:
         """The normaliser for one archive (built once per archive)."""
         if info not in self._normalizers:
+            params = dict(self.params)
+            if self.uses_sampler_stats:
+                stats = self.fitted_stats().get(info)
+                if stats is None:
+                    raise ParameterError(
+                        f"no statistics for {info.dataset_id}: the sampler before "
+                        "normalize(method='fitted') does not read this archive"
+                    )
+                params.update(stats.normalize_params())
             self._normalizers[info] = make_normalizer(
                 self.method,
                 standard_name=info.standard_name,
                 units=info.units,
                 time_step=info.time_step,
-                **self.params,
+                **params,
             )
         return self._normalizers[info]
 
     def __iter__(self) -> Iterator[TileSample]:
+        # Before iterating: the statistics are found by iterating the sources upstream, which
+        # a datapipe allows only one iterator at a time.
+        self.fitted_stats()
         for sample in self.source_datapipe:
             if not isinstance(sample, TileSample):
                 raise PipelineOrderError(
@@ -84,6 +158,28 @@ class NormalizeDataPipe(IterDataPipe[TileSample]):
                 sample.data = np.asarray(out)
             sample.normalization = norm.name
             yield sample
+
+
+def find_sampler(dp: Any, max_depth: int = 32) -> Any:
+    """The nearest upstream datapipe that has sampling indexes (a sampler), or None.
+
+    Follows ``source_datapipe`` attributes from ``dp`` (included) upwards.
+
+    Examples
+    --------
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> import mlcast_pipes
+    >>> find_sampler(IterableWrapper(["demo"]).open_mlcast().tile()) is None
+    True
+
+    """
+    for _ in range(max_depth):
+        if dp is None:
+            return None
+        if callable(getattr(dp, "sampling_indexes", None)):
+            return dp
+        dp = getattr(dp, "source_datapipe", None)
+    return None
 
 
 class NormalizeForTraining:

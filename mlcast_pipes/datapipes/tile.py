@@ -45,7 +45,7 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         Folder of index files (``$MLCAST_PIPES_INDEX_DIR`` or the cache when None).
     split : TimeSplit, optional
         Keep only tiles whose frames all lie in the split.
-    shuffle : bool
+    shuffle_windows : bool
         Deliver read windows in a seeded random order per epoch instead of time order.
     seed : int
         Seed of the shuffle.
@@ -76,7 +76,7 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         *,
         index_dir: str | os.PathLike[str] | None = None,
         split: TimeSplit | None = None,
-        shuffle: bool = False,
+        shuffle_windows: bool = False,
         seed: int = 0,
         recompute: bool = False,
         progress: bool = False,
@@ -84,6 +84,14 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
     ) -> None:
         if isinstance(tile_size, int):
             tile_size = (tile_size, tile_size)
+        self.n_time_window = n_time_window
+        self.tile_size = tile_size
+        self.stride = stride
+        self.max_nan_fraction = max_nan_fraction
+        self.index_dir = index_dir
+        self.split = split
+        self.recompute = recompute
+        self.progress = progress
         params = TilingParams(
             n_time_window=n_time_window,
             tile_size=tuple(tile_size),  # type: ignore[arg-type]
@@ -94,7 +102,7 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         folder = Path(index_dir) if index_dir is not None else default_index_dir()
         self.source_datapipe = source_datapipe
         self.plan = TilingPlan(params, folder, split, recompute, progress)
-        self.shuffle_windows = shuffle
+        self.shuffle_windows = shuffle_windows
         self.seed = seed
         self._init_epochs()
 
