@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", action="append", metavar="KEY=VALUE", help="sampler parameter, repeatable"
     )
     prep.add_argument(
+        "--materialize",
+        action="store_true",
+        help="also write the sampled tiles to {sampling_id}.zarr, one sample per chunk "
+        "(a training copy the sampler then reads instead of the source; needs --sampler)",
+    )
+    prep.add_argument(
         "--stats",
         action="store_true",
         help="also compute the sampled tiles' mean/std for normalize(method='fitted') "
@@ -247,6 +253,10 @@ def _prepare(args: argparse.Namespace) -> int:
     from mlcast_pipes.indexing import TilingPlan, default_index_dir
     from mlcast_pipes.tiling import TilingParams
 
+    if args.materialize and not args.sampler:
+        raise ParameterError(
+            "--materialize copies the samples of a sampling: add --sampler NAME (e.g. binnorm)"
+        )
     if args.stats and not args.sampler:
         raise ParameterError(
             "--stats computes the statistics of a sampling: add --sampler NAME (e.g. binnorm)"
@@ -295,6 +305,21 @@ def _prepare(args: argparse.Namespace) -> int:
             print(
                 f"statistics: {stats.path} (mean {stats.mean:.6g}, std {stats.std:.6g} mm/h "
                 f"of {stats.variable}; use .normalize(method='fitted'))"
+            )
+        if args.materialize:
+            from mlcast_pipes.materialize import copy_path, materialize
+
+            target = materialize(
+                sampling.table,
+                sampling.meta,
+                table.info,
+                copy_path(index_dir, sampling.sampling_id),
+                progress=not args.no_progress,
+            )
+            size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
+            print(
+                f"training copy: {target} ({len(sampling.table)} samples, {size:.1f} MiB); "
+                "the same sampler reads it from now on"
             )
     return 0
 

@@ -31,3 +31,19 @@ def test_training_copy_gives_the_same_samples(tiny_archive, index_dir):
     assert sorted(copied) == sorted(expected) == sorted(auto)
     for key, data in expected.items():
         np.testing.assert_array_equal(copied[key], data)
+
+
+def test_cli_prepare_materialize(tiny_archive, index_dir, capsys):
+    from mlcast_pipes.cli import main
+
+    args = ["prepare", str(tiny_archive), "--n-time-window", "6", "--tile-size", "64"]
+    args += ["--max-nan-fraction", "0.3", "--index-dir", str(index_dir), "--no-progress"]
+    assert main([*args, "--materialize"]) == 2  # needs a sampler
+    assert "--sampler" in capsys.readouterr().err
+    assert main([*args, "--sampler", "uniform", "--seed", "1", "--materialize"]) == 0
+    out = capsys.readouterr().out
+    assert "training copy:" in out
+    copies = list(index_dir.glob("*.zarr"))
+    assert len(copies) == 1
+    pipe = _sampler(tiny_archive, index_dir, materialized=True)
+    assert len(list(pipe)) > 0
