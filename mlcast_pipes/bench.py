@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as dsa
 import psutil
 import xarray as xr
@@ -134,7 +135,8 @@ def bench_prepare(
     dict
         ``shape``, ``frames``, ``nansum_s``, ``prepare_s`` (per window length), ``ratio``
         (prepare / nansum), ``frames_read`` and ``ratio_per_frame`` (normalised by frames read),
-        ``peak_rss_mb`` (per phase), ``n_tiles``.
+        ``peak_rss_mb`` (per phase), ``n_tiles``, ``peak_rss_mb_by_frames`` (the first window
+        length on a quarter, half and all of the frames, in blocks of 128 frames).
 
     """
     from mlcast_pipes.prepare import prepare_tiling
@@ -184,6 +186,29 @@ def bench_prepare(
             result["ratio_per_frame"][key] = round((dt / frames_read) / (base_s / n_frames), 3)
             result["n_tiles"][key] = index.n_tiles
             result["peak_rss_mb"][f"prepare_{key}"] = round(mem / 2**20, 1)
+
+        # memory against archive length: a quarter, half and all of the frames, in blocks of
+        # 128 frames (so that every length spans several blocks), after the runs above warmed up
+        params = TilingParams(n_time_window=int(n_time_windows[0]), tile_size=tile_size)
+        by_frames: dict[str, float] = {}
+        for frac in (4, 2, 1):
+            part = da.isel({da.dims[0]: slice(0, max(n_frames // frac, params.n_time_window))})
+
+            def run_part(part: xr.DataArray = part) -> Any:
+                return prepare_tiling(
+                    part,
+                    params,
+                    folder,
+                    dataset_id=f"bench-{part.shape[0]}",
+                    fingerprint="bench",
+                    missing_times=None,
+                    recompute=True,
+                    block_frames=128,
+                )
+
+            _, mem, _ = _timed(run_part, 1)
+            by_frames[str(int(part.shape[0]))] = round(mem / 2**20, 1)
+        result["peak_rss_mb_by_frames"] = by_frames
     return result
 
 
@@ -227,6 +252,17 @@ def _drain(iterable: Any, limit: int | None = None) -> tuple[int, float, float]:
     return n, end - t0, steady
 
 
+def _drain_epochs(loader: Any, epochs: int) -> tuple[float, float, list[int]]:
+    """Run ``epochs`` epochs; return (first epoch samples/s, later epochs samples/s, counts)."""
+    counts, seconds = [], []
+    for _ in range(epochs):
+        n, dt, _ = _drain(loader)
+        counts.append(n)
+        seconds.append(dt)
+    later = sum(counts[1:]) / sum(seconds[1:])
+    return counts[0] / seconds[0], later, counts
+
+
 def bench_read(
     path: str | os.PathLike[str],
     *,
@@ -236,23 +272,28 @@ def bench_read(
     batch_size: int = 16,
     workers: int = 2,
     naive_samples: int = 24,
+    epochs: int = 3,
     index_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Compare training-read paths on an archive with ``fraction`` of its tiles sampled, in one run.
 
     Paths: (a) a naive per-sample xarray read (one ``.isel().values`` per sample, as the
-    community loader does); the reader called directly on the epoch's read groups; (b) the
-    chain (``uniform`` sampler, normalize, to_tensor) in this process; (c) the chain under
-    DataLoader2 with ``workers`` processes; (d) as (c), reading the training copy that
-    ``prepare --materialize`` writes (one sample per zstd chunk). Read amplification is
-    decoded bytes per delivered byte; its minimum for the sampled set decodes each touched
-    frame once.
+    community loader does), on one core (dask's synchronous scheduler; the rate with dask's
+    threads is reported beside it); the reader called directly on the epoch's read groups;
+    (b) the chain (``uniform`` sampler, normalize, to_tensor) in this process; (c) the chain
+    under DataLoader2 with ``workers`` processes, kept for ``epochs`` epochs as in training:
+    the first epoch includes starting the workers, the later ones are the training rate;
+    (d) as (c), reading the training copy that ``prepare --materialize`` writes (one sample
+    per zstd chunk). Read amplification is decoded bytes per delivered byte; its minimum for
+    the sampled set decodes each touched frame once. The speed-up over (a) is bounded by the
+    samples per read window (``samples_per_window``) times the cores in use.
 
     Returns
     -------
     dict
         Samples/s per path, ratios to (a), amplification and its minimum, chain overhead over
-        the direct reader, peak RSS per worker.
+        the direct reader, peak memory per worker, distinct read windows per batch for several
+        ``mix_groups``.
 
     """
     import numpy as np
@@ -264,15 +305,19 @@ def bench_read(
 
     if not 0 < fraction <= 1:
         raise ParameterError(f"fraction must be in (0, 1], got {fraction}")
+    if epochs < 2:
+        raise ParameterError(f"epochs must be >= 2 (one start-up epoch, one timed), got {epochs}")
     with tempfile.TemporaryDirectory(prefix="mlcast-bench-") as tmp:
         folder = Path(index_dir) if index_dir is not None else Path(tmp)
 
-        def chain(tensor: bool = True) -> Any:
+        def chain(tensor: bool = True, **sample_kw: Any) -> Any:
             tiles = mp.OpenXarrayDataset(str(path)).tile(
                 n_time_window=n_time_window, tile_size=tile_size, index_dir=folder
             )
             n_tiles = len(tiles.plan.table(next(iter(tiles.source_datapipe))).rows)
-            sampled = tiles.sample("uniform", n_tiles=max(1, round(fraction * n_tiles)), seed=0)
+            sampled = tiles.sample(
+                "uniform", n_tiles=max(1, round(fraction * n_tiles)), seed=0, **sample_kw
+            )
             if not tensor:
                 return sampled
             return sampled.normalize().to_tensor(batch_size=batch_size)
@@ -295,57 +340,73 @@ def bench_read(
         delivered = float(np.sum(n_time)) * ty * tx
         min_amp = frames_touched * height * width / delivered
 
-        # (a) naive per-sample reads
+        # (a) naive per-sample reads, on one core and with dask's threads
         k = min(naive_samples, n_epoch)
         naive_read_tile(spec.url, spec.var_name, 0, 1, 0, 1, 0, 1)  # open once
-        t0 = time.perf_counter()
-        for i in range(k):
-            naive_read_tile(
-                spec.url,
-                spec.var_name,
-                int(t_start[i]),
-                int(n_time[i]),
-                int(ys[i]),
-                ty,
-                int(xs[i]),
-                tx,
-            )
-        naive_rate = k / (time.perf_counter() - t0)
+        naive_rates = {}
+        for scheduler in ("synchronous", "threads"):
+            with dask.config.set(scheduler=scheduler):
+                t0 = time.perf_counter()
+                for i in range(k):
+                    naive_read_tile(
+                        spec.url,
+                        spec.var_name,
+                        int(t_start[i]),
+                        int(n_time[i]),
+                        int(ys[i]),
+                        ty,
+                        int(xs[i]),
+                        tx,
+                    )
+                naive_rates[scheduler] = k / (time.perf_counter() - t0)
+        naive_rate = naive_rates["synchronous"]
         naive_amp = (
             float(np.mean(n_time[:k])) * height * width / (float(np.mean(n_time[:k])) * ty * tx)
         )
 
-        # the reader called directly on the epoch's read groups
-        close_readers()
-        reader = get_reader(spec.url, spec.var_name)
+        # the reader called directly on the epoch's read groups, against the sampler alone
+        # (no normalize/tensor); alternated twice, best of each, so file caches treat both alike
         groups = plan_shard(pool["t_start"].to_numpy()[rows], seed=0, epoch=0, shard=Shard())
-        t0 = time.perf_counter()
-        for g in groups:
-            reader.read_tiles(
-                [
-                    TileRequest(int(t_start[i]), int(n_time[i]), int(ys[i]), ty, int(xs[i]), tx)
-                    for i in g
-                ]
-            )
-        direct_s = time.perf_counter() - t0
+        direct_s = sampler_s = float("inf")
+        n_sampler = 0
+        for _ in range(2):
+            close_readers()
+            reader = get_reader(spec.url, spec.var_name)
+            t0 = time.perf_counter()
+            for g in groups:
+                reader.read_tiles(
+                    [
+                        TileRequest(int(t_start[i]), int(n_time[i]), int(ys[i]), ty, int(xs[i]), tx)
+                        for i in g
+                    ]
+                )
+            direct_s = min(direct_s, time.perf_counter() - t0)
+            close_readers()
+            sampler_only = chain(tensor=False)
+            t0 = time.perf_counter()
+            n_sampler = sum(1 for _ in sampler_only)
+            sampler_s = min(sampler_s, time.perf_counter() - t0)
 
-        # (b) the chain in this process: sampler only, then the full chain
-        close_readers()
-        sampler_only = chain(tensor=False)
-        t0 = time.perf_counter()
-        n_sampler = sum(1 for _ in sampler_only)
-        sampler_s = time.perf_counter() - t0
+        # (b) the full chain in this process
         close_readers()
         full = chain()
         n_b, chain_s, _ = _drain(full)
         stats = get_reader(spec.url, spec.var_name).stats
         chain_amp = stats.bytes_decoded / max(stats.bytes_delivered, 1)
 
-        # (c) under DataLoader2 with worker processes
+        # distinct read windows per batch (records only, no pixels read)
+        windows_per_batch = {}
+        for n_mix in (1, 4, 16):
+            starts = [r.t_start for r in chain(tensor=False, mix_groups=n_mix, load=False)]
+            batches = [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
+            distinct = [len(set(b)) for b in batches]
+            windows_per_batch[str(n_mix)] = round(float(np.mean(distinct)), 2)
+
+        # (c) under DataLoader2 with worker processes, kept for several epochs
         close_readers()
         loader = mp.make_dataloader(chain(), num_workers=workers)
         with _ChildrenPeakRSS() as mem:
-            n_c, dl_s, steady_c = _drain(loader)
+            rates_c = _drain_epochs(loader, epochs)
         loader.shutdown()
 
         # (d) as (c), on the training copy (one sample per chunk)
@@ -359,11 +420,11 @@ def bench_read(
         materialize_s = time.perf_counter() - t0
         copy_mb = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
         loader = mp.make_dataloader(chain(), num_workers=workers)
-        n_d, d_s, steady_d = _drain(loader)
+        rates_d = _drain_epochs(loader, epochs)
         loader.shutdown()
 
     rate_b = n_b / chain_s
-    rate_c = n_c / dl_s
+    rate_c, rate_d = rates_c[1], rates_d[1]
     return {
         "archive": str(path),
         "shape": [int(v) for v in get_reader(spec.url, spec.var_name).shape],
@@ -371,25 +432,32 @@ def bench_read(
         "tiles_in_index": len(table.rows),
         "samples_per_epoch": int(n_epoch),
         "fraction_sampled": fraction,
+        "samples_per_window": round(n_epoch / max(len(groups), 1), 2),
+        "cpu_count": os.cpu_count(),
         "a_naive_samples_per_s": round(naive_rate, 1),
+        "a_naive_threads_samples_per_s": round(naive_rates["threads"], 1),
         "direct_reader_samples_per_s": round(n_epoch / direct_s, 1),
         "b_chain_samples_per_s": round(rate_b, 1),
         "c_dataloader2_samples_per_s": round(rate_c, 1),
-        "c_dataloader2_steady_samples_per_s": round(steady_c, 1),
+        "c_dataloader2_first_epoch_samples_per_s": round(rates_c[0], 1),
         "c_workers": workers,
+        "epochs": epochs,
         "b_over_a": round(rate_b / naive_rate, 1),
         "c_over_a": round(rate_c / naive_rate, 1),
+        "c_over_a_first_epoch": round(rates_c[0] / naive_rate, 1),
+        "windows_per_batch_by_mix_groups": windows_per_batch,
+        "batch_size": batch_size,
         "amplification_naive": round(naive_amp, 2),
         "amplification_chain": round(chain_amp, 2),
         "amplification_minimum": round(min_amp, 2),
         "amplification_over_minimum": round(chain_amp / min_amp, 3),
         "sampler_overhead_over_reader": round(sampler_s / direct_s - 1, 3),
-        "samples_checked": [n_sampler, n_b, n_c, n_d],
+        "samples_checked": [n_sampler, n_b, *rates_c[2], *rates_d[2]],
         "peak_rss_per_worker_mb": round(mem.peak / 2**20, 1),
         "peak_uss_per_worker_mb": round(getattr(mem, "peak_uss", 0) / 2**20, 1),
-        "d_copy_samples_per_s": round(n_d / d_s, 1),
-        "d_copy_steady_samples_per_s": round(steady_d, 1),
-        "d_over_a": round(n_d / d_s / naive_rate, 1),
+        "d_copy_samples_per_s": round(rate_d, 1),
+        "d_copy_first_epoch_samples_per_s": round(rates_d[0], 1),
+        "d_over_a": round(rate_d / naive_rate, 1),
         "d_copy_size_mb": round(copy_mb, 1),
         "d_copy_build_s": round(materialize_s, 2),
         "source_size_mb": round(
