@@ -961,10 +961,18 @@ def _as_dask(data: Any, height: int, width: int) -> Any:
 
 
 def _select_frames(arr: Any, idx: np.ndarray) -> Any:
-    first, last = int(idx[0]), int(idx[-1])
-    if last - first + 1 == idx.size:
-        return arr[first : last + 1]
-    return arr[idx]
+    """Frames ``idx`` (sorted) of a dask array, as slices of runs of consecutive frames.
+
+    Fancy indexing would add a task per frame that copies it; slices along whole time chunks
+    and their concatenation cost no pixel copy.
+    """
+    import dask.array as dsa
+
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(idx, breaks)]
+    if len(runs) == 1:
+        return arr[runs[0][0] : runs[0][1]]
+    return dsa.concatenate([arr[a:b] for a, b in runs], axis=0)
 
 
 def iter_tile_statistics(
