@@ -456,7 +456,7 @@ def test_bench_prepare_small(tmp_path: Path) -> None:
     assert out["shape"] == [16, H, W]
     assert set(out["ratio"]) == {"2", "4"} and all(v > 0 for v in out["ratio"].values())
     assert out["nansum_s"] > 0 and "prepare_2" in out["peak_rss_mb"]
-    assert set(out["peak_rss_mb_by_frames"]) == {"4", "8", "16"}
+    assert set(out["peak_traced_mb_by_frames"]) == {"4", "8", "16"}
 
 
 def test_index_files_are_complete_after_pass(tmp_path: Path) -> None:
