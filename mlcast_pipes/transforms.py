@@ -679,8 +679,12 @@ class LDCastTransform(Transform):
         """Rain rate (mm/h) to LDCast log space."""
         r = _as_float(x)
         t = r.dtype.type
-        r = np.where(r < t(_LDCAST_THRESHOLD), t(_LDCAST_ZERO), r)
-        return cast(ArrayF, (np.log10(r) + t(_LDCAST_MEAN)) / t(_LDCAST_STD))
+        # one new array, then in place: the same values as the plain expression, fewer passes
+        out = np.where(r < t(_LDCAST_THRESHOLD), t(_LDCAST_ZERO), r)
+        np.log10(out, out=out)
+        out += t(_LDCAST_MEAN)
+        out /= t(_LDCAST_STD)
+        return cast(ArrayF, out)
 
     def inverse(self, y: ArrayF) -> ArrayF:
         """LDCast log space back to rain rate (mm/h)."""
@@ -1255,9 +1259,11 @@ class Normalizer:
         if self.clip_high is not None:
             work = np.minimum(work, work.dtype.type(self.clip_high))
         out = np.asarray(self.transform.forward(work))
+        # always a new float32 array (never a view of x), then the NaN fill in place
+        if out.dtype != np.float32 or np.may_share_memory(out, arr) or not out.flags.writeable:
+            out = np.array(out, dtype=np.float32)
         if self.fill_nan is not None:
-            out = np.where(np.isnan(out), np.float32(self.fill_nan), out)
-        out = np.array(out, dtype=np.float32)  # always a new array: never a view of x
+            np.copyto(out, np.float32(self.fill_nan), where=np.isnan(out))
         if self.mask:
             return out, ~np.isnan(arr)
         return out

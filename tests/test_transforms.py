@@ -635,3 +635,17 @@ def test_stats_csv_errors(tmp_path: Path) -> None:
         write_stats_csv(tmp_path / "s.csv", {"RR": (1.0,)})  # type: ignore[dict-item]
     with pytest.raises(ParameterError, match="no statistics"):
         write_stats_csv(tmp_path / "s.csv", {})
+
+
+@pytest.mark.parametrize("method", ["ldcast", "log1p", "scale", "identity", "mlcast_dbz"])
+def test_normalizer_never_touches_or_returns_its_input(method: str) -> None:
+    """Normalising works on its own buffer: the input keeps its values, the output is new."""
+    attrs = DBZ if method == "mlcast_dbz" else RATE
+    x = np.array([[np.nan, 0.0, 0.05], [0.5, 12.0, 300.0]], dtype=np.float32)
+    before = x.copy()
+    norm = make_normalizer(method, **attrs)
+    out = norm(x)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    assert not np.shares_memory(out, x)
+    np.testing.assert_array_equal(x, before)
+    assert not np.isnan(out).any()
