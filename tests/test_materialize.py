@@ -47,3 +47,23 @@ def test_cli_prepare_materialize(tiny_archive, index_dir, capsys):
     assert len(copies) == 1
     pipe = _sampler(tiny_archive, index_dir, materialized=True)
     assert len(list(pipe)) > 0
+
+
+def test_read_many_matches_read_and_names_a_corrupted_sample(tiny_archive, index_dir):
+    source = _sampler(tiny_archive, index_dir, materialized=False)
+    sampling = source.sampling_indexes()[0]
+    table = source.plan.table(next(iter(source.source_datapipe)))
+    target = materialize(
+        sampling.table, sampling.meta, table.info, copy_path(index_dir, sampling.sampling_id)
+    )
+    copy = TrainingCopy(target)
+    rows = [3, 0, 2, 2, 1]
+    many = copy.read_many(rows)
+    assert len(many) == len(rows)
+    for row, data in zip(rows, many, strict=True):
+        assert data.dtype == np.float32
+        np.testing.assert_array_equal(data, copy.read(row))
+    chunk = next(p for p in (target / "samples").iterdir() if p.name.startswith("1."))
+    chunk.write_bytes(b"not zstd")
+    with pytest.raises(mp.ReadError, match=r"sample 1 from the training copy"):
+        TrainingCopy(target).read_many([0, 1, 2])

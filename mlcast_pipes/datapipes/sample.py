@@ -225,8 +225,8 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
             )
             records.append(rec)
         if self.load and copy is not None:
-            for rec, r in zip(records, rows, strict=True):
-                rec.data = copy.read(int(r))
+            for rec, data in zip(records, copy.read_many(rows), strict=True):
+                rec.data = data
         elif self.load and records:
             spec = table.info.spec
             reader = get_reader(spec.url, spec.var_name, spec.storage_options)
