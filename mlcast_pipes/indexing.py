@@ -5,6 +5,7 @@ Workers and ranks that need the same index take a file lock: one computes, the r
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,7 @@ from filelock import FileLock
 
 from mlcast_pipes import dataset as ds
 from mlcast_pipes.errors import IndexFileError, ParameterError
+from mlcast_pipes.index import atomic_write
 from mlcast_pipes.prepare import TileIndex, prepare_tiling
 from mlcast_pipes.reader import TileRequest, get_reader
 from mlcast_pipes.records import DatasetInfo, TileSample
@@ -565,10 +567,10 @@ def sampling_stats(
     The file (``variable,mean,std``, one row for the archive's data variable) is written
     atomically beside the sampling CSV, under a file lock, so workers and ranks that need it
     at the same time compute it once. An existing file is loaded unless it is older than the
-    sampling CSV (the pool was rebuilt) or ``recompute`` is set. The numbers are those of
-    :func:`compute_sampling_stats` (rain rate in mm/h after clipping). They depend on
-    ``clip_max``, ``weighting`` and ``max_tiles``; a file computed with other values is not
-    detected, so pass ``recompute=True`` after changing them.
+    sampling CSV (the pool was rebuilt), was computed with other parameters (``clip_max``,
+    ``dbz_floor``, ``weighting``, ``max_tiles``, ``seed``, recorded in the sidecar
+    ``{sampling_id}.stats.meta.json``), or ``recompute`` is set: then it is computed again. The
+    numbers are those of :func:`compute_sampling_stats` (rain rate in mm/h after clipping).
 
     Parameters
     ----------
@@ -608,10 +610,23 @@ def sampling_stats(
 
     """
     path = stats_path(sampling_index)
+    meta_path = path.with_name(path.name.removesuffix(".csv") + ".meta.json")
     variable = table.info.spec.var_name
     folder = _ensure_folder(path.parent)
+    params = {
+        "clip_max": clip_max,
+        "dbz_floor": dbz_floor,
+        "weighting": weighting,
+        "max_tiles": max_tiles,
+        "seed": seed,
+        "sampling_csv_sha256": sampling_index.meta.get("csv_sha256"),
+    }
     with FileLock(str(folder / f"{sampling_index.sampling_id}.stats.lock")):
-        if not recompute and _is_current(path, sampling_index.path):
+        if (
+            not recompute
+            and _is_current(path, sampling_index.path)
+            and _stats_params(meta_path) == params
+        ):
             stats = read_stats_csv(path)
             if variable in stats:
                 mean, std = stats[variable]
@@ -625,8 +640,20 @@ def sampling_stats(
             max_tiles=max_tiles,
             seed=seed,
         )
+        meta_path.unlink(missing_ok=True)  # never pair new numbers with old parameters
         write_stats_csv(path, {variable: (mean, std)})
+        with atomic_write(meta_path) as fh:
+            fh.write(json.dumps(params, indent=1, sort_keys=True))
     return SamplingStats(path, variable, mean, std)
+
+
+def _stats_params(meta_path: Path) -> dict[str, Any] | None:
+    """The parameters a statistics file was computed with (None if unknown or unreadable)."""
+    try:
+        data = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _is_current(path: Path, source: Path) -> bool:

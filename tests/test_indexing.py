@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -103,6 +104,22 @@ def test_sampling_stats_values_file_and_reload(
         sampling_stats(table, pool)
     monkeypatch.undo()
     assert sampling_stats(table, pool) == stats
+
+
+def test_sampling_stats_recomputed_when_parameters_change(
+    tiny_archive: Path, index_dir: Path
+) -> None:
+    """A statistics file made with another clip_max (or weighting) is not reused."""
+    table, pool = _table_and_pool(tiny_archive, index_dir)
+    clipped = sampling_stats(table, pool, clip_max=1.0)
+    meta = stats_path(pool).with_name(f"{pool.sampling_id}.stats.meta.json")
+    assert json.loads(meta.read_text())["clip_max"] == 1.0
+    default = sampling_stats(table, pool)
+    assert default.mean > clipped.mean  # heavier rain counted again
+    assert default == sampling_stats(table, pool)
+    assert sampling_stats(table, pool, weighting="pool") != default
+    meta.unlink()  # unknown parameters: computed again, sidecar written
+    assert sampling_stats(table, pool, weighting="pool").path.exists() and meta.exists()
 
 
 def test_sampling_stats_max_tiles_and_bad_options(tiny_archive: Path, index_dir: Path) -> None:
