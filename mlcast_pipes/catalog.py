@@ -84,6 +84,19 @@ class CatalogEntry:
     args : dict
         All arguments of the entry after template rendering (``preset``/``seed`` for the demo).
 
+    Examples
+    --------
+    >>> source = {
+    ...     "driver": "zarr",
+    ...     "args": {"urlpath": "s3://bucket/radar.zarr", "storage_options": {"anon": True}},
+    ...     "metadata": {"variable": "rr"},
+    ... }
+    >>> entry = load_catalog({"sources": {"my_radar": source}})["my_radar"]
+    >>> entry.driver, entry.urlpath, entry.storage_options, entry.var_name
+    ('zarr', 's3://bucket/radar.zarr', {'anon': True}, 'rr')
+    >>> resolve_entry("dmi_10_minutes").id  # an entry of the bundled catalog
+    'precipitation.dmi_10_minutes'
+
     """
 
     id: str
@@ -106,6 +119,18 @@ def demo_cache_dir() -> pathlib.Path:
     pathlib.Path
         Folder where demo archives (and, by default, index files) are kept.
 
+    Examples
+    --------
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"MLCAST_PIPES_CACHE": "/scratch/mlcast"}):
+    ...     print(demo_cache_dir().as_posix())
+    /scratch/mlcast
+
+    The bundled ``demo`` entry is cached there:
+
+    >>> resolve_entry("demo").urlpath == str(demo_cache_dir() / demo_store_name("small", 0))
+    True
+
     """
     env = os.environ.get(CACHE_ENV)
     if env:
@@ -127,6 +152,11 @@ def demo_store_name(preset: str, seed: int) -> str:
     -------
     str
         The store's folder name inside :func:`demo_cache_dir`.
+
+    Examples
+    --------
+    >>> demo_store_name("tiny", 3)
+    'demo-tiny-seed3.zarr'
 
     """
     return f"demo-{preset}-seed{seed}.zarr"
@@ -248,6 +278,24 @@ def resolve_urlpath(entry: CatalogEntry) -> str:
         If a demo entry's folder cannot be created.
     ParameterError
         If a demo entry has an unknown preset or a bad seed (raised by ``ensure_demo``).
+
+    Examples
+    --------
+    A store entry resolves to its URL, without any access to it:
+
+    >>> resolve_urlpath(resolve_entry("dmi_10_minutes"))
+    's3://mlcast-source-datasets/dmi/v0.1.1/dmi_10_minutes.zarr/'
+
+    A demo entry is generated into the cache folder on first use, then reused:
+
+    >>> from unittest import mock
+    >>> tiny = {"driver": "mlcast_demo", "args": {"preset": "tiny", "seed": 0}}
+    >>> with mock.patch.dict(os.environ, {CACHE_ENV: "cache"}):
+    ...     entry = load_catalog({"sources": {"tiny_demo": tiny}})["tiny_demo"]
+    >>> resolve_urlpath(entry)
+    'cache/demo-tiny-seed0.zarr'
+    >>> pathlib.Path(entry.urlpath).is_dir()
+    True
 
     """
     if entry.driver != DEMO_DRIVER:

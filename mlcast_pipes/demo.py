@@ -91,6 +91,22 @@ class DemoPreset:
     description : str
         One line for humans.
 
+    Examples
+    --------
+    >>> preset = DemoPreset(
+    ...     name="mini", shape=(64, 64), event_starts=("2022-05-01T12:00",),
+    ...     event_lengths=(10,), missing_per_event=(1,),
+    ... )
+    >>> preset.n_times
+    9
+    >>> PRESETS["tiny"].n_times
+    130
+    >>> import xarray as xr
+    >>> path = generate_demo("mini.zarr", preset, seed=0)
+    >>> ds = xr.open_zarr(path)
+    >>> ds["rainfall_rate"].shape, ds["missing_times"].size
+    ((9, 64, 64), 1)
+
     """
 
     name: str
@@ -866,8 +882,21 @@ def generate_demo(
 
     Examples
     --------
-    >>> p = generate_demo(tmp / "demo.zarr", "tiny", seed=1)  # doctest: +SKIP
-    >>> print(describe(p))  # doctest: +SKIP
+    A short, small-grid variant of the ``tiny`` preset:
+
+    >>> path = generate_demo("demo.zarr", "tiny", seed=1, n_times=6, shape=(64, 64))
+    >>> path.name
+    'demo.zarr'
+    >>> import xarray as xr
+    >>> da = xr.open_zarr(path)["rainfall_rate"]
+    >>> da.dims, da.shape, da.attrs["units"]
+    (('time', 'y', 'x'), (6, 64, 64), 'mm h-1')
+
+    Every finite value is 0 or one of the quantised rates:
+
+    >>> values = da.values[np.isfinite(da.values)]
+    >>> bool(np.isin(values[values > 0], quantized_rates()).all())
+    True
 
     """
     resolved = _resolve_preset(preset)
@@ -959,6 +988,24 @@ def ensure_demo(
     ParameterError
         Unknown preset or bad seed, or ``path`` holds something else (another preset or seed, a
         non-demo store, a file).
+
+    Examples
+    --------
+    The first call generates the archive, later calls reuse it:
+
+    >>> path = ensure_demo("tiny.zarr", preset="tiny", seed=0)
+    >>> path.name
+    'tiny.zarr'
+    >>> ensure_demo("tiny.zarr", preset="tiny", seed=0) == path
+    True
+
+    A store made with other settings is never overwritten:
+
+    >>> ensure_demo("tiny.zarr", preset="tiny", seed=1)
+    Traceback (most recent call last):
+    ...
+    mlcast_pipes.errors.ParameterError: tiny.zarr holds the demo preset 'tiny' with seed 0, not
+    'tiny' with seed 1; ...
 
     """
     resolved = _resolve_preset(preset)
@@ -1094,6 +1141,15 @@ def describe(path: str | os.PathLike[str], max_frames: int = 64) -> str:
     ------
     DatasetError
         The store cannot be opened or has no ``(time, y, x)`` variable.
+
+    Examples
+    --------
+    >>> path = generate_demo("describe.zarr", "tiny", seed=0, n_times=12, shape=(64, 64))
+    >>> print(describe(path))
+    archive describe.zarr (demo preset tiny, seed 0)
+      variable rainfall_rate [mm h-1] float32, 12 x 64 x 64 (time, y, x), chunks (1, 64, 64)
+      time 2021-06-12T10:00 -> ..., step 5 min, 2 events, 1 gap, longest ... days, ...
+      pixels NaN ...%, wet (> 0.1 mm h-1) ...% of valid, max ... mm h-1 (from 12 of 12 frames)
 
     """
     import xarray as xr

@@ -23,7 +23,21 @@ from mlcast_pipes.errors import MLCastPipesError, ParameterError
 
 
 class WorkerDiedError(MLCastPipesError, RuntimeError):
-    """A worker process of the data loader ended without finishing its epoch."""
+    """A worker process of the data loader ended without finishing its epoch.
+
+    Examples
+    --------
+    A training script can rerun the epoch when a worker died (e.g. killed for memory):
+
+    >>> def run_epoch(loader):
+    ...     raise WorkerDiedError("a data loader worker died mid-epoch: pid 4242 (exit code 1)")
+    >>> try:
+    ...     run_epoch(loader=None)
+    ... except WorkerDiedError as exc:
+    ...     print(isinstance(exc, (MLCastPipesError, RuntimeError)), "-", exc)
+    True - a data loader worker died mid-epoch: pid 4242 (exit code 1)
+
+    """
 
 
 def _walk(pipe: IterDataPipe[Any]) -> list[Any]:
@@ -45,6 +59,21 @@ def prepare_indexes(pipe: IterDataPipe[Any]) -> None:
     """Build or load every index the pipeline needs, in this process, before workers start.
 
     Workers would otherwise wait for one another on the index files' locks at their first epoch.
+
+    Examples
+    --------
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> from mlcast_pipes.demo import generate_demo
+    >>> path = generate_demo("prepare.zarr", preset="tiny", n_times=24, overwrite=True)
+    >>> tiles = IterableWrapper([str(path)]).open_mlcast().tile(
+    ...     n_time_window=4, tile_size=(64, 64), index_dir="idx"
+    ... )
+    >>> pipe = tiles.uniform_sample(n_samples=6).normalize().to_tensor(batch_size=2)
+    >>> prepare_indexes(pipe)  # the tiling index, then the sampling index
+    >>> from pathlib import Path
+    >>> sorted(p.name for p in Path("idx").glob("*.samples.csv"))
+    ['...64x64.4.4.uniform....samples.csv', '...64x64.4.samples.csv']
+
     """
     for dp in _walk(pipe):
         fitted = getattr(dp, "fitted_stats", None)
@@ -62,7 +91,25 @@ def prepare_indexes(pipe: IterDataPipe[Any]) -> None:
 
 
 def set_resume(pipe: IterDataPipe[Any], batch: int) -> None:
-    """Make the next epoch of a pipeline start at batch ``batch`` (skipped without reading)."""
+    """Make the next epoch of a pipeline start at batch ``batch`` (skipped without reading).
+
+    Examples
+    --------
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> from mlcast_pipes.demo import generate_demo
+    >>> path = generate_demo("resume.zarr", preset="tiny", n_times=24, overwrite=True)
+    >>> tiles = IterableWrapper([str(path)]).open_mlcast().tile(
+    ...     n_time_window=4, tile_size=(64, 64), index_dir="idx"
+    ... )
+    >>> pipe = tiles.uniform_sample(n_samples=6).normalize().to_tensor(batch_size=2)
+    >>> batches = list(pipe)  # epoch 0: 3 batches
+    >>> set_epoch(pipe, 0)
+    >>> set_resume(pipe, 2)  # epoch 0 again, from its batch 2
+    >>> resumed = list(pipe)
+    >>> len(resumed), bool((resumed[0] == batches[2]).all())
+    (1, True)
+
+    """
     if batch <= 0:
         return
     dps = _walk(pipe)
@@ -79,7 +126,24 @@ def set_resume(pipe: IterDataPipe[Any], batch: int) -> None:
 
 
 def set_epoch(pipe: IterDataPipe[Any], epoch: int) -> None:
-    """Set the next epoch of every epoch-aware datapipe of a graph (for resuming)."""
+    """Set the next epoch of every epoch-aware datapipe of a graph (for resuming).
+
+    Examples
+    --------
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> from mlcast_pipes.demo import generate_demo
+    >>> path = generate_demo("epoch.zarr", preset="tiny", n_times=24, overwrite=True)
+    >>> tiles = IterableWrapper([str(path)]).open_mlcast().tile(
+    ...     n_time_window=4, tile_size=(64, 64), index_dir="idx"
+    ... )
+    >>> pipe = tiles.uniform_sample(n_samples=6, load=False)  # records only, no pixels
+    >>> epoch0 = [r.tile_id for r in pipe]
+    >>> epoch1 = [r.tile_id for r in pipe]
+    >>> set_epoch(pipe, 0)
+    >>> [r.tile_id for r in pipe] == epoch0 != epoch1
+    True
+
+    """
     for dp in _walk(pipe):
         setter = getattr(dp, "set_epoch", None)
         if callable(setter):
@@ -95,6 +159,20 @@ class Loader:
     ----------
     epoch : int
         The epoch the next ``iter()`` delivers.
+
+    Examples
+    --------
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> from mlcast_pipes.demo import generate_demo
+    >>> path = generate_demo("loader.zarr", preset="tiny", n_times=24, overwrite=True)
+    >>> tiles = IterableWrapper([str(path)]).open_mlcast().tile(
+    ...     n_time_window=4, tile_size=(64, 64), index_dir="idx"
+    ... )
+    >>> pipe = tiles.uniform_sample(n_samples=6).normalize().to_tensor(batch_size=2)
+    >>> with Loader(pipe, num_workers=0) as loader:  # or make_dataloader(pipe, ...)
+    ...     shapes = [tuple(batch.shape) for batch in loader]
+    >>> shapes, loader.epoch
+    ([(2, 4, 64, 64), (2, 4, 64, 64), (2, 4, 64, 64)], 1)
 
     """
 

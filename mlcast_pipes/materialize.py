@@ -28,7 +28,14 @@ ARRAY = "samples"
 
 
 def copy_path(index_dir: str | os.PathLike[str], sampling_id: str) -> Path:
-    """Where the training copy of a sampling index lives: ``{index_dir}/{sampling_id}.zarr``."""
+    """Where the training copy of a sampling index lives: ``{index_dir}/{sampling_id}.zarr``.
+
+    Examples
+    --------
+    >>> copy_path("idx", "radar.64x64.4.uniform.1a2b3c").as_posix()
+    'idx/radar.64x64.4.uniform.1a2b3c.zarr'
+
+    """
     return Path(index_dir) / f"{sampling_id}.zarr"
 
 
@@ -63,6 +70,31 @@ def materialize(
     -------
     pathlib.Path
         The store.
+
+    Examples
+    --------
+    The pool of a uniform sampler on a small demo archive (21 tiles of 4 x 64 x 64):
+
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> from mlcast_pipes.demo import generate_demo
+    >>> from mlcast_pipes.indexing import dataset_info
+    >>> path = generate_demo("copy.zarr", preset="tiny", n_times=24, overwrite=True)
+    >>> sampler = (
+    ...     IterableWrapper([str(path)])
+    ...     .open_mlcast()
+    ...     .tile(n_time_window=4, tile_size=(64, 64), index_dir="idx")
+    ...     .uniform_sample()
+    ... )
+    >>> sampling = sampler.sampling_indexes()[0]
+    >>> info = dataset_info(next(iter(sampler.source_datapipe)))
+    >>> target = materialize(
+    ...     sampling.table, sampling.meta, info, copy_path("idx", sampling.sampling_id)
+    ... )
+    >>> copy = TrainingCopy(target, sampling.meta["csv_sha256"])
+    >>> len(sampling.table), copy.exists(), copy.read(0).shape
+    (21, True, (4, 64, 64))
+    >>> sampler.training_copy(sampling) is not None  # the sampler reads the copy from now on
+    True
 
     """
     target = Path(path)

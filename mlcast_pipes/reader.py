@@ -67,6 +67,14 @@ class TileRequest:
     x0, nx : int
         First column index and number of columns.
 
+    Examples
+    --------
+    Four steps from time index 10, a 64 x 64 window at row 0, column 128:
+
+    >>> r = TileRequest(t0=10, n=4, y0=0, ny=64, x0=128, nx=64)
+    >>> list(r.frames), r.nbytes
+    ([10, 11, 12, 13], 65536)
+
     """
 
     t0: int
@@ -104,6 +112,24 @@ class ReaderStats:
         Pixels returned to callers, times 4.
     cache_hits, cache_misses : int
         Frame look-ups answered by / missing from the decoded-frame cache.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> rain = np.arange(24, dtype="float32").reshape(2, 3, 4)  # (time, y, x)
+    >>> ds = xr.Dataset({"rain": (("time", "y", "x"), rain)})
+    >>> _ = ds.to_zarr("stats.zarr", mode="w", zarr_format=2)
+    >>> reader = FrameReader("stats.zarr", "rain")
+    >>> _ = reader.read_tile(0, 2, 0, 2, 0, 2)  # decodes frames 0 and 1
+    >>> _ = reader.read_tile(1, 1, 1, 2, 2, 2)  # frame 1 again: from the cache
+    >>> reader.stats
+    ReaderStats(frames_decoded=2, bytes_decoded=96, bytes_delivered=48, cache_hits=1,
+                cache_misses=2)
+    >>> reader.stats.amplification  # 2 frames of 12 pixels decoded for 12 pixels delivered
+    2.0
+    >>> reader.stats.reset()
+    >>> reader.stats.as_dict()["frames_decoded"]
+    0
 
     """
 
@@ -378,6 +404,22 @@ class FrameReader:
         How many times a read failing with a transient (network-like) error is tried again.
     retry_backoff : float
         Seconds to wait before the first retry; doubled at each further retry.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> rain = np.arange(24, dtype="float32").reshape(2, 3, 4)  # (time, y, x)
+    >>> ds = xr.Dataset({"rain": (("time", "y", "x"), rain)})
+    >>> _ = ds.to_zarr("frames.zarr", mode="w", zarr_format=2)
+    >>> reader = FrameReader("frames.zarr", "rain")
+    >>> reader.shape, str(reader.dtype)
+    ((2, 3, 4), 'float32')
+    >>> reader.read_tile(0, 2, 1, 2, 1, 2).tolist()  # [0:2, 1:3, 1:3]
+    [[[5.0, 6.0], [9.0, 10.0]], [[17.0, 18.0], [21.0, 22.0]]]
+    >>> tiles = reader.read_tiles([TileRequest(0, 2, 0, 1, 0, 4), TileRequest(1, 1, 2, 1, 0, 4)])
+    >>> [t.shape for t in tiles], reader.cached_frames
+    ([(2, 1, 4), (1, 1, 4)], [0, 1])
+    >>> reader.close()
 
     """
 
@@ -934,6 +976,18 @@ def get_reader(
     FrameReader
         The reader shared by all callers in this process.
 
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> rain = np.arange(24, dtype="float32").reshape(2, 3, 4)  # (time, y, x)
+    >>> ds = xr.Dataset({"rain": (("time", "y", "x"), rain)})
+    >>> _ = ds.to_zarr("shared.zarr", mode="w", zarr_format=2)
+    >>> reader = get_reader("shared.zarr", "rain")
+    >>> reader is get_reader("shared.zarr", "rain")  # one reader (and cache) per process
+    True
+    >>> reader.read_frames(1, 2)[0, 0].tolist()
+    [12.0, 13.0, 14.0, 15.0]
+
     """
     pid = os.getpid()
     key = (pid, url, var_name, _options_token(storage_options))
@@ -957,7 +1011,22 @@ if hasattr(os, "register_at_fork"):
 
 
 def close_readers() -> None:
-    """Close and forget every reader :func:`get_reader` (and :func:`naive_read_tile`) made here."""
+    """Close and forget every reader :func:`get_reader` (and :func:`naive_read_tile`) made here.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> rain = np.arange(24, dtype="float32").reshape(2, 3, 4)  # (time, y, x)
+    >>> ds = xr.Dataset({"rain": (("time", "y", "x"), rain)})
+    >>> _ = ds.to_zarr("closed.zarr", mode="w", zarr_format=2)
+    >>> reader = get_reader("closed.zarr", "rain")
+    >>> reader.read_tile(0, 1, 0, 1, 0, 1).item()
+    0.0
+    >>> close_readers()
+    >>> reader.cached_frames, get_reader("closed.zarr", "rain") is reader  # a new reader now
+    ([], False)
+
+    """
     pid = os.getpid()
     with _READERS_LOCK:
         readers = [r for k, r in _READERS.items() if k[0] == pid]
@@ -1007,6 +1076,18 @@ def naive_read_tile(
         If the window reaches outside the array.
     ReadError
         If the pixels cannot be read.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> rain = np.arange(24, dtype="float32").reshape(2, 3, 4)  # (time, y, x)
+    >>> ds = xr.Dataset({"rain": (("time", "y", "x"), rain)})
+    >>> _ = ds.to_zarr("naive.zarr", mode="w", zarr_format=2)
+    >>> tile = naive_read_tile("naive.zarr", "rain", 0, 2, 1, 2, 1, 2)  # [0:2, 1:3, 1:3]
+    >>> tile.dtype, tile.tolist()
+    (dtype('float32'), [[[5.0, 6.0], [9.0, 10.0]], [[17.0, 18.0], [21.0, 22.0]]])
+    >>> bool((tile == get_reader("naive.zarr", "rain").read_tile(0, 2, 1, 2, 1, 2)).all())
+    True
 
     """
     import xarray as xr

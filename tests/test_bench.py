@@ -1,4 +1,4 @@
-"""The benchmark behind ``mlcast-pipes bench``: every read path delivers the epoch, figures add up."""
+"""The benchmark behind ``mlcast-pipes bench``: every path delivers the epoch, figures add up."""
 
 from __future__ import annotations
 
@@ -36,6 +36,18 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
     for key in ("a_naive_samples_per_s", "b_chain_samples_per_s", "c_dataloader2_samples_per_s"):
         assert out[key] > 0
     assert out["d_copy_size_mb"] > 0
+    assert out["peak_rss_per_worker_mb"] > 0
+
+
+def test_bench_read_twice_in_one_index_dir(tiny_archive: Path, tmp_path: Path) -> None:
+    """A training copy left by a first run does not replace the source in the next one."""
+    kw = {"n_time_window": 4, "tile_size": (32, 32), "fraction": 0.3, "batch_size": 4}
+    kw |= {"workers": 0, "naive_samples": 2, "epochs": 2, "index_dir": tmp_path}
+    first = bench_read(tiny_archive, **kw)
+    second = bench_read(tiny_archive, **kw)
+    for out in (first, second):
+        assert out["amplification_over_minimum"] == pytest.approx(1.0, abs=0.01)
+        assert out["peak_rss_per_worker_mb"] == 0  # no worker processes: nothing measured
 
 
 def test_bench_read_rejects_bad_parameters(tiny_archive: Path) -> None:

@@ -512,3 +512,30 @@ def test_sampler_respects_the_split(tiny_archive: Path, index_dir: Path) -> None
         drawn[name] = _frames_of(records)
         assert splits[name].frame_mask(times)[sorted(drawn[name])].all()
     assert not drawn["train"] & drawn["test"]
+
+
+def test_register_sampler_functional_again_replaces_it() -> None:
+    """Re-running a notebook cell that registers a sampler works; a foreign name is refused."""
+    import pandas as pd
+    from torch.utils.data import IterDataPipe, functional_datapipe
+
+    from mlcast_pipes.sampling import register_sampler
+
+    @register_sampler("rerun_test")
+    def first_rows(table: pd.DataFrame, *, seed: int) -> pd.DataFrame:
+        rows = table.iloc[:2]
+        return pd.DataFrame({"source_tile_id": rows["tile_id"], "scalar_value": 0.0, "bin_id": -1})
+
+    a = mp.register_sampler_functional("rerun_test")
+    b = mp.register_sampler_functional("rerun_test")
+    assert a.__name__ == b.__name__ == "RerunTestSampleDataPipe"
+    tiles = IterableWrapper(["demo"]).open_mlcast().tile()
+    assert isinstance(tiles.rerun_test_sample(), b)
+
+    @functional_datapipe("foreign_sample")
+    class Foreign(IterDataPipe):  # type: ignore[type-arg]
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield from ()
+
+    with pytest.raises(ParameterError, match="already taken by 'Foreign'"):
+        mp.register_sampler_functional("foreign")

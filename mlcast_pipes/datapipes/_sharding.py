@@ -14,6 +14,27 @@ class EpochShardMixin:
     Every copy of the pipeline (one per worker process and rank) counts its own epochs; the
     copies stay in step because each iterates once per epoch. ``set_epoch`` fixes the next
     epoch explicitly (for resuming).
+
+    Examples
+    --------
+    A datapipe that delivers its share of six numbers per epoch:
+
+    >>> class Numbers(EpochShardMixin):
+    ...     def __init__(self):
+    ...         self._init_epochs()
+    ...     def __iter__(self):
+    ...         epoch, shard = self._start_epoch(), self.shard
+    ...         return iter([100 * epoch + i for i in range(6)][shard.index :: shard.count])
+    >>> dp = Numbers()
+    >>> dp.apply_sharding(2, 1)  # worker 1 of 2
+    >>> dp.shard
+    Shard(count=2, index=1)
+    >>> list(dp), list(dp)  # epochs 0 and 1
+    ([1, 3, 5], [101, 103, 105])
+    >>> dp.set_epoch(0)  # replay epoch 0
+    >>> list(dp)
+    [1, 3, 5]
+
     """
 
     _shard_levels: dict[int, tuple[int, int]]

@@ -66,6 +66,24 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
     **params
         The sampler's own parameters.
 
+    Examples
+    --------
+    Six uniformly drawn tiles of 4 steps x 64 x 64 pixels per epoch, from a small demo archive:
+
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> from mlcast_pipes.demo import generate_demo
+    >>> path = generate_demo("sample.zarr", preset="tiny", seed=0, n_times=24, overwrite=True)
+    >>> tiles = IterableWrapper([str(path)]).open_mlcast().tile(
+    ...     n_time_window=4, tile_size=(64, 64), index_dir="idx"
+    ... )
+    >>> dp = tiles.sample("uniform", n_samples=6, seed=0)  # or tiles.uniform_sample(...)
+    >>> records = list(dp)  # epoch 0
+    >>> len(records), records[0].data.shape
+    (6, (4, 64, 64))
+    >>> dp.set_epoch(0)  # the order depends only on (seed, epoch)
+    >>> [r.tile_id for r in dp] == [r.tile_id for r in records]
+    True
+
     """
 
     default_method: ClassVar[str | None] = None
@@ -303,14 +321,49 @@ def register_sampler_functional(name: str) -> type[SampleDataPipe]:
     """Register ``.<name>_sample()`` for a sampler added with ``register_sampler``.
 
     Samplers registered before the package is imported get their functional automatically.
+    Calling it again for the same name (re-running a notebook cell) replaces the functional;
+    a name taken by another kind of datapipe raises :class:`ParameterError`.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> from mlcast_pipes.sampling import register_sampler
+    >>> @register_sampler("every_third_example")
+    ... def every_third(table, *, seed):
+    ...     rows = table.iloc[::3]
+    ...     return pd.DataFrame(
+    ...         {"source_tile_id": rows["tile_id"], "scalar_value": 0.0, "bin_id": -1}
+    ...     )
+    >>> register_sampler_functional("every_third_example").__name__
+    'EveryThirdExampleSampleDataPipe'
+    >>> tiles = IterableWrapper(["demo"]).open_mlcast().tile()
+    >>> tiles.every_third_example_sample(n_samples=10).method
+    'every_third_example'
+
     """
     functional = f"{name}_sample"
+    taken = IterDataPipe.functions.get(functional)
+    if taken is not None:
+        owner = getattr(taken, "args", (None,))[0]
+        if not (isinstance(owner, type) and issubclass(owner, SampleDataPipe)):
+            raise ParameterError(
+                f"the functional .{functional}() is already taken by "
+                f"{getattr(owner, '__name__', owner)!r}; register the sampler under another name"
+            )
+        del IterDataPipe.functions[functional]
     cls = type(
         f"{name.title().replace('_', '')}SampleDataPipe",
         (SampleDataPipe,),
         {
             "default_method": name,
-            "__doc__": f"Sample tiles with the {name!r} sampler (functional ``{functional}``).",
+            "__doc__": (
+                f"Sample tiles with the {name!r} sampler (functional ``{functional}``).\n\n"
+                "Examples\n--------\n"
+                ">>> from torchdata.datapipes.iter import IterableWrapper\n"
+                '>>> tiles = IterableWrapper(["demo"]).open_mlcast().tile()\n'
+                f">>> tiles.{functional}().method\n{name!r}\n"
+            ),
             "__module__": __name__,
         },
     )
