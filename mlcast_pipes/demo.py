@@ -87,7 +87,7 @@ class DemoPreset:
     cells_per_unit_area : float
         Mean number of live convective cells per 256 x 256 pixels.
     clutter : bool
-        Put a few fixed ground-clutter pixels (200-8000 mm/h) inside the coverage.
+        Put a few fixed ground-clutter pixels (about 240-7800 mm/h) inside the coverage.
     description : str
         One line for humans.
 

@@ -129,7 +129,26 @@ _SMALL_BIN = 4096
 
 
 class SamplingWarning(UserWarning):
-    """A sampler could not use part of the tiles (empty bins, tiles without a scalar)."""
+    """A sampler could not use part of the tiles (empty bins, tiles without a scalar).
+
+    Examples
+    --------
+    A tile whose importance statistic is NaN (all its pixels NaN) is left out, with a warning:
+
+    >>> import warnings
+    >>> tiles = pd.DataFrame({"tile_id": [0, 1, 2], "imp_s1": [np.nan, 0.2, 0.9]})
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     pool = run_sampler("importance", tiles, seed=0, q_min=1.0)
+    >>> [w.category.__name__ for w in caught]
+    ['SamplingWarning']
+    >>> print(caught[0].message)
+    importance: 1 of 3 tiles have no finite imp_s1 (all pixels NaN?) and are left out of the
+    pool; ...
+    >>> pool["source_tile_id"].tolist()
+    [1, 2]
+
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,10 +250,29 @@ def available_samplers() -> list[str]:
 def sampler_name(name: str) -> str:
     """Return the canonical name of a sampler (``"dgmr"`` -> ``"importance"``).
 
+    Parameters
+    ----------
+    name : str
+        Sampler name or alias.
+
+    Returns
+    -------
+    str
+        The name the sampler is registered under.
+
     Raises
     ------
     ParameterError
         No sampler has this name; the message lists the known ones.
+
+    Examples
+    --------
+    >>> sampler_name("dgmr"), sampler_name("ldcast")
+    ('importance', 'ldcast')
+    >>> sampler_name("nope")
+    Traceback (most recent call last):
+    ...
+    mlcast_pipes.errors.ParameterError: unknown sampler 'nope'; known samplers: ...
 
     """
     if name in _REGISTRY:
@@ -250,10 +288,30 @@ def sampler_name(name: str) -> str:
 def get_sampler(name: str) -> SamplerFn:
     """Return the sampler function registered under ``name`` or an alias.
 
+    Parameters
+    ----------
+    name : str
+        Sampler name or alias.
+
+    Returns
+    -------
+    callable
+        ``f(table, *, seed, **params) -> pandas.DataFrame`` (see :func:`register_sampler`).
+
     Raises
     ------
     ParameterError
         No sampler has this name; the message lists the known ones.
+
+    Examples
+    --------
+    >>> importance = get_sampler("dgmr")
+    >>> importance.__name__
+    'importance'
+    >>> tiles = pd.DataFrame({"tile_id": [0, 1, 2], "imp_s1": [0.0, 0.5, 1.0]})
+    >>> pool = importance(tiles, seed=0, q_min=1.0)  # q_min=1 keeps every tile
+    >>> pool["source_tile_id"].tolist(), pool["weight"].tolist()
+    ([0, 1, 2], [1.0, 1.0, 1.0])
 
     """
     return _REGISTRY[sampler_name(name)]
@@ -279,6 +337,13 @@ def resolve_sampler_params(method: str, **params: Any) -> dict[str, Any]:
     ------
     ParameterError
         A parameter is not one of the sampler's, or a required one is missing.
+
+    Examples
+    --------
+    >>> resolve_sampler_params("dgmr", s=1.0)
+    {'m': 0.1, 'q_min': 0.0001, 's': 1}
+    >>> resolve_sampler_params("uniform", n_tiles=10.0)
+    {'aggregation': None, 'n_tiles': 10}
 
     """
     func = get_sampler(method)
@@ -331,6 +396,17 @@ def run_sampler(method: str, table: pd.DataFrame, *, seed: int, **params: Any) -
     ------
     ParameterError
         Bad parameters, or the sampler kept no tile.
+
+    Examples
+    --------
+    >>> tiles = pd.DataFrame({"tile_id": range(6), "mean": [0.0, 0.0, 0.5, 1.0, 2.0, 8.0]})
+    >>> pool = run_sampler("binnorm", tiles, seed=0, aggregation="mean", n_scalar_total_bins=3)
+    >>> pool["bin_id"].tolist()
+    [0, 0, 1, 1, 2, 2]
+    >>> [b["label"] for b in pool.attrs["bins"]]
+    ['dry (<= 0)', '[0.5, 2)', '[2, 8]']
+    >>> len(run_sampler("uniform", tiles, seed=0, n_tiles=4))
+    4
 
     """
     _check_seed(seed, "seed")
@@ -1062,6 +1138,17 @@ def assign_time_offsets(
     ParameterError
         ``n_time_sample`` < 1 or longer than a window.
 
+    Examples
+    --------
+    >>> pool = pd.DataFrame({"source_tile_id": [0, 1, 2, 3]})
+    >>> offsets = assign_time_offsets(pool, n_time_window=8, n_time_sample=4, seed=0)
+    >>> bool(((offsets >= 0) & (offsets <= 4)).all())
+    True
+    >>> np.array_equal(offsets, assign_time_offsets(pool, 8, 4, seed=0))  # seeded
+    True
+    >>> assign_time_offsets(pool, 8, 8, seed=0).tolist()  # the whole window: no choice
+    [0, 0, 0, 0]
+
     """
     _check_seed(seed, "seed")
     window = np.broadcast_to(np.asarray(n_time_window, dtype=np.int64), (len(pool),))
@@ -1134,6 +1221,18 @@ def sampling_id(
     -------
     str
 
+    Examples
+    --------
+    >>> sid = sampling_id("demo.tiles", method="dgmr", n_time_sample=4, seed=0, params={})
+    >>> sid.rsplit(".", 1)[0]  # then the 12-digit hash
+    'demo.tiles.4.importance'
+    >>> sid == sampling_id(
+    ...     "demo.tiles", method="importance", n_time_sample=4, seed=0, params={"s": 1.0}
+    ... )
+    True
+    >>> sid == sampling_id("demo.tiles", method="dgmr", n_time_sample=4, seed=1, params={})
+    False
+
     """
     name = sampler_name(method)
     payload = {
@@ -1161,6 +1260,23 @@ class SamplingIndex:
         ``table.attrs["bins"]`` describes the bins of binned samplers.
     sampling_id : str
         The id (file name without ``.samples.csv``).
+
+    Examples
+    --------
+    >>> tiles = pd.DataFrame({
+    ...     "tile_id": range(6), "time_start": "2021-06-12T10:00", "t_start": 0,
+    ...     "y_start": [0, 0, 32, 32, 64, 64], "x_start": [0, 32] * 3, "n_time_window": 8,
+    ...     "y_tile": 32, "x_tile": 32, "mean": [0.0, 0.0, 0.5, 1.0, 2.0, 8.0],
+    ... })
+    >>> index = build_sampling_index(
+    ...     tiles, {"tiling_id": "demo.tiles"}, method="uniform", index_dir="idx"
+    ... )
+    >>> isinstance(index, SamplingIndex), index.sampling_id.startswith("demo.tiles.8.uniform.")
+    (True, True)
+    >>> index.path.name == index.sampling_id + ".samples.csv", index.meta_path.suffix
+    (True, '.json')
+    >>> index.meta["method"], len(index.table)
+    ('uniform', 6)
 
     """
 
@@ -1244,6 +1360,26 @@ def write_sampling_index(
     IndexFileError
         The folder is not writable.
 
+    Examples
+    --------
+    Write a copy of an index built from a tiny tiling table:
+
+    >>> tiles = pd.DataFrame({
+    ...     "tile_id": range(6), "time_start": "2021-06-12T10:00", "t_start": 0,
+    ...     "y_start": [0, 0, 32, 32, 64, 64], "x_start": [0, 32] * 3, "n_time_window": 8,
+    ...     "y_tile": 32, "x_tile": 32, "mean": [0.0, 0.0, 0.5, 1.0, 2.0, 8.0],
+    ... })
+    >>> index = build_sampling_index(
+    ...     tiles, {"tiling_id": "demo.tiles"}, method="uniform", index_dir="idx"
+    ... )
+    >>> meta = write_sampling_index("copy/uniform.samples.csv", index.table, index.meta)
+    >>> meta["n_rows"], meta["csv_file"]
+    (6, 'uniform.samples.csv')
+    >>> sorted(p.name for p in Path("copy").iterdir())
+    ['uniform.meta.json', 'uniform.samples.csv']
+    >>> load_sampling_index("copy/uniform.samples.csv").table.equals(index.table)
+    True
+
     """
     rows = table.loc[:, list(SAMPLES_COLUMNS)].copy()
     rows["time_start"] = _time_start(rows["time_start"]).dt.strftime("%Y-%m-%dT%H:%M:%S")
@@ -1305,6 +1441,27 @@ def load_sampling_index(
         Missing or unreadable files, or a CSV changed since it was written.
     StaleIndexError
         The tiling changed or the parameters differ; the message names what.
+    ParameterError
+        ``expected`` gives ``params`` without ``method``.
+
+    Examples
+    --------
+    >>> tiles = pd.DataFrame({
+    ...     "tile_id": range(6), "time_start": "2021-06-12T10:00", "t_start": 0,
+    ...     "y_start": [0, 0, 32, 32, 64, 64], "x_start": [0, 32] * 3, "n_time_window": 8,
+    ...     "y_tile": 32, "x_tile": 32, "mean": [0.0, 0.0, 0.5, 1.0, 2.0, 8.0],
+    ... })
+    >>> built = build_sampling_index(
+    ...     tiles, {"tiling_id": "demo.tiles"}, method="uniform", index_dir="idx"
+    ... )
+    >>> index = load_sampling_index(built.path, expected={"method": "uniform", "seed": 0})
+    >>> index.sampling_id == built.sampling_id, index.table.equals(built.table)
+    (True, True)
+    >>> load_sampling_index(built.path, expected={"method": "uniform", "seed": 1})
+    Traceback (most recent call last):
+    ...
+    mlcast_pipes.errors.StaleIndexError: the sampling index demo.tiles.8.uniform....samples.csv
+    is stale: seed differs (index 0, asked 1); ...
 
     """
     expected = dict(expected or {})
@@ -1410,6 +1567,33 @@ def build_sampling_index(
         index file was edited or truncated.
     StaleIndexError
         An index with this id exists but was made from another tiling (pass ``recompute=True``).
+
+    Examples
+    --------
+    >>> tiles = pd.DataFrame({
+    ...     "tile_id": range(6), "time_start": "2021-06-12T10:00", "t_start": 0,
+    ...     "y_start": [0, 0, 32, 32, 64, 64], "x_start": [0, 32] * 3, "n_time_window": 8,
+    ...     "y_tile": 32, "x_tile": 32, "mean": [0.0, 0.0, 0.5, 1.0, 2.0, 8.0],
+    ... })
+    >>> index = build_sampling_index(
+    ...     tiles, {"tiling_id": "demo.tiles"}, method="binnorm", index_dir="idx",
+    ...     n_time_sample=4, aggregation="mean", n_scalar_total_bins=3,
+    ... )
+    >>> index.sampling_id.rsplit(".", 1)[0]  # the tiling id, n_time_sample, method, then a hash
+    'demo.tiles.4.binnorm'
+    >>> index.table["bin_id"].tolist()
+    [0, 0, 1, 1, 2, 2]
+    >>> bool(index.table["t_offset"].between(0, 8 - 4).all())
+    True
+
+    The same call again loads the file instead of sampling anew:
+
+    >>> again = build_sampling_index(
+    ...     tiles, {"tiling_id": "demo.tiles"}, method="binnorm", index_dir="idx",
+    ...     n_time_sample=4, aggregation="mean", n_scalar_total_bins=3,
+    ... )
+    >>> again.path == index.path, again.table.equals(index.table)
+    (True, True)
 
     """
     seed = _check_seed(seed, "seed")
@@ -1624,6 +1808,16 @@ def load_community_csv(
     ParameterError
         Bad ``x_is_axis``, ``tile_size``, ``n_time_window`` or too short ``times``.
 
+    Examples
+    --------
+    >>> cubes = pd.DataFrame({"t": [0, 24], "x": [0, 256], "y": [256, 0]})
+    >>> cubes.to_csv("cubes.csv", index=False)
+    >>> table = load_community_csv("cubes.csv", n_time_window=24, tile_size=(256, 256))
+    >>> table[["tile_id", "t_start", "y_start", "x_start"]].to_numpy().tolist()
+    [[0, 0, 0, 256], [1, 24, 256, 0]]
+    >>> sorted(draw_epoch(table, n_samples=2, seed=0, epoch=0).tolist())
+    [0, 1]
+
     """
     p = Path(path)
     try:
@@ -1673,6 +1867,20 @@ def load_community_stats(
     ------
     IndexFileError
         Unreadable file, parquet without pyarrow, missing columns.
+
+    Examples
+    --------
+    >>> cubes = pd.DataFrame({
+    ...     "t": [0, 0, 2], "x": [0, 0, 4], "y": [0, 4, 0], "nan_count": [0, 8, 0],
+    ...     "sum": [0.0, 16.0, 64.0], "mean": [0.0, 0.5, 2.0], "frac_wet": [0.0, 0.25, 0.75],
+    ... })
+    >>> cubes.to_csv("stats.csv", index=False)
+    >>> stats = load_community_stats("stats.csv", n_time_window=2, tile_size=(4, 4))
+    >>> stats["scalar_value"].tolist(), stats["nan_fraction"].tolist()
+    ([0.0, 0.5, 2.0], [0.0, 0.25, 0.0])
+    >>> pool = run_sampler("binnorm", stats, seed=0, aggregation="mean", n_scalar_total_bins=2)
+    >>> pool["bin_id"].tolist()
+    [0, 1, 1]
 
     """
     p = Path(path)
