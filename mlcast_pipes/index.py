@@ -110,6 +110,13 @@ def sanitize_id(text: str) -> str:
     ParameterError
         If nothing usable is left.
 
+    Examples
+    --------
+    >>> sanitize_id("precipitation/it dpc:5min")
+    'precipitation_it_dpc_5min'
+    >>> sanitize_id("..hidden")
+    'hidden'
+
     """
     cleaned = _ID_BAD_CHARS.sub("_", str(text)).lstrip(".")
     if not cleaned or cleaned in {".", ".."}:
@@ -120,7 +127,14 @@ def sanitize_id(text: str) -> str:
 
 
 def format_number(value: float) -> str:
-    """Format a number for an id: the shortest text that reads back to the same float (``0.1``)."""
+    """Format a number for an id: the shortest text that reads back to the same float (``0.1``).
+
+    Examples
+    --------
+    >>> format_number(0.1), format_number(5.0), format_number(1e-7)
+    ('0.1', '5', '1e-07')
+
+    """
     f = float(value)
     if f.is_integer() and abs(f) < 1e15:
         return str(int(f))
@@ -128,19 +142,46 @@ def format_number(value: float) -> str:
 
 
 def short_hash(obj: Any, n: int = 8) -> str:
-    """Return the first ``n`` hex digits of the sha256 of the canonical JSON of ``obj``."""
+    """Return the first ``n`` hex digits of the sha256 of the canonical JSON of ``obj``.
+
+    Examples
+    --------
+    Equal content gives an equal hash (tuples and numpy values read as their JSON form):
+
+    >>> short_hash([0.5, 0.99])
+    '50d98b4a'
+    >>> short_hash((0.5, np.float64(0.99))) == short_hash([0.5, 0.99])
+    True
+    >>> len(short_hash({"a": 1}, n=12))
+    12
+
+    """
     text = json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
 
 
 def quantile_column(q: float) -> str:
-    """Name of the column of quantile ``q``: 0.5 -> ``p50``, 0.99 -> ``p99``, 0.999 -> ``p999``."""
+    """Name of the column of quantile ``q``: 0.5 -> ``p50``, 0.99 -> ``p99``, 0.999 -> ``p999``.
+
+    Examples
+    --------
+    >>> [quantile_column(q) for q in (0.5, 0.99, 0.999)]
+    ['p50', 'p99', 'p999']
+
+    """
     pct = round(float(q) * 100.0, 10)
     return "p" + format(pct, "g").replace(".", "").replace("-", "m").replace("+", "")
 
 
 def importance_column(scale: float) -> str:
-    """Name of the DGMR importance column for scale ``s``: 1 -> ``imp_s1``, 0.5 -> ``imp_s0_5``."""
+    """Name of the DGMR importance column for scale ``s``: 1 -> ``imp_s1``, 0.5 -> ``imp_s0_5``.
+
+    Examples
+    --------
+    >>> importance_column(1.0), importance_column(0.5)
+    ('imp_s1', 'imp_s0_5')
+
+    """
     text = format(round(float(scale), 10), "g").replace(".", "_").replace("+", "")
     return f"imp_s{text}"
 
@@ -159,6 +200,14 @@ def tiling_columns(quantiles: Sequence[float], importance_scales: Sequence[float
     -------
     list of str
         :data:`TILING_BASE_COLUMNS` followed by the quantile and importance columns.
+
+    Examples
+    --------
+    >>> cols = tiling_columns((0.5, 0.99), (1.0,))
+    >>> cols[:3], cols[-3:]
+    (['tile_id', 'time_start', 't_start'], ['p50', 'p99', 'imp_s1'])
+    >>> len(cols) == len(TILING_BASE_COLUMNS) + 3
+    True
 
     """
     return [
@@ -183,6 +232,13 @@ def tiling_dtypes(columns: Sequence[str], *, nan_count_wide: bool = False) -> di
     dict
         Column name -> numpy dtype name; ``time_start`` maps to ``"datetime64[ns]"``.
 
+    Examples
+    --------
+    >>> tiling_dtypes(["tile_id", "time_start", "nan_count", "mean"])
+    {'tile_id': 'int32', 'time_start': 'datetime64[ns]', 'nan_count': 'int32', 'mean': 'float32'}
+    >>> tiling_dtypes(["nan_count"], nan_count_wide=True)
+    {'nan_count': 'int64'}
+
     """
     ints = {"tile_id", "t_start", "y_start", "x_start", "n_time_window", "y_tile", "x_tile"}
     out: dict[str, str] = {}
@@ -199,13 +255,30 @@ def tiling_dtypes(columns: Sequence[str], *, nan_count_wide: bool = False) -> di
 
 
 def index_paths(index_dir: str | os.PathLike[str], index_id: str) -> tuple[Path, Path]:
-    """Return ``(csv_path, sidecar_path)`` of index ``index_id`` in folder ``index_dir``."""
+    """Return ``(csv_path, sidecar_path)`` of index ``index_id`` in folder ``index_dir``.
+
+    Examples
+    --------
+    >>> csv, side = index_paths("idx", "radar.64x64.4")
+    >>> csv.as_posix(), side.as_posix()
+    ('idx/radar.64x64.4.samples.csv', 'idx/radar.64x64.4.meta.json')
+
+    """
     folder = Path(index_dir)
     return folder / f"{index_id}{CSV_SUFFIX}", folder / f"{index_id}{SIDECAR_SUFFIX}"
 
 
 def sidecar_path(csv_path: str | os.PathLike[str]) -> Path:
-    """Return the sidecar of an index CSV: ``x.samples.csv`` (or ``x.csv``) -> ``x.meta.json``."""
+    """Return the sidecar of an index CSV: ``x.samples.csv`` (or ``x.csv``) -> ``x.meta.json``.
+
+    Examples
+    --------
+    >>> sidecar_path("idx/radar.samples.csv").as_posix()
+    'idx/radar.meta.json'
+    >>> sidecar_path("train.csv").name
+    'train.meta.json'
+
+    """
     p = Path(csv_path)
     name = p.name
     for suffix in (CSV_SUFFIX, ".csv"):
@@ -215,7 +288,17 @@ def sidecar_path(csv_path: str | os.PathLike[str]) -> Path:
 
 
 def utc_now_iso() -> str:
-    """Return the current UTC time as ISO 8601 with a ``Z`` suffix, to the second."""
+    """Return the current UTC time as ISO 8601 with a ``Z`` suffix, to the second.
+
+    Examples
+    --------
+    >>> stamp = utc_now_iso()
+    >>> stamp  # doctest: +ELLIPSIS
+    '20...T...Z'
+    >>> datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").year >= 2024
+    True
+
+    """
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -227,6 +310,17 @@ class AtomicTextFile(io.TextIOBase):
 
     Yielded by :func:`atomic_write`; after the ``with`` block, :attr:`nbytes` and :attr:`sha256`
     describe exactly the bytes that were committed.
+
+    Examples
+    --------
+    >>> with atomic_write("hello.txt") as fh:
+    ...     fh.write("héllo")
+    5
+    >>> isinstance(fh, AtomicTextFile), fh.nbytes  # 5 characters, 6 UTF-8 bytes
+    (True, 6)
+    >>> fh.sha256 == file_sha256("hello.txt")
+    True
+
     """
 
     def __init__(self, raw: io.BufferedWriter, encoding: str = "utf-8") -> None:
@@ -299,6 +393,13 @@ def ensure_writable_dir(folder: str | os.PathLike[str]) -> Path:
     IndexFileError
         If the folder cannot be created or written, naming the folder and the fix.
 
+    Examples
+    --------
+    >>> ensure_writable_dir("indexes/radar").as_posix()
+    'indexes/radar'
+    >>> Path("indexes/radar").is_dir()
+    True
+
     """
     path = Path(folder)
     if path.exists() and not path.is_dir():
@@ -352,6 +453,20 @@ def cleanup_stale_temps(
     -------
     list of Path
         The files removed.
+
+    Examples
+    --------
+    A temp file left by an interrupted write a day ago is removed; other files stay:
+
+    >>> folder = ensure_writable_dir("stale")
+    >>> old = folder / ".a.samples.csv.otherhost.123.ab12.tmp"
+    >>> old.touch()
+    >>> os.utime(old, (0, 0))  # last modified in 1970
+    >>> (folder / "a.samples.csv").touch()
+    >>> [p.name for p in cleanup_stale_temps(folder)]
+    ['.a.samples.csv.otherhost.123.ab12.tmp']
+    >>> sorted(p.name for p in folder.iterdir())
+    ['a.samples.csv']
 
     """
     removed: list[Path] = []
@@ -419,6 +534,21 @@ def atomic_write(
     IndexFileError
         If the folder cannot be written.
 
+    Examples
+    --------
+    >>> with atomic_write("notes.txt") as fh:
+    ...     _ = fh.write("first version")
+    >>> try:
+    ...     with atomic_write("notes.txt") as fh:
+    ...         _ = fh.write("half-written second ver")
+    ...         raise RuntimeError("interrupted")
+    ... except RuntimeError:
+    ...     pass
+    >>> Path("notes.txt").read_text()  # the failed write left the old file untouched
+    'first version'
+    >>> list(Path(".").glob(".notes.txt.*"))  # and no temporary file
+    []
+
     """
     target = Path(path)
     tmp = _tmp_name(target)
@@ -480,6 +610,12 @@ def write_sidecar(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> None
     meta
         JSON-able mapping; numpy scalars, tuples and arrays are converted.
 
+    Examples
+    --------
+    >>> write_sidecar("demo.meta.json", {"kind": "demo", "shape": (3, 4), "n": np.int64(7)})
+    >>> json.loads(Path("demo.meta.json").read_text())
+    {'kind': 'demo', 'shape': [3, 4], 'n': 7}
+
     """
     text = json.dumps(_jsonable(meta), indent=1, sort_keys=False) + "\n"
     with atomic_write(path) as fh:
@@ -503,6 +639,17 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     ------
     IndexFileError
         If the file is missing or not valid JSON.
+
+    Examples
+    --------
+    >>> write_sidecar("read.meta.json", {"kind": "tiling", "n_rows": 12})
+    >>> read_sidecar("read.meta.json")
+    {'kind': 'tiling', 'n_rows': 12}
+    >>> try:
+    ...     read_sidecar("absent.meta.json")
+    ... except IndexFileError as exc:
+    ...     print(exc)
+    metadata sidecar 'absent.meta.json' not found; fix: rerun prepare to rebuild the index
 
     """
     p = Path(path)
@@ -567,6 +714,17 @@ def write_index(
     dict
         The metadata as written to the sidecar.
 
+    Examples
+    --------
+    >>> rows = pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]})
+    >>> meta = write_index("wi/demo.samples.csv", [rows], {"kind": "demo"}, columns=["a", "b"])
+    >>> meta["n_rows"], meta["csv_bytes"], meta["columns"]
+    (2, 17, ['a', 'b'])
+    >>> sorted(p.name for p in Path("wi").iterdir())
+    ['demo.meta.json', 'demo.samples.csv']
+    >>> Path("wi/demo.samples.csv").read_text().splitlines()
+    ['a,b', '1,0.5', '2,0.25']
+
     """
     csv = Path(csv_path)
     side = sidecar_path(csv)
@@ -616,7 +774,16 @@ def write_index(
 # checked loading
 # --------------------------------------------------------------------------------------------
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes.
+
+    Examples
+    --------
+    >>> Path("abc.txt").write_text("abc")
+    3
+    >>> file_sha256("abc.txt")
+    'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'
+
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -631,6 +798,13 @@ def resolve_csv_path(path: str | os.PathLike[str], index_id: str | None = None) 
     ------
     ParameterError
         If ``path`` is a folder and no ``index_id`` is given.
+
+    Examples
+    --------
+    >>> resolve_csv_path("idx", "radar").as_posix()
+    'idx/radar.samples.csv'
+    >>> resolve_csv_path("idx/radar.meta.json").as_posix()
+    'idx/radar.samples.csv'
 
     """
     p = Path(path)
@@ -692,6 +866,21 @@ def validate_index(
         Missing CSV, missing sidecar (interrupted write), size/hash/columns mismatch.
     StaleIndexError
         Another format version, other parameters, or another dataset fingerprint.
+
+    Examples
+    --------
+    >>> rows = pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]})
+    >>> _ = write_index(
+    ...     "vi/x.samples.csv", [rows], {"kind": "demo", "params": {"size": 64}}, columns=["a", "b"]
+    ... )
+    >>> meta = validate_index("vi", "x", kind="demo", expected_params={"size": 64}, verify="sha256")
+    >>> meta["n_rows"]
+    2
+    >>> try:
+    ...     validate_index("vi", "x", expected_params={"size": 32})
+    ... except StaleIndexError as exc:
+    ...     print(exc)
+    index 'vi/x.samples.csv' was made with other parameters (size: index has 64, asked 32); fix: ...
 
     """
     csv = resolve_csv_path(path, index_id)
@@ -791,6 +980,20 @@ def read_index_table(
     IndexFileError
         If the CSV cannot be parsed.
 
+    Examples
+    --------
+    >>> rows = pd.DataFrame(
+    ...     {"t_start": [0, 4], "time_start": ["2024-05-01T00:00:00"] * 2, "mean": [0.5, 1.25]}
+    ... )
+    >>> cols = list(rows.columns)
+    >>> meta = {"dtypes": tiling_dtypes(cols)}  # stored in the sidecar by the tiling pass
+    >>> meta = write_index("ri/x.samples.csv", [rows], meta, columns=cols)
+    >>> table = read_index_table("ri/x.samples.csv", meta)
+    >>> table.dtypes.astype(str).to_dict()
+    {'t_start': 'int32', 'time_start': 'datetime64[ns]', 'mean': 'float32'}
+    >>> read_index_table("ri/x.samples.csv", meta, columns=["mean"])["mean"].tolist()
+    [0.5, 1.25]
+
     """
     all_cols = list(meta.get("columns", []))
     if columns is not None:
@@ -856,6 +1059,14 @@ def load_index(
     -------
     tuple
         ``(table, meta)``.
+
+    Examples
+    --------
+    >>> rows = pd.DataFrame({"a": [1, 2, 3], "b": [0.5, 0.25, 0.125]})
+    >>> _ = write_index("li/x.samples.csv", [rows], {"kind": "demo"}, columns=["a", "b"])
+    >>> table, meta = load_index("li", "x", kind="demo")
+    >>> table["a"].tolist(), meta["n_rows"]
+    ([1, 2, 3], 3)
 
     """
     csv = resolve_csv_path(path, index_id)

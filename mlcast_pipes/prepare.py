@@ -65,6 +65,29 @@ class TileIndex:
     tiling_id
         Id of the tiling.
 
+    Examples
+    --------
+    Make an index of a small in-memory archive, then open it again as a user would:
+
+    >>> times = np.datetime64("2024-05-01T00:00") + np.arange(8) * np.timedelta64(5, "m")
+    >>> rain = np.zeros((8, 64, 64), dtype=np.float32)
+    >>> rain[:, :32, :32] = 2.0
+    >>> da = xr.DataArray(rain, dims=("time", "y", "x"), coords={"time": times})
+    >>> params = TilingParams(n_time_window=4, tile_size=(32, 32))
+    >>> made = prepare_tiling(da, params, "ti", dataset_id="demo", fingerprint="v1")
+    >>> made.tiling_id
+    'demo.32x32.4'
+    >>> index = TileIndex.open("ti", made.tiling_id, expected_params=params)
+    >>> index.path.as_posix(), index.sidecar.name
+    ('ti/demo.32x32.4.samples.csv', 'demo.32x32.4.meta.json')
+    >>> index.n_tiles, index.rejected, index.params.tile_size
+    (8, {'gap': 0, 'nan': 0}, (32, 32))
+    >>> index.read(["t_start", "y_start", "x_start", "mean"]).head(3)
+       t_start  y_start  x_start  mean
+    0        0        0        0   2.0
+    1        0        0       32   0.0
+    2        0       32        0   0.0
+
     """
 
     path: Path
@@ -377,6 +400,43 @@ def prepare_tiling(
         Existing index made for other parameters or another version of the dataset.
     IndexFileError
         Existing index damaged, or the folder not writable.
+
+    Examples
+    --------
+    Eight 5-minute frames of 64 x 64 pixels, rain in the top-left quarter and a block of
+    missing pixels at the bottom right; tiles of 32 x 32 pixels and 4 time steps:
+
+    >>> times = np.datetime64("2024-05-01T00:00") + np.arange(8) * np.timedelta64(5, "m")
+    >>> rain = np.zeros((8, 64, 64), dtype=np.float32)
+    >>> rain[:, :32, :32] = 2.0
+    >>> rain[:, 40:, 40:] = np.nan
+    >>> da = xr.DataArray(rain, dims=("time", "y", "x"), coords={"time": times})
+    >>> params = TilingParams(n_time_window=4, tile_size=(32, 32))
+    >>> index = prepare_tiling(da, params, "idx", dataset_id="demo", fingerprint="v1")
+    >>> print(index.summary())
+    tiling demo.32x32.4: 6 tiles kept of 8 candidates (75.0%)
+      2 valid of 2 candidate time windows x 4 spatial positions (tile [32, 32], 4 steps,
+      stride [4, 32, 32])
+      rejected: 0 for time gaps, 2 for NaN fraction > 0.05
+      file: idx/demo.32x32.4.samples.csv
+    >>> index.table["mean"].tolist()
+    [2.0, 0.0, 0.0, 2.0, 0.0, 0.0]
+
+    A second call loads the index; once the data changed (another fingerprint) it is stale:
+
+    >>> prepare_tiling(da, params, "idx", dataset_id="demo", fingerprint="v1").n_tiles
+    6
+    >>> try:
+    ...     prepare_tiling(da, params, "idx", dataset_id="demo", fingerprint="v2")
+    ... except StaleIndexError as exc:
+    ...     print(exc)
+    index 'idx/demo.32x32.4.samples.csv' is stale: the dataset fingerprint changed (index: 'v1',
+    dataset now: 'v2'); ...
+    >>> index = prepare_tiling(
+    ...     da, params, "idx", dataset_id="demo", fingerprint="v2", on_stale="recompute"
+    ... )
+    >>> index.meta["dataset_fingerprint"]
+    'v2'
 
     """
     if not isinstance(params, TilingParams):

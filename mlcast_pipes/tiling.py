@@ -101,6 +101,13 @@ def hist_bin(values: npt.ArrayLike) -> npt.NDArray[np.intp]:
         Bin index per value: 0 for R <= 0, 1 for 0 < R < 0.01, 2..101 for the log bins
         ``[HIST_LOG_EDGES[b-2], HIST_LOG_EDGES[b-1])`` and 102 for R >= 1000.
 
+    Examples
+    --------
+    >>> hist_bin([0.0, 0.005, 0.01, 1.0, 5000.0]).tolist()
+    [0, 1, 2, 42, 102]
+    >>> float(HIST_LOG_EDGES[40]), round(float(HIST_LOG_EDGES[41]), 3)  # bin 42: [1, 1.122)
+    (1.0, 1.122)
+
     """
     v = np.asarray(values, dtype=np.float64)
     out = np.zeros(v.shape, dtype=np.intp)
@@ -175,6 +182,21 @@ class TilingParams:
     importance_scales
         Scales ``s`` (mm/h) of the DGMR importance ``mean(1 - exp(-R / s))`` (columns ``imp_s1``).
 
+    Examples
+    --------
+    >>> params = TilingParams(n_time_window=4, tile_size=(64, 64), stride=(2, 32, 32))
+    >>> params.effective_stride, params.cell_size
+    ((2, 32, 32), (32, 32))
+    >>> params.columns[-3:]
+    ['p99', 'p999', 'imp_s1']
+    >>> TilingParams(n_time_window=4).effective_stride  # default: no overlap
+    (4, 128, 128)
+    >>> try:
+    ...     TilingParams(max_nan_fraction=1.5)
+    ... except ParameterError as exc:
+    ...     print(exc)
+    max_nan_fraction=1.5 is outside [0, 1]; fix: use e.g. 0.05 (5% NaN allowed)
+
     """
 
     n_time_window: int = 12
@@ -226,6 +248,8 @@ class TilingParams:
                 raise ParameterError(
                     f"{name} give duplicate columns {cols}; fix: remove repeated values"
                 )
+        if stride == (n, *tile):
+            stride = None  # the default written out: one canonical form, so that == holds
         object.__setattr__(self, "n_time_window", n)
         object.__setattr__(self, "tile_size", tile)
         object.__setattr__(self, "stride", stride)
@@ -328,6 +352,16 @@ def tiling_id(dataset_id: str, params: TilingParams) -> str:
     str
         The tiling id.
 
+    Examples
+    --------
+    >>> tiling_id("radar", TilingParams(n_time_window=4, tile_size=(64, 64)))
+    'radar.64x64.4'
+    >>> params = TilingParams(
+    ...     n_time_window=4, tile_size=(64, 64), stride=(2, 32, 32), max_nan_fraction=0.1
+    ... )
+    >>> tiling_id("radar", params)
+    'radar.64x64.4.s2x32x32.nan0.1'
+
     """
     default = TilingParams(n_time_window=params.n_time_window, tile_size=params.tile_size)
     ty, tx = params.tile_size
@@ -364,6 +398,17 @@ class TimeWindows:
     regimes
         One dict per time-step regime: ``start`` (ISO time), ``step_s`` (nominal step, seconds,
         None if the regime has a single frame), ``n_frames``.
+
+    Examples
+    --------
+    >>> times = np.datetime64("2024-05-01T00:00") + np.arange(10) * np.timedelta64(5, "m")
+    >>> windows = time_windows(np.delete(times, 6), 3, 2)  # 00:30 is absent
+    >>> isinstance(windows, TimeWindows), windows.n_valid, windows.valid_starts.tolist()
+    (True, 3, [0, 2, 6])
+    >>> windows.frames_needed().tolist()  # frame 5 is in no valid window: never read
+    [0, 1, 2, 3, 4, 6, 7, 8]
+    >>> windows.regimes
+    [{'start': '2024-05-01T00:00:00', 'step_s': 300.0, 'n_frames': 9}]
 
     """
 
@@ -457,6 +502,17 @@ def time_windows(
     DatasetError
         If times are not datetime64 or not strictly increasing.
 
+    Examples
+    --------
+    Ten 5-minute steps with 00:30 absent; windows of 3 steps start every 2 steps:
+
+    >>> times = np.datetime64("2024-05-01T00:00") + np.arange(10) * np.timedelta64(5, "m")
+    >>> windows = time_windows(np.delete(times, 6), n_time_window=3, t_stride=2)
+    >>> windows.starts.tolist(), windows.reason.tolist()  # the window at 4 crosses the gap
+    ([0, 2, 4, 6], [0, 0, 1, 0])
+    >>> windows.counts()
+    {'candidates': 4, 'valid': 3, 'gap': 1, 'step_change': 0, 'missing_time': 0}
+
     """
     t = _to_ns(times, "the time coordinate")
     n = int(n_time_window)
@@ -519,6 +575,15 @@ class TileGrid:
 
     Cells of ``cell`` pixels tile the region ``[0, crop_h) x [0, crop_w)`` covered by tiles; each
     tile is a ``k_y x k_x`` block of cells starting at cell ``y_start // cell_y``.
+
+    Examples
+    --------
+    >>> grid = tile_grid(64, 100, TilingParams(n_time_window=1, tile_size=(32, 32)))
+    >>> isinstance(grid, TileGrid), grid.n_tiles, grid.crop  # 4 pixel columns are left out
+    (True, 6, (64, 96))
+    >>> grid.cell, grid.n_cells, grid.cells_per_tile
+    ((32, 32), (2, 3), (1, 1))
+
     """
 
     height: int
@@ -574,6 +639,15 @@ def tile_grid(height: int, width: int, params: TilingParams) -> TileGrid:
     ParameterError
         If the tile is larger than the domain, or the strides make the cells too small.
 
+    Examples
+    --------
+    >>> params = TilingParams(n_time_window=2, tile_size=(32, 32), stride=(2, 16, 16))
+    >>> grid = tile_grid(100, 150, params)
+    >>> grid.y_starts.tolist(), grid.x_starts.tolist()
+    ([0, 16, 32, 48, 64], [0, 16, 32, 48, 64, 80, 96, 112])
+    >>> grid.n_tiles, grid.cell, grid.cells_per_tile
+    (40, (16, 16), (2, 2))
+
     """
     ty, tx = params.tile_size
     if ty > height or tx > width:
@@ -613,6 +687,18 @@ class KernelSpec:
 
     Cells are ``cy x cx`` pixels, ``ncy x ncx`` of them from the top-left corner; ``to_rate``
     converts native values to mm/h (None: already mm/h).
+
+    Examples
+    --------
+    Cells of 2 x 3 pixels on a 4 x 6 frame, values already in mm/h:
+
+    >>> spec = KernelSpec(4, 6, cy=2, cx=3, ncy=2, ncx=2, wet_threshold=0.1, to_rate=None)
+    >>> frame_partials(np.ones((1, 4, 6), dtype=np.float32), spec)["sum"].tolist()
+    [[6.0, 6.0, 6.0, 6.0]]
+    >>> import pickle
+    >>> pickle.loads(pickle.dumps(spec)) == spec  # can be sent to dask workers
+    True
+
     """
 
     height: int
@@ -631,6 +717,15 @@ def partials_dtype(n_cells: int) -> np.dtype[Any]:
     Fields: ``nan`` (NaN count), ``sum`` (sum of positive rates), ``max`` (max rate, 0 if none),
     ``wet`` (count of rates > wet_threshold) per cell, and ``hist`` (cells x :data:`N_BINS`
     counts of positive rates; bin 0 is left at 0 and derived later).
+
+    Examples
+    --------
+    >>> dtype = partials_dtype(4)
+    >>> dtype.names
+    ('nan', 'sum', 'max', 'wet', 'hist')
+    >>> dtype["sum"].shape, dtype["hist"].shape == (4, N_BINS)
+    ((4,), True)
+
     """
     return np.dtype(
         [
@@ -756,6 +851,22 @@ def frame_partials(block: np.ndarray, spec: KernelSpec) -> np.ndarray:
     numpy.ndarray
         Structured array of length ``k`` with dtype :func:`partials_dtype`.
 
+    Examples
+    --------
+    One 4 x 4 frame cut into four 2 x 2 cells:
+
+    >>> spec = KernelSpec(4, 4, cy=2, cx=2, ncy=2, ncx=2, wet_threshold=0.1, to_rate=None)
+    >>> block = np.zeros((1, 4, 4), dtype=np.float32)
+    >>> block[0, 0, :2] = [2.0, 0.0625]  # top-left cell: one wet and one drizzle pixel
+    >>> block[0, 3, 3] = np.nan  # bottom-right cell: one missing pixel
+    >>> out = frame_partials(block, spec)
+    >>> out["nan"][0].tolist(), out["sum"][0].tolist(), out["wet"][0].tolist()
+    ([0, 0, 0, 1], [2.0625, 0.0, 0.0, 0.0], [1, 0, 0, 0])
+    >>> out["max"][0].tolist()
+    [2.0, 0.0, 0.0, 0.0]
+    >>> out["hist"][0, 0, hist_bin([0.0625, 2.0])].tolist()  # one count in each rate's bin
+    [1, 1]
+
     """
     dtype = partials_dtype(spec.ncy * spec.ncx)
     out = np.zeros(block.shape[0], dtype=dtype)
@@ -793,7 +904,16 @@ def _reduceat_windows(
 
 
 def window_sum(a: np.ndarray, starts: np.ndarray, k: int, axis: int = 0) -> np.ndarray:
-    """Sum over ``[s, s + k)`` along ``axis`` for each ``s`` in ``starts`` (int64 / float64)."""
+    """Sum over ``[s, s + k)`` along ``axis`` for each ``s`` in ``starts`` (int64 / float64).
+
+    Examples
+    --------
+    >>> window_sum(np.arange(6), [0, 2], 3).tolist()  # windows [0, 3) and [2, 5) overlap
+    [3, 9]
+    >>> window_sum(np.ones((2, 5), dtype=np.float32), [0, 3], 2, axis=1).tolist()
+    [[2.0, 2.0], [2.0, 2.0]]
+
+    """
     starts = np.asarray(starts, dtype=np.intp)
     acc = np.int64 if np.issubdtype(a.dtype, np.integer) else np.float64
     if starts.size == 0:
@@ -811,7 +931,14 @@ def window_sum(a: np.ndarray, starts: np.ndarray, k: int, axis: int = 0) -> np.n
 
 
 def window_max(a: np.ndarray, starts: np.ndarray, k: int, axis: int = 0) -> np.ndarray:
-    """Take maxima over ``[s, s + k)`` along ``axis`` (van Herk / Gil-Werman if overlapping)."""
+    """Take maxima over ``[s, s + k)`` along ``axis`` (van Herk / Gil-Werman if overlapping).
+
+    Examples
+    --------
+    >>> window_max(np.array([3, 1, 4, 1, 5, 9]), [0, 1, 3], 3).tolist()
+    [4, 4, 9]
+
+    """
     starts = np.asarray(starts, dtype=np.intp)
     if starts.size == 0:
         shape = list(a.shape)
@@ -862,6 +989,16 @@ def hist_quantiles(
     numpy.ndarray
         ``(M, len(quantiles))``; NaN where a row has no valid pixel.
 
+    Examples
+    --------
+    A row with rates 0, 0, 1, 2 and 8 mm/h, and an empty row:
+
+    >>> rates = np.array([0.0, 0.0, 1.0, 2.0, 8.0])
+    >>> hist = np.zeros((2, N_BINS), dtype=np.int64)
+    >>> hist[0] = np.bincount(hist_bin(rates), minlength=N_BINS)
+    >>> hist_quantiles(hist, np.array([8.0, 0.0]), [0.0, 0.5, 1.0]).round(2).tolist()
+    [[0.0, 1.06, 7.97], [nan, nan, nan]]
+
     """
     hist = np.asarray(hist)
     m = hist.shape[0]
@@ -891,7 +1028,17 @@ def hist_quantiles(
 
 
 def importance_weights(scales: Sequence[float]) -> npt.NDArray[np.float64]:
-    """Per-bin mean of ``1 - exp(-R / s)``, R log-uniform in each bin; shape ``(N_BINS, ns)``."""
+    """Per-bin mean of ``1 - exp(-R / s)``, R log-uniform in each bin; shape ``(N_BINS, ns)``.
+
+    Examples
+    --------
+    >>> weights = importance_weights([1.0, 5.0])
+    >>> weights.shape == (N_BINS, 2)
+    True
+    >>> weights[hist_bin([0.0, 0.1, 1.0, 10.0]), 0].round(2).tolist()  # scale 1 mm/h
+    [0.0, 0.1, 0.65, 1.0]
+
+    """
     w = np.zeros((N_BINS, len(scales)))
     u = np.linspace(0.0, 1.0, 65)
     for j, s in enumerate(scales):
@@ -904,7 +1051,18 @@ def importance_weights(scales: Sequence[float]) -> npt.NDArray[np.float64]:
 
 
 def hist_importance(hist: np.ndarray, weights: np.ndarray) -> npt.NDArray[np.float64]:
-    """DGMR importance ``mean(1 - exp(-R / s))`` per row from histograms ``(M, N_BINS)``."""
+    """DGMR importance ``mean(1 - exp(-R / s))`` per row from histograms ``(M, N_BINS)``.
+
+    Examples
+    --------
+    Two dry pixels and two heavy-rain pixels weigh about 0.5; an empty row gives NaN:
+
+    >>> hist = np.zeros((2, N_BINS), dtype=np.int64)
+    >>> hist[0] = np.bincount(hist_bin([0.0, 0.0, 10.0, 100.0]), minlength=N_BINS)
+    >>> hist_importance(hist, importance_weights([1.0])).round(3).tolist()
+    [[0.5], [nan]]
+
+    """
     hist = np.asarray(hist, dtype=np.float64)
     total = hist.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -931,6 +1089,17 @@ class TileBlock:
         Tiles of valid windows dropped for their NaN fraction.
     frames_done, frames_total
         Progress of the pass in frames read.
+
+    Examples
+    --------
+    >>> data = np.ones((4, 16, 32), dtype=np.float32)
+    >>> times = np.datetime64("2024-05-01T00:00") + np.arange(4) * np.timedelta64(5, "m")
+    >>> params = TilingParams(n_time_window=2, tile_size=(16, 16))
+    >>> block = next(iter_tile_statistics(data, times, params, time_windows(times, 2, 2)))
+    >>> isinstance(block, TileBlock), block.n_rows, block.frames_done, block.frames_total
+    (True, 4, 4, 4)
+    >>> np.datetime_as_string(block.time_start, unit="m").tolist()
+    ['2024-05-01T00:00', '2024-05-01T00:00', '2024-05-01T00:10', '2024-05-01T00:10']
 
     """
 
@@ -1023,6 +1192,26 @@ def iter_tile_statistics(
     ------
     TileBlock
         Kept tiles of the windows ending in each block, in (time, y, x) order.
+
+    Examples
+    --------
+    Six frames of 64 x 64 pixels with 2 mm/h in the top-left quarter and a NaN patch at the
+    bottom right; tiles of 32 x 32 pixels and 3 time steps:
+
+    >>> data = np.zeros((6, 64, 64), dtype=np.float32)
+    >>> data[:, :32, :32] = 2.0
+    >>> data[:, 40:, 40:] = np.nan
+    >>> times = np.datetime64("2024-05-01T00:00") + np.arange(6) * np.timedelta64(5, "m")
+    >>> params = TilingParams(n_time_window=3, tile_size=(32, 32))
+    >>> windows = time_windows(times, params.n_time_window, params.effective_stride[0])
+    >>> blocks = list(iter_tile_statistics(data, times, params, windows))
+    >>> [(b.n_rows, b.rejected_nan) for b in blocks]  # 2 windows x 4 tiles, 2 with NaN dropped
+    [(6, 2)]
+    >>> cols = blocks[0].columns
+    >>> cols["t_start"].tolist(), cols["y_start"].tolist(), cols["x_start"].tolist()
+    ([0, 0, 0, 3, 3, 3], [0, 0, 32, 0, 0, 32], [0, 32, 0, 0, 32, 0])
+    >>> cols["mean"].tolist(), cols["frac_wet"].tolist()
+    ([2.0, 0.0, 0.0, 2.0, 0.0, 0.0], [1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
 
     """
     n_t, height, width = (int(s) for s in data.shape)

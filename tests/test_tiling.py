@@ -291,3 +291,16 @@ def test_frame_partials_to_rate_and_dtype() -> None:
     rate = (10 ** (20 / 10) / 200) ** (1 / 1.6)
     np.testing.assert_allclose(out["sum"][0], 16 * rate, rtol=1e-5)
     np.testing.assert_allclose(out["max"][0], rate, rtol=1e-5)
+
+
+def test_tiling_params_round_trip_equal() -> None:
+    """Parameters rebuilt from the sidecar dict equal the originals, default stride included."""
+    for params in (
+        TilingParams(n_time_window=4, tile_size=(32, 32)),
+        TilingParams(n_time_window=4, tile_size=(32, 32), stride=(4, 32, 32)),
+        TilingParams(n_time_window=4, tile_size=(32, 32), stride=(2, 16, 16)),
+    ):
+        again = TilingParams.from_dict(params.to_dict())
+        assert again == params and hash(again) == hash(params)
+    assert TilingParams(stride=(12, 128, 128)) == TilingParams()
+    assert TilingParams(stride=(12, 128, 128)).stride is None
