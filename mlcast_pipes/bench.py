@@ -526,6 +526,11 @@ def run_bench(
     path: str | os.PathLike[str] | None = None,
     n_times: int | None = None,
     json_path: str | os.PathLike[str] | None = None,
+    fraction: float = 0.1,
+    workers: int = 2,
+    epochs: int = 3,
+    tile_size: tuple[int, int] = (128, 128),
+    n_time_window: int = 12,
 ) -> str:
     """Run the benchmarks behind ``mlcast-pipes bench`` and return a printable report.
 
@@ -541,6 +546,12 @@ def run_bench(
         Frames of the demo archive (the preset's default when None).
     json_path : str or path, optional
         Also write the figures as JSON.
+    fraction, workers, epochs
+        Passed to :func:`bench_read`: share of the valid tiles sampled, DataLoader2 worker
+        processes, epochs per loader (the first one includes starting the workers).
+    tile_size, n_time_window
+        Tile size of both benchmarks; steps per tile of the read benchmark (the prepare
+        benchmark times 12 and 24).
 
     Returns
     -------
@@ -590,9 +601,16 @@ def run_bench(
             path = ensure_demo(target, preset, 0)
     results: dict[str, Any] = {}
     if what in ("prepare", "all"):
-        results["prepare"] = bench_prepare(path)
+        results["prepare"] = bench_prepare(path, tile_size=tile_size)
     if what in ("read", "all"):
-        results["read"] = bench_read(path)
+        results["read"] = bench_read(
+            path,
+            n_time_window=n_time_window,
+            tile_size=tile_size,
+            fraction=fraction,
+            workers=workers,
+            epochs=epochs,
+        )
     if json_path is not None:
         Path(json_path).write_text(json.dumps(results, indent=2))
     lines = [f"archive: {path}"]

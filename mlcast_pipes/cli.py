@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--path", default=None, help="measure on this archive instead")
     bench.add_argument("--n-times", type=int, default=None, help="frames of the demo archive")
     bench.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    bench.add_argument(
+        "--fraction", type=float, default=0.1, help="share of the valid tiles sampled (read)"
+    )
+    bench.add_argument("--workers", type=int, default=2, help="DataLoader2 worker processes")
+    bench.add_argument(
+        "--tile-size", type=int, nargs="+", default=[128], help="tile size: N or Y X"
+    )
+    bench.add_argument(
+        "--n-time-window", type=int, default=12, help="steps per tile (read benchmark)"
+    )
+    bench.add_argument(
+        "--epochs", type=int, default=3, help="epochs per loader; the first one is start-up"
+    )
     return parser
 
 
@@ -341,6 +354,11 @@ def _bench(args: argparse.Namespace) -> int:
         path=args.path,
         n_times=args.n_times,
         json_path=args.json,
+        fraction=args.fraction,
+        workers=args.workers,
+        epochs=args.epochs,
+        tile_size=_tile_size(args.tile_size),
+        n_time_window=args.n_time_window,
     )
     print(report)
     return 0

@@ -179,3 +179,17 @@ def test_demo_summary_only(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--preset", "tiny", "--summary-only"]) == 0
     text = capsys.readouterr().out
     assert "130 x 256 x 256" in text and "batch:" not in text
+
+
+def test_bench_read_options(
+    tiny_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``bench --what read`` takes the sampled share, workers and epochs; --json has the figures."""
+    out_json = tmp_path / "bench.json"
+    args = ["bench", "--what", "read", "--path", str(tiny_archive), "--json", str(out_json)]
+    args += ["--tile-size", "32", "--n-time-window", "4"]
+    assert main([*args, "--fraction", "0.5", "--workers", "0", "--epochs", "2"]) == 0
+    assert "c_workers: 0" in capsys.readouterr().out
+    read = json.loads(out_json.read_text())["read"]
+    assert read["fraction_sampled"] == 0.5 and read["epochs"] == 2
+    assert len(set(read["samples_checked"])) == 1
