@@ -212,9 +212,9 @@ def bench_prepare(
         by_frames: dict[str, float] = {}
         for frac in (4, 2, 1):
             part = da.isel({da.dims[0]: slice(0, max(n_frames // frac, params.n_time_window))})
-
-            def run_part(part: xr.DataArray = part) -> Any:
-                return prepare_tiling(
+            tracemalloc.start()
+            try:
+                prepare_tiling(
                     part,
                     params,
                     folder,
@@ -224,10 +224,6 @@ def bench_prepare(
                     recompute=True,
                     block_frames=128,
                 )
-
-            tracemalloc.start()
-            try:
-                run_part()
                 _, traced_peak = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()
@@ -261,30 +257,20 @@ class _ChildrenPeakRSS(_PeakRSS):
         self._thread.join()  # children only: this process's RSS is not a worker's
 
 
-def _drain(iterable: Any, limit: int | None = None) -> tuple[int, float, float]:
-    """Consume batches; return (samples, seconds in all, samples/s after the first batch)."""
+def _drain(iterable: Any) -> tuple[int, float]:
+    """Consume batches; return (samples, seconds)."""
     n = 0
     t0 = time.perf_counter()
-    t_first = t0
-    for i, batch in enumerate(iterable):
+    for batch in iterable:
         n += int(batch.shape[0]) if hasattr(batch, "shape") else len(batch)
-        if i == 0:
-            t_first = time.perf_counter()
-            n_first = n
-        if limit is not None and n >= limit:
-            break
-    end = time.perf_counter()
-    if n == 0:
-        return 0, end - t0, 0.0
-    steady = (n - n_first) / (end - t_first) if n > n_first else 0.0
-    return n, end - t0, steady
+    return n, time.perf_counter() - t0
 
 
 def _drain_epochs(loader: Any, epochs: int) -> tuple[float, float, list[int]]:
     """Run ``epochs`` epochs; return (first epoch samples/s, later epochs samples/s, counts)."""
     counts, seconds = [], []
     for _ in range(epochs):
-        n, dt, _ = _drain(loader)
+        n, dt = _drain(loader)
         counts.append(n)
         seconds.append(dt)
     later = sum(counts[1:]) / sum(seconds[1:])
@@ -443,7 +429,7 @@ def bench_read(
         # (b) the full chain in this process
         close_readers()
         full = chain()
-        n_b, chain_s, _ = _drain(full)
+        n_b, chain_s = _drain(full)
         stats = get_reader(spec.url, spec.var_name).stats
         chain_amp = stats.bytes_decoded / max(stats.bytes_delivered, 1)
 

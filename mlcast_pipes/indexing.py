@@ -5,7 +5,6 @@ Workers and ranks that need the same index take a file lock: one computes, the r
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -20,7 +19,7 @@ from filelock import FileLock
 
 from mlcast_pipes import dataset as ds
 from mlcast_pipes.errors import IndexFileError, ParameterError
-from mlcast_pipes.index import atomic_write
+from mlcast_pipes.index import read_sidecar, sidecar_path, write_sidecar
 from mlcast_pipes.prepare import TileIndex, prepare_tiling
 from mlcast_pipes.reader import TileRequest, get_reader
 from mlcast_pipes.records import DatasetInfo, TileSample
@@ -610,7 +609,7 @@ def sampling_stats(
 
     """
     path = stats_path(sampling_index)
-    meta_path = path.with_name(path.name.removesuffix(".csv") + ".meta.json")
+    meta_path = sidecar_path(path)  # {sampling_id}.stats.meta.json
     variable = table.info.spec.var_name
     folder = _ensure_folder(path.parent)
     params = {
@@ -642,18 +641,16 @@ def sampling_stats(
         )
         meta_path.unlink(missing_ok=True)  # never pair new numbers with old parameters
         write_stats_csv(path, {variable: (mean, std)})
-        with atomic_write(meta_path) as fh:
-            fh.write(json.dumps(params, indent=1, sort_keys=True))
+        write_sidecar(meta_path, params)
     return SamplingStats(path, variable, mean, std)
 
 
 def _stats_params(meta_path: Path) -> dict[str, Any] | None:
     """The parameters a statistics file was computed with (None if unknown or unreadable)."""
     try:
-        data = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_sidecar(meta_path)
+    except IndexFileError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _is_current(path: Path, source: Path) -> bool:

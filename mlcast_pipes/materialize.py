@@ -5,7 +5,6 @@ Made once by ``prepare --materialize``; the sampling step reads it instead of th
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import uuid
@@ -20,7 +19,7 @@ import zarr
 
 from mlcast_pipes.epochs import group_by_key
 from mlcast_pipes.errors import IndexFileError, ReadError
-from mlcast_pipes.reader import TileRequest, _zarr_loop, get_reader
+from mlcast_pipes.reader import TileRequest, get_reader, getitems, submit_getitems
 from mlcast_pipes.records import DatasetInfo
 
 #: Name of the array in a training copy.
@@ -205,21 +204,8 @@ class TrainingCopy:
         """
         arr = self._open()
         rows = [int(r) for r in rows]
-        async_arr = getattr(arr, "_async_array", None)
-        loop = _zarr_loop()
-        if async_arr is None or loop is None or len(rows) < 2:
-            return [self.read(r) for r in rows]
-
-        async def one(row: int) -> Any:
-            try:
-                return await async_arr.getitem(row)
-            except Exception as exc:  # reported below with the row
-                return exc
-
-        async def gather() -> list[Any]:
-            return list(await asyncio.gather(*(one(r) for r in rows)))
-
-        outcomes = asyncio.run_coroutine_threadsafe(gather(), loop).result()
+        future = submit_getitems(arr, rows) if len(rows) > 1 else None
+        outcomes = future.result() if future is not None else getitems(arr, rows)
         out = []
         for row, got in zip(rows, outcomes, strict=True):
             if isinstance(got, BaseException):

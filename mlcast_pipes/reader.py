@@ -811,11 +811,11 @@ class FrameReader:
             failed: list[tuple[int, int, list[int]]] = []
             errors: list[_FrameFailedError] = []
             for unit, outcome in zip(pending, outcomes, strict=True):
-                if isinstance(outcome, _FrameFailedError):
-                    failed.append(unit)
-                    errors.append(outcome)
-                    continue
                 c0, c1, needed = unit
+                if isinstance(outcome, Exception):
+                    failed.append(unit)
+                    errors.append(_FrameFailedError(c0, c1, outcome))
+                    continue
                 block = np.asarray(outcome)
                 self.stats.frames_decoded += c1 - c0
                 self.stats.bytes_decoded += (c1 - c0) * frame_pixels * _OUT_ITEMSIZE
@@ -839,19 +839,11 @@ class FrameReader:
 
     def _submit(self, units: list[tuple[int, int, list[int]]]) -> _Pending:
         """Start decoding the time chunks ``units`` concurrently on zarr's event loop."""
-        arr = self._array
-        async_arr = getattr(arr, "_async_array", None)
-        loop = _zarr_loop()
-        if async_arr is not None and loop is not None:
-            return _Pending(asyncio.run_coroutine_threadsafe(_gather(async_arr, units), loop))
-        outcomes: list[Any] = []  # fallback: synchronous, one time chunk after the other
-        for c0, c1, _ in units:
-            sel = c0 if c1 - c0 == 1 else slice(c0, c1)
-            try:
-                outcomes.append(arr[sel])
-            except Exception as exc:
-                outcomes.append(_FrameFailedError(c0, c1, exc))
-        return _Pending(outcomes)
+        sels = [c0 if c1 - c0 == 1 else slice(c0, c1) for c0, c1, _ in units]
+        future = submit_getitems(self._array, sels)
+        if future is not None:
+            return _Pending(future)
+        return _Pending(getitems(self._array, sels))  # fallback: one time chunk after the other
 
     def _read_error(
         self,
@@ -930,15 +922,40 @@ def _zarr_loop() -> asyncio.AbstractEventLoop | None:
     return loop
 
 
-async def _gather(async_arr: Any, units: list[tuple[int, int, list[int]]]) -> list[Any]:
-    async def one(c0: int, c1: int) -> Any:
-        sel = c0 if c1 - c0 == 1 else slice(c0, c1)
+def submit_getitems(
+    arr: Any, selections: Sequence[Any]
+) -> concurrent.futures.Future[list[Any]] | None:
+    """Start ``arr[sel]`` for every selection at once on zarr's event loop (decoded concurrently).
+
+    The future's result has, per selection, the array or the exception reading it raised.
+    None when zarr's asynchronous API cannot be reached (then use :func:`getitems`).
+    """
+    async_arr = getattr(arr, "_async_array", None)
+    loop = _zarr_loop()
+    if async_arr is None or loop is None:
+        return None
+
+    async def one(sel: Any) -> Any:
         try:
             return await async_arr.getitem(sel)
-        except Exception as exc:
-            return _FrameFailedError(c0, c1, exc)
+        except Exception as exc:  # returned, so that one failure does not cancel the others
+            return exc
 
-    return list(await asyncio.gather(*(one(c0, c1) for c0, c1, _ in units)))
+    async def gather() -> list[Any]:
+        return list(await asyncio.gather(*(one(sel) for sel in selections)))
+
+    return asyncio.run_coroutine_threadsafe(gather(), loop)
+
+
+def getitems(arr: Any, selections: Sequence[Any]) -> list[Any]:
+    """``arr[sel]`` for each selection in turn; an exception is returned in its place."""
+    outcomes: list[Any] = []
+    for sel in selections:
+        try:
+            outcomes.append(arr[sel])
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 # ---------------------------------------------------------------------- per-process readers
