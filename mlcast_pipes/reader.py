@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from mlcast_pipes.chunkio import ChunkReader, PendingChunks
 from mlcast_pipes.errors import DatasetError, ParameterError, ReadError
 
 __all__ = [
@@ -40,6 +41,9 @@ __all__ = [
 #: contiguous ``arr[0:12]`` read: 2.4 at best but 8.2 ms/frame median, as it allocates a fresh
 #: (n, H, W) block each call (page faults), and a cached frame would need a copy out of it (1.4 ms).
 _FETCH_BATCH = 4
+
+#: Decode buffers kept for reuse per reader (frames that left the cache).
+_MAX_SPARE = 2 * _FETCH_BATCH
 
 #: Bytes counted per delivered or decoded pixel in :class:`ReaderStats` (float32 output).
 _OUT_ITEMSIZE = 4
@@ -207,17 +211,24 @@ class _FrameCache:
             self._frames.move_to_end(t)
         return frame
 
-    def put(self, t: int, frame: np.ndarray) -> None:
+    def put(self, t: int, frame: np.ndarray) -> list[np.ndarray]:
+        """Cache ``frame`` (read-only from now on); return the frames that left the cache."""
+        dropped = []
         if t in self._frames:
-            self.nbytes -= self._frames.pop(t).nbytes
+            old = self._frames.pop(t)
+            self.nbytes -= old.nbytes
+            dropped.append(old)
         if frame.nbytes > self.capacity:
-            return
+            dropped.append(frame)
+            return dropped
         while self._frames and self.nbytes + frame.nbytes > self.capacity:
             _, old = self._frames.popitem(last=False)
             self.nbytes -= old.nbytes
+            dropped.append(old)
         frame.flags.writeable = False
         self._frames[t] = frame
         self.nbytes += frame.nbytes
+        return dropped
 
     def clear(self) -> None:
         self._frames.clear()
@@ -450,6 +461,9 @@ class FrameReader:
         self.stats = ReaderStats()
         self._lock = threading.RLock()
         self._cache = _FrameCache(self.cache_bytes)
+        #: decode buffers of frames that left the cache, reused so that decoding does not fault
+        #: in fresh memory for every frame
+        self._spare: list[np.ndarray] = []
         self._reset_handles()
 
     # ------------------------------------------------------------------ state and opening
@@ -460,6 +474,7 @@ class FrameReader:
         self._shape: tuple[int, int, int] | None = None
         self._dtype: np.dtype[Any] | None = None
         self._tchunk = 1
+        self._chunks: ChunkReader | None = None
         self._cf = _CFDecoding()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -500,6 +515,7 @@ class FrameReader:
             # forked copy: drop the parent's handles (not closing them) and start afresh
             self._lock = threading.RLock()
             self._cache = _FrameCache(self.cache_bytes)
+            self._spare = []
             self.stats = ReaderStats()
             self._reset_handles()
         with self._lock:
@@ -561,6 +577,7 @@ class FrameReader:
         self._shape = (int(node.shape[0]), int(node.shape[1]), int(node.shape[2]))
         self._dtype = dtype
         self._tchunk = max(1, int(node.chunks[0]))
+        self._chunks = ChunkReader(node)
         self._cf = _cf_decoding(node)
         self._pid = pid
 
@@ -684,6 +701,7 @@ class FrameReader:
             store = self._store
             own = self._pid == os.getpid()
             self._cache.clear()
+            self._spare.clear()
             self._reset_handles()
         if own and store is not None:
             with contextlib.suppress(Exception):  # closing is best effort
@@ -736,6 +754,7 @@ class FrameReader:
                 and int(node.shape[0]) > self._shape[0]
             ):
                 self._array = node
+                self._chunks = ChunkReader(node)
                 self._shape = (int(node.shape[0]), self._shape[1], self._shape[2])
             return self._shape
 
@@ -768,7 +787,7 @@ class FrameReader:
                 pending = self._submit(batches[k + 1]) if k + 1 < len(batches) else None
                 for t, frame in self._collect(batch, current.result(), reqs, users):
                     self._cut(frame, t, users[t], reqs, outs)
-                    self._cache.put(t, frame)
+                    self._recycle(self._cache.put(t, frame))
         finally:
             if pending is not None:
                 pending.cancel()
@@ -819,8 +838,8 @@ class FrameReader:
                 block = np.asarray(outcome)
                 self.stats.frames_decoded += c1 - c0
                 self.stats.bytes_decoded += (c1 - c0) * frame_pixels * _OUT_ITEMSIZE
-                if block.ndim == 2:
-                    result.append((c0, block))
+                if c1 - c0 == 1:
+                    result.append((c0, block[0]))  # a view: its buffer is reused once evicted
                 else:
                     # copy so that a cached frame does not keep the whole time chunk alive
                     result.extend((t, block[t - c0].copy()) for t in needed)
@@ -837,13 +856,31 @@ class FrameReader:
             pending = failed
         return result
 
-    def _submit(self, units: list[tuple[int, int, list[int]]]) -> _Pending:
+    def _submit(self, units: list[tuple[int, int, list[int]]]) -> PendingChunks:
         """Start decoding the time chunks ``units`` concurrently on zarr's event loop."""
-        sels = [c0 if c1 - c0 == 1 else slice(c0, c1) for c0, c1, _ in units]
-        future = submit_getitems(self._array, sels)
-        if future is not None:
-            return _Pending(future)
-        return _Pending(getitems(self._array, sels))  # fallback: one time chunk after the other
+        assert self._chunks is not None
+        outs: list[np.ndarray | None] = [None] * len(units)
+        if self._tchunk == 1 and self._chunks.direct:
+            shape = self._chunks.out_shape(0)
+            for k in range(len(units)):
+                outs[k] = self._spare.pop() if self._spare else np.empty(shape, self._chunks.dtype)
+        return self._chunks.submit([c0 // self._tchunk for c0, _, _ in units], outs)
+
+    def _recycle(self, frames: list[np.ndarray]) -> None:
+        """Keep the decode buffers of frames that left the cache for the next decodes."""
+        if self._chunks is None:
+            return
+        for frame in frames:
+            block = frame.base
+            if (
+                isinstance(block, np.ndarray)
+                and len(self._spare) < _MAX_SPARE
+                and block.flags.owndata
+                and block.flags.writeable
+                and block.shape == (1, *frame.shape)
+                and block.dtype == self._chunks.dtype
+            ):
+                self._spare.append(block)
 
     def _read_error(
         self,
@@ -893,23 +930,6 @@ def _group_by_chunk(
     for t in frames:
         units.setdefault(t // tchunk, []).append(t)
     return [(c * tchunk, min((c + 1) * tchunk, length), needed) for c, needed in units.items()]
-
-
-class _Pending:
-    """A batch of time chunks being decoded (a future) or already decoded (a list)."""
-
-    def __init__(self, work: concurrent.futures.Future[list[Any]] | list[Any]) -> None:
-        self._work = work
-
-    def result(self) -> list[Any]:
-        if isinstance(self._work, list):
-            return self._work
-        return self._work.result()
-
-    def cancel(self) -> None:
-        if not isinstance(self._work, list) and not self._work.cancel():
-            with contextlib.suppress(Exception):
-                self._work.result()  # already running: let it finish, drop its frames
 
 
 def _zarr_loop() -> asyncio.AbstractEventLoop | None:

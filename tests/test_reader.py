@@ -16,6 +16,7 @@ import xarray as xr
 import zarr
 from zarr.storage import LocalStore
 
+from mlcast_pipes import chunkio
 from mlcast_pipes.errors import DatasetError, ParameterError, ReadError
 from mlcast_pipes.reader import (
     FrameReader,
@@ -256,7 +257,7 @@ def test_missing_chunk_reads_fill_value(archive: tuple[str, np.ndarray, int]) ->
 
 
 def _patch_store_get(monkeypatch: pytest.MonkeyPatch, fmt: int, fail: Any) -> dict[str, int]:
-    """Make LocalStore.get of frame 1's chunk raise ``fail(calls)`` (succeed if that is None)."""
+    """Make reading frame 1's chunk file raise ``fail(calls)`` (succeed if that is None)."""
     key = f"{VAR}/1.0.0" if fmt == 2 else f"{VAR}/c/1/0/0"
     orig = LocalStore.get
     calls = {"n": 0}
@@ -269,7 +270,17 @@ def _patch_store_get(monkeypatch: pytest.MonkeyPatch, fmt: int, fail: Any) -> di
                 raise exc
         return await orig(self, k, *args, **kwargs)
 
+    def read_file(path: Path) -> bytes | None:  # the reader's direct path for local stores
+        if path.as_posix().endswith(key):
+            calls["n"] += 1
+            exc = fail(calls["n"])
+            if exc is not None:
+                raise exc
+        return orig_read_file(path)
+
+    orig_read_file = chunkio._read_file
     monkeypatch.setattr(LocalStore, "get", get)
+    monkeypatch.setattr(chunkio, "_read_file", read_file)
     return calls
 
 
