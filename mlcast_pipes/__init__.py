@@ -33,7 +33,7 @@ with warnings.catch_warnings():
         register_sampler_functional,
     )
     from mlcast_pipes.datapipes.mix import MixDataPipe, mix
-    from mlcast_pipes.loader import Loader, WorkerDiedError, make_dataloader
+    from mlcast_pipes.loader import Loader, WorkerDiedError, make_dataloader, tune_malloc
     from mlcast_pipes.pipeline import compose, load_pipeline
 
 from mlcast_pipes.dataset import open_mlcast
@@ -87,4 +87,5 @@ __all__ = [
     "split_by_blocks",
     "split_by_ranges",
     "split_chronological",
+    "tune_malloc",
 ]

@@ -11,7 +11,7 @@ import contextlib
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +22,10 @@ __all__ = ["ChunkReader", "PendingChunks"]
 #: numcodecs compressors (zarr format 2 ``compressor`` ids) whose ``decode(buf)`` returns the raw
 #: chunk bytes; chunks compressed with anything else are read through zarr.
 _V2_COMPRESSORS = frozenset({"zstd", "blosc", "lz4", "zlib", "gzip", "bz2", "lzma"})
+
+
+#: Called in the decoding thread with (chunk index, chunk array) after each chunk is decoded.
+OnChunk = Callable[[int, np.ndarray], None]
 
 
 def _v3_codec(codecs: Sequence[Any]) -> tuple[Any, Literal["|", "<", ">"]] | None:
@@ -215,19 +219,31 @@ class ChunkReader:
         if not 0 <= index < self.n_chunks:
             raise IndexError(f"chunk {index} is outside [0, {self.n_chunks})")
 
-    def _read_local(self, index: int, out: np.ndarray | None) -> Any:
+    def _read_local(self, index: int, out: np.ndarray | None, then: OnChunk | None) -> Any:
         """Read and decode one chunk file (a task of the chunk thread pool)."""
         assert self._local is not None
         try:
             self._check(index)
             data = _read_file(self._local / self._key(index))
             if data is None:  # never written: zarr's fill value
-                return np.asarray(self.array[self.rows(index)])
-            return self._decode(np.frombuffer(data, dtype=np.uint8), index, out)
+                block = np.asarray(self.array[self.rows(index)])
+            else:
+                block = self._decode(np.frombuffer(data, dtype=np.uint8), index, out)
+            if then is not None:
+                then(index, block)
+            return block
         except Exception as exc:  # returned, so that one failure does not cancel the others
             return exc
 
-    async def _read_async(self, index: int, out: np.ndarray | None) -> Any:
+    def _decode_then(
+        self, raw: np.ndarray, index: int, out: np.ndarray | None, then: OnChunk | None
+    ) -> np.ndarray:
+        block = self._decode(raw, index, out)
+        if then is not None:
+            then(index, block)
+        return block
+
+    async def _read_async(self, index: int, out: np.ndarray | None, then: OnChunk | None) -> Any:
         """Fetch one chunk through the store (remote stores) and decode it in a thread."""
         assert self._async is not None
         try:
@@ -238,27 +254,39 @@ class ChunkReader:
                 key = self._key(index)
                 buf = await (self._async.store_path / key).get(default_buffer_prototype())
                 if buf is not None:
-                    return await asyncio.to_thread(self._decode, buf.as_numpy_array(), index, out)
-            return np.asarray(await self._async.getitem(self.rows(index)))
+                    raw = buf.as_numpy_array()
+                    return await asyncio.to_thread(self._decode_then, raw, index, out, then)
+            block = np.asarray(await self._async.getitem(self.rows(index)))
+            if then is not None:
+                then(index, block)
+            return block
         except Exception as exc:
             return exc
 
-    def _read_sync(self, index: int) -> Any:
+    def _read_sync(self, index: int, then: OnChunk | None) -> Any:
         try:
             self._check(index)
-            return np.asarray(self.array[self.rows(index)])
+            block = np.asarray(self.array[self.rows(index)])
+            if then is not None:
+                then(index, block)
+            return block
         except Exception as exc:
             return exc
 
     def submit(
-        self, indices: Sequence[int], out: Sequence[np.ndarray | None] | None = None
+        self,
+        indices: Sequence[int],
+        out: Sequence[np.ndarray | None] | None = None,
+        then: OnChunk | None = None,
     ) -> PendingChunks:
         """Start reading the chunks ``indices`` concurrently.
 
         The result has one outcome per index: the chunk's array, of shape :meth:`out_shape`,
         or the exception reading it raised. ``out`` may give a buffer per chunk (shape
         :meth:`out_shape`, dtype :attr:`dtype`, C order) to decode into; a buffer that does not
-        fit is left alone and the outcome is a new (possibly read-only) array.
+        fit is left alone and the outcome is a new (possibly read-only) array. ``then(index,
+        chunk)`` is called in the decoding thread right after each chunk is decoded, while
+        its data is in that core's cache (an exception it raises becomes the outcome).
         """
         outs = list(out) if out is not None else [None] * len(indices)
         if len(outs) != len(indices):
@@ -267,28 +295,31 @@ class ChunkReader:
             pool = _thread_pool()
             return PendingChunks(
                 [
-                    pool.submit(self._read_local, int(i), o)
+                    pool.submit(self._read_local, int(i), o, then)
                     for i, o in zip(indices, outs, strict=True)
                 ]
             )
         if self._async is None:  # not a zarr 3 array: read one chunk after the other
             done: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
-            done.set_result([self._read_sync(int(i)) for i in indices])
+            done.set_result([self._read_sync(int(i), then) for i in indices])
             return PendingChunks([done], gathered=True)
         from zarr.core.sync import _get_loop
 
         async def gather() -> list[Any]:
-            jobs = (self._read_async(int(i), o) for i, o in zip(indices, outs, strict=True))
+            jobs = (self._read_async(int(i), o, then) for i, o in zip(indices, outs, strict=True))
             return list(await asyncio.gather(*jobs))
 
         future = asyncio.run_coroutine_threadsafe(gather(), _get_loop())
         return PendingChunks([future], gathered=True)
 
     def read(
-        self, indices: Sequence[int], out: Sequence[np.ndarray | None] | None = None
+        self,
+        indices: Sequence[int],
+        out: Sequence[np.ndarray | None] | None = None,
+        then: OnChunk | None = None,
     ) -> list[Any]:
         """Read the chunks ``indices`` concurrently and wait: one array or exception per index."""
-        return self.submit(indices, out).result()
+        return self.submit(indices, out, then).result()
 
 
 class PendingChunks:

@@ -523,7 +523,7 @@ def compute_sampling_stats(
             )
             for r in group
         ]
-        for r, data in zip(group, reader.read_tiles(requests), strict=True):
+        for r, data in zip(group, reader.read_tiles(requests, cache=False), strict=True):
             values = np.asarray(to_rate(data) if to_rate is not None else data, dtype=np.float64)
             if low is not None and high is not None:
                 values = np.clip(values, low, high)

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from mlcast_pipes.chunkio import ChunkReader
 from mlcast_pipes.epochs import group_by_key
 from mlcast_pipes.errors import IndexFileError, ReadError
-from mlcast_pipes.reader import TileRequest, get_reader, getitems, submit_getitems
+from mlcast_pipes.reader import TileRequest, get_reader
 from mlcast_pipes.records import DatasetInfo
 
 #: Name of the array in a training copy.
@@ -121,7 +122,7 @@ def materialize(
             requests = [
                 TileRequest(int(starts[i]), n_time, int(ys[i]), ty, int(xs[i]), tx) for i in group
             ]
-            for i, data in zip(group, reader.read_tiles(requests), strict=True):
+            for i, data in zip(group, reader.read_tiles(requests, cache=False), strict=True):
                 arr[int(i)] = data
             done += len(group)
             if progress and done // step != (done - len(group)) // step:
@@ -166,6 +167,7 @@ class TrainingCopy:
         self.path = Path(path)
         self.expected_sha256 = expected_sha256
         self._array: Any = None
+        self._chunk_reader: ChunkReader | None = None
         self._pid = -1
 
     def exists(self) -> bool:
@@ -180,8 +182,14 @@ class TrainingCopy:
     def _open(self) -> Any:
         if self._array is None or self._pid != os.getpid():
             self._array = zarr.open_group(str(self.path), mode="r")[ARRAY]
+            self._chunk_reader = ChunkReader(self._array)
             self._pid = os.getpid()
         return self._array
+
+    def _chunks(self) -> ChunkReader:
+        self._open()
+        assert self._chunk_reader is not None
+        return self._chunk_reader
 
     def _error(self, row: int, exc: BaseException) -> ReadError:
         return ReadError(
@@ -197,18 +205,21 @@ class TrainingCopy:
             raise self._error(int(row), exc) from exc
 
     def read_many(self, rows: Sequence[int] | np.ndarray) -> list[np.ndarray]:
-        """The samples of several rows, decoded concurrently (one request per chunk), in order.
+        """The samples of several rows, read and decoded concurrently (one chunk each), in order.
 
-        Reading a block of samples at once spreads their decoding over zarr's threads and
-        saves the per-call overhead of :meth:`read`.
+        Reading a block of samples at once spreads their decoding over threads and saves the
+        per-call overhead of :meth:`read`; each sample is decoded straight into its own array.
         """
-        arr = self._open()
+        chunks = self._chunks()
         rows = [int(r) for r in rows]
-        future = submit_getitems(arr, rows) if len(rows) > 1 else None
-        outcomes = future.result() if future is not None else getitems(arr, rows)
+        dtype = chunks.dtype if chunks.dtype.isnative else chunks.dtype.newbyteorder("=")
+        outs = [
+            np.empty(chunks.out_shape(r), dtype) if 0 <= r < chunks.n_chunks else None for r in rows
+        ]
         out = []
-        for row, got in zip(rows, outcomes, strict=True):
+        for row, got in zip(rows, chunks.read(rows, outs), strict=True):
             if isinstance(got, BaseException):
                 raise self._error(row, got) from got
-            out.append(np.asarray(got, dtype=np.float32))
+            sample = np.asarray(got[0], dtype=np.float32)
+            out.append(sample if sample.flags.writeable else sample.copy())
         return out

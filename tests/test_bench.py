@@ -25,8 +25,8 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
     )
     n = out["samples_per_epoch"]
     assert n > 0
-    # sampler alone, chain, then (c) and (d) for each of their 2 epochs
-    assert out["samples_checked"] == [n] * 6
+    # sampler alone, chain, (c) for its 2 epochs and the memory epoch, (d) for its 2 epochs
+    assert out["samples_checked"] == [n] * 7
     assert out["amplification_over_minimum"] == pytest.approx(1.0, abs=0.01)
     assert out["amplification_naive"] > out["amplification_chain"]
     assert out["samples_per_window"] >= 1

@@ -172,3 +172,17 @@ def test_reader_made_before_fork_reads_in_the_child(tmp_path: Path) -> None:
     child.join(timeout=30)
     assert child.exitcode == 0
     assert value == pytest.approx(float(np.nansum(DATA[1])))
+
+
+def test_then_runs_on_each_decoded_chunk_and_its_error_is_the_outcome(tmp_path: Path) -> None:
+    chunks = ChunkReader(_v2(tmp_path / "a.zarr", numcodecs.Zstd()))
+    seen: dict[int, float] = {}
+
+    def then(index: int, block: np.ndarray) -> None:
+        if index == 4:
+            raise RuntimeError("cut failed")
+        seen[index] = float(np.nansum(block))
+
+    got = chunks.read([0, 2, 4], then=then)
+    assert seen == {0: pytest.approx(float(DATA[0].sum())), 2: pytest.approx(float(DATA[2].sum()))}
+    assert isinstance(got[2], RuntimeError)

@@ -183,3 +183,8 @@ def test_mix_two_archives_exactly_once_with_workers(tiny_archive, index_dir, tmp
         assert keys(loader) == reference
     finally:
         loader.shutdown()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_tune_malloc_takes_effect_on_linux():
+    assert mp.tune_malloc() is True

@@ -61,8 +61,9 @@ def test_read_many_matches_read_and_names_a_corrupted_sample(tiny_archive, index
     many = copy.read_many(rows)
     assert len(many) == len(rows)
     for row, data in zip(rows, many, strict=True):
-        assert data.dtype == np.float32
+        assert data.dtype == np.float32 and data.flags.writeable
         np.testing.assert_array_equal(data, copy.read(row))
+    assert many[2] is not many[3]  # the same row asked twice: two arrays
     chunk = next(p for p in (target / "samples").iterdir() if p.name.startswith("1."))
     chunk.write_bytes(b"not zstd")
     with pytest.raises(mp.ReadError, match=r"sample 1 from the training copy"):

@@ -438,6 +438,23 @@ def test_zarr2_fill_value_is_masked_like_xarray(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, naive_read_tile(str(path), VAR, 0, 3, 0, 4, 0, 5))
 
 
+def test_uncached_group_reads_reuse_their_frame_buffers(
+    archive: tuple[str, np.ndarray, int],
+) -> None:
+    url, data, _ = archive
+    r = FrameReader(url, VAR)
+    requests = [TileRequest(t, 3, 1, 4, 2, 5) for t in (0, 3, 5)]
+    for _ in range(2):
+        got = r.read_tiles(requests, cache=False)
+        for req, tile in zip(requests, got, strict=True):
+            np.testing.assert_array_equal(tile, data[req.t0 : req.t0 + 3, 1:5, 2:7])
+    assert r.cached_frames == []
+    assert r.stats.frames_decoded == 16  # nothing kept: every read decodes its 8 frames again
+    assert 0 < len(r._spare) <= 8  # ... into the buffers of the frames it dropped
+    r.read_tiles(requests[:1])  # a cached read keeps its frames
+    assert r.cached_frames == [0, 1, 2]
+
+
 def test_multi_frame_time_chunks(tmp_path: Path) -> None:
     data = _field().astype(np.float32)
     path = str(tmp_path / "tc.zarr")

@@ -251,7 +251,9 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
             for group in group_by_key(col["t_start"][rows]):  # one read per window
                 members = [records[int(i)] for i in group]
                 requests = [r.request for r in members]
-                for rec, data in zip(members, reader.read_tiles(requests), strict=True):
+                for rec, data in zip(
+                    members, reader.read_tiles(requests, cache=False), strict=True
+                ):
                     rec.data = data
         return records
 
