@@ -1254,10 +1254,11 @@ class Normalizer:
         """
         arr = _as_float(x)
         work = self.to_work(arr) if self.to_work is not None else arr
-        if self.clip_low is not None:
-            work = np.maximum(work, work.dtype.type(self.clip_low))
-        if self.clip_high is not None:
-            work = np.minimum(work, work.dtype.type(self.clip_high))
+        if self.clip_low is not None or self.clip_high is not None:
+            t = work.dtype.type
+            low = None if self.clip_low is None else t(self.clip_low)
+            high = None if self.clip_high is None else t(self.clip_high)
+            work = np.clip(work, low, high)  # one pass; NaN stays NaN
         out = np.asarray(self.transform.forward(work))
         # always a new float32 array (never a view of x), then the NaN fill in place
         if out.dtype != np.float32 or np.may_share_memory(out, arr) or not out.flags.writeable:
