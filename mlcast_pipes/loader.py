@@ -65,8 +65,11 @@ def tune_malloc() -> bool:
 
 
 def _init_worker(datapipe: Any, worker_info: Any) -> Any:
-    """DataLoader2 worker set-up: :func:`tune_malloc`; the pipeline is returned unchanged."""
+    """DataLoader2 worker set-up: :func:`tune_malloc`, batches stacked in shared memory."""
+    from mlcast_pipes.datapipes.tensor import stack_into_shared_memory
+
     tune_malloc()
+    stack_into_shared_memory()
     return datapipe
 
 

@@ -49,6 +49,26 @@ def test_exactly_once_two_workers_and_fresh_orders(tiny_archive, index_dir):
         again.shutdown()
 
 
+def test_worker_batches_come_in_shared_memory_with_the_same_values(tiny_archive, index_dir):
+    def by_id(batches) -> dict[int, object]:
+        return {
+            int(i): b["data"][k].clone()
+            for b in batches
+            for k, i in enumerate(b["meta"]["sample_id"])
+        }
+
+    reference = by_id(_pipe(tiny_archive, index_dir))
+    loader = mp.make_dataloader(_pipe(tiny_archive, index_dir), num_workers=2)
+    try:
+        batches = list(loader)
+    finally:
+        loader.shutdown()
+    assert all(b["data"].is_shared() for b in batches)  # received through shared memory
+    got = by_id(batches)
+    assert got.keys() == reference.keys()
+    assert all(bool((got[i] == reference[i]).all()) for i in got)
+
+
 def test_binnorm_epoch_multiset_same_with_workers(tiny_archive, index_dir):
     kw = {"n_samples": 30}
     in_process = Counter(_ids(_pipe(tiny_archive, index_dir, "binnorm", **kw)))
