@@ -1,4 +1,4 @@
-"""Whole-chunk reads along the first axis of a zarr array, fetched concurrently on zarr's loop.
+"""Whole-chunk reads along the first axis of a zarr array, several chunks at once.
 
 Plain codec chains are decoded from chunk bytes by numcodecs into reused buffers, others by zarr.
 """
@@ -89,15 +89,16 @@ class ChunkReader:
     """Read whole chunks along the first axis of a zarr array that has one chunk along the others.
 
     A chunk index ``i`` stands for the rows ``[i * c, min((i + 1) * c, n))`` of the first axis
-    (``c`` its chunk length). Chunk bytes are fetched concurrently from the array's store; when
-    the codec chain is plain (zarr 2: no filters, C order, a numcodecs compressor such as zstd,
-    blosc, lz4 or gzip; zarr 3: ``bytes`` followed by at most one of zstd, gzip, blosc) they are
-    decoded with numcodecs in zarr's thread pool, into buffers the caller passes when it has
-    spare ones. Fresh memory is what a decode costs most on a virtual machine: a 1400 x 1200
-    float32 frame decoded into a new buffer took 2.3-3.3 ms here (page faults), into a reused
-    one 1.0 ms (``mlcast-pipes bench`` reports the reader's rate). Other codec chains, missing
-    chunks (zarr's fill value) and arrays chunked along more than the first axis are read with
-    ``getitem`` of zarr's asynchronous API, so values are always those zarr returns.
+    (``c`` its chunk length). When the codec chain is plain (zarr 2: no filters, C order, a
+    numcodecs compressor such as zstd, blosc, lz4 or gzip; zarr 3: ``bytes`` followed by at
+    most one of zstd, gzip, blosc) chunks are decoded by numcodecs, into buffers the caller
+    passes when it has spare ones: a local store's chunk file is read and decoded by one task
+    of a per-process thread pool; a remote store's bytes come through zarr's store API on its
+    event loop and are decoded in a thread. Fresh memory is what a decode costs most on a
+    virtual machine: a 1400 x 1200 float32 frame decoded into a new buffer took 2.3-3.3 ms here
+    (page faults), into a reused one 1.0 ms. Other codec chains, missing chunks (zarr's fill
+    value) and arrays chunked along more than the first axis are read by zarr itself, so values
+    are always those zarr returns.
 
     Parameters
     ----------
@@ -229,19 +230,14 @@ class ChunkReader:
                 block = np.asarray(self.array[self.rows(index)])
             else:
                 block = self._decode(np.frombuffer(data, dtype=np.uint8), index, out)
-            if then is not None:
-                then(index, block)
-            return block
+            return _then(then, index, block)
         except Exception as exc:  # returned, so that one failure does not cancel the others
             return exc
 
     def _decode_then(
         self, raw: np.ndarray, index: int, out: np.ndarray | None, then: OnChunk | None
     ) -> np.ndarray:
-        block = self._decode(raw, index, out)
-        if then is not None:
-            then(index, block)
-        return block
+        return _then(then, index, self._decode(raw, index, out))
 
     async def _read_async(self, index: int, out: np.ndarray | None, then: OnChunk | None) -> Any:
         """Fetch one chunk through the store (remote stores) and decode it in a thread."""
@@ -256,20 +252,14 @@ class ChunkReader:
                 if buf is not None:
                     raw = buf.as_numpy_array()
                     return await asyncio.to_thread(self._decode_then, raw, index, out, then)
-            block = np.asarray(await self._async.getitem(self.rows(index)))
-            if then is not None:
-                then(index, block)
-            return block
+            return _then(then, index, np.asarray(await self._async.getitem(self.rows(index))))
         except Exception as exc:
             return exc
 
     def _read_sync(self, index: int, then: OnChunk | None) -> Any:
         try:
             self._check(index)
-            block = np.asarray(self.array[self.rows(index)])
-            if then is not None:
-                then(index, block)
-            return block
+            return _then(then, index, np.asarray(self.array[self.rows(index)]))
         except Exception as exc:
             return exc
 
@@ -355,6 +345,13 @@ class PendingChunks:
             if not f.cancel():
                 with contextlib.suppress(Exception):
                     f.result()
+
+
+def _then(then: OnChunk | None, index: int, block: np.ndarray) -> np.ndarray:
+    """Run the caller's ``then`` on a chunk just read (in the reading thread); return the chunk."""
+    if then is not None:
+        then(index, block)
+    return block
 
 
 def _read_file(path: Path) -> bytes | None:

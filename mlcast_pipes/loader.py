@@ -30,13 +30,14 @@ _MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value
 def tune_malloc() -> bool:
     """Make glibc's malloc keep freed memory for reuse in this process (data loader workers).
 
-    By default glibc serves each array above ~128 kB to 32 MB from fresh ``mmap`` pages and
-    returns freed heap memory to the system at once, so every decoded frame, tile and batch
-    is faulted in anew; on a virtual machine that costs more than the work itself (LDCast
-    normalisation of a 12 x 128 x 128 tile: 0.91 ms by default, 0.38 ms tuned, measured here).
-    This sets ``M_MMAP_THRESHOLD`` to 32 MB and ``M_TRIM_THRESHOLD`` to 256 MB: the process
-    keeps up to 256 MB of freed memory (its peak memory does not grow). :func:`make_dataloader`
-    calls it in its worker processes; call it yourself in a process that iterates a chain.
+    By default glibc serves arrays from about 128 kB up to 32 MB from fresh ``mmap`` pages
+    and returns freed heap memory to the system at once, so a sample allocated anew for every
+    read is faulted in anew; on a virtual machine that is dear. This sets ``M_MMAP_THRESHOLD``
+    to 32 MB and ``M_TRIM_THRESHOLD`` to 256 MB: the process keeps up to 256 MB of freed
+    memory (its peak memory does not grow). :func:`make_dataloader` calls it in its worker
+    processes; reading a training copy with 2 workers went from 801-957 to 1006-1030 samples/s
+    with it here (two runs each; reading the source, whose frame buffers are reused anyway,
+    did not change). Call it yourself in a process that iterates a chain.
 
     Returns
     -------

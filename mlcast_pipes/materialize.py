@@ -166,7 +166,6 @@ class TrainingCopy:
     def __init__(self, path: str | os.PathLike[str], expected_sha256: str | None = None) -> None:
         self.path = Path(path)
         self.expected_sha256 = expected_sha256
-        self._array: Any = None
         self._chunk_reader: ChunkReader | None = None
         self._pid = -1
 
@@ -179,16 +178,11 @@ class TrainingCopy:
         attrs = zarr.open_group(str(self.path), mode="r").attrs
         return bool(attrs.get("sampling_csv_sha256") == self.expected_sha256)
 
-    def _open(self) -> Any:
-        if self._array is None or self._pid != os.getpid():
-            self._array = zarr.open_group(str(self.path), mode="r")[ARRAY]
-            self._chunk_reader = ChunkReader(self._array)
-            self._pid = os.getpid()
-        return self._array
-
     def _chunks(self) -> ChunkReader:
-        self._open()
-        assert self._chunk_reader is not None
+        """The copy's chunk reader, opened once per process."""
+        if self._chunk_reader is None or self._pid != os.getpid():
+            self._chunk_reader = ChunkReader(zarr.open_group(str(self.path), mode="r")[ARRAY])
+            self._pid = os.getpid()
         return self._chunk_reader
 
     def _error(self, row: int, exc: BaseException) -> ReadError:
@@ -199,10 +193,7 @@ class TrainingCopy:
 
     def read(self, row: int) -> np.ndarray:
         """The sample of sampling-index row ``row``, shape (n_time, y, x), float32."""
-        try:
-            return np.asarray(self._open()[int(row)], dtype=np.float32)
-        except Exception as exc:  # zarr/codec errors come in many types
-            raise self._error(int(row), exc) from exc
+        return self.read_many([row])[0]
 
     def read_many(self, rows: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         """The samples of several rows, read and decoded concurrently (one chunk each), in order.
@@ -210,11 +201,16 @@ class TrainingCopy:
         Reading a block of samples at once spreads their decoding over threads and saves the
         per-call overhead of :meth:`read`; each sample is decoded straight into its own array.
         """
-        chunks = self._chunks()
         rows = [int(r) for r in rows]
-        dtype = chunks.dtype if chunks.dtype.isnative else chunks.dtype.newbyteorder("=")
+        if not rows:
+            return []
+        try:
+            chunks = self._chunks()
+        except Exception as exc:  # a missing or broken copy: zarr raises many types
+            raise self._error(rows[0], exc) from exc
         outs = [
-            np.empty(chunks.out_shape(r), dtype) if 0 <= r < chunks.n_chunks else None for r in rows
+            np.empty(chunks.out_shape(r), chunks.dtype) if 0 <= r < chunks.n_chunks else None
+            for r in rows
         ]
         out = []
         for row, got in zip(rows, chunks.read(rows, outs), strict=True):

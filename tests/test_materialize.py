@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+import zarr
 
 import mlcast_pipes as mp
 from mlcast_pipes.errors import ParameterError
-from mlcast_pipes.materialize import TrainingCopy, copy_path, materialize
+from mlcast_pipes.materialize import ARRAY, TrainingCopy, copy_path, materialize
 
 
 def _sampler(path, index_dir, **kw):
@@ -62,6 +63,7 @@ def test_read_many_matches_read_and_names_a_corrupted_sample(tiny_archive, index
     assert len(many) == len(rows)
     for row, data in zip(rows, many, strict=True):
         assert data.dtype == np.float32 and data.flags.writeable
+        np.testing.assert_array_equal(data, zarr.open_group(str(target))[ARRAY][row])
         np.testing.assert_array_equal(data, copy.read(row))
     assert many[2] is not many[3]  # the same row asked twice: two arrays
     chunk = next(p for p in (target / "samples").iterdir() if p.name.startswith("1."))
