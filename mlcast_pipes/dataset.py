@@ -35,6 +35,7 @@ __all__ = [
     "SourceSpec",
     "dataset_id",
     "fingerprint",
+    "metadata_stamp",
     "missing_times",
     "nominal_time_step",
     "open_mlcast",
@@ -578,6 +579,60 @@ def fingerprint(da: xr.DataArray) -> str:
     digest.update(f"|missing_times:{mt.size}|".encode())
     digest.update(np.ascontiguousarray(mt).tobytes())
     return digest.hexdigest()[:16]
+
+
+def metadata_stamp(da: xr.DataArray) -> tuple[tuple[str, int, int], ...] | None:
+    """Sizes and modification times of what :func:`fingerprint` reads from a local store.
+
+    A cheap test of whether a store opened earlier in this process may have changed since:
+    it stats the store's metadata files, the variable's metadata and the files of its time
+    and ``missing_times`` arrays (a few ``stat`` calls; no chunk of the variable). Appending
+    frames, rewriting coordinates or consolidating again changes it.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        An archive opened by :func:`open_mlcast`.
+
+    Returns
+    -------
+    tuple or None
+        ``(relative path, size, mtime_ns)`` per file; None for a URL (remote stores are not
+        stat-ed: a process keeps what it opened).
+
+    Examples
+    --------
+    >>> from mlcast_pipes.demo import ensure_demo
+    >>> da = open_mlcast(ensure_demo("tiny.zarr", preset="tiny", seed=0))
+    >>> stamp = metadata_stamp(da)
+    >>> stamp == metadata_stamp(open_mlcast("tiny.zarr")), [s[0] for s in stamp][:2]
+    (True, ['.zattrs', '.zgroup'])
+
+    """
+    spec = source_spec(da)
+    url = spec.url[len("file://") :] if spec.url.startswith("file://") else spec.url
+    if _is_url(url):
+        return None
+    root = pathlib.Path(url)
+    out: list[tuple[str, int, int]] = []
+
+    def add(path: pathlib.Path) -> None:
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        out.append((path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+
+    for name in sorted((*_ZARR_MARKERS, ".zattrs")):
+        add(root / name)
+    for name in sorted((*_ZARR_MARKERS, ".zattrs")):
+        add(root / spec.var_name / name)
+    for array in ("time", "missing_times"):  # small arrays: every file, chunk folders too
+        folder = root / array
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*")):
+                add(path)
+    return tuple(out)
 
 
 def nominal_time_step(times: np.ndarray, consistent_timestep_start: Any = None) -> np.timedelta64:

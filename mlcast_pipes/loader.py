@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from torchdata.dataloader2 import (
     SequentialReadingService,
 )
 
+from mlcast_pipes.batchpool import BatchPool, WorkerBuffers
 from mlcast_pipes.errors import MLCastPipesError, ParameterError
 
 #: glibc ``mallopt`` parameters and the values :func:`tune_malloc` sets.
@@ -65,12 +67,25 @@ def tune_malloc() -> bool:
     )
 
 
-def _init_worker(datapipe: Any, worker_info: Any) -> Any:
+_WORKER_BUFFERS: list[WorkerBuffers] = []  # this worker's side of its loader's BatchPool
+
+
+def _init_worker(datapipe: Any, worker_info: Any, pool: BatchPool | None = None) -> Any:
     """DataLoader2 worker set-up: :func:`tune_malloc`, batches stacked in shared memory."""
     from mlcast_pipes.datapipes.tensor import stack_into_shared_memory
 
     tune_malloc()
-    stack_into_shared_memory()
+    _WORKER_BUFFERS.clear()
+    if pool is not None:
+        _WORKER_BUFFERS.append(pool.worker_buffers(worker_info.worker_id))
+    stack_into_shared_memory(buffers=_WORKER_BUFFERS[0] if _WORKER_BUFFERS else None)
+    return datapipe
+
+
+def _reset_worker(datapipe: Any, worker_info: Any, seed_generator: Any) -> Any:
+    """DataLoader2 per-epoch worker reset: reclaim batch buffers dropped in flight."""
+    for buffers in _WORKER_BUFFERS:
+        buffers.new_epoch()
     return datapipe
 
 
@@ -211,6 +226,9 @@ class Loader:
     ----------
     epoch : int
         The epoch the next ``iter()`` delivers.
+    batch_pool : BatchPool or None
+        The workers' recycled batch buffers (None without workers or with
+        ``reuse_batch_memory=False``).
 
     Examples
     --------
@@ -240,6 +258,7 @@ class Loader:
         prefetch: int = 2,
         watchdog_interval: float = 0.5,
         multiprocessing_context: str | None = None,
+        reuse_batch_memory: bool = True,
     ) -> None:
         if num_workers < 0:
             raise ParameterError(f"num_workers must be >= 0, got {num_workers}")
@@ -258,6 +277,13 @@ class Loader:
         services: list[Any] = []
         if distributed and not _shard_ranks_directly(pipe):
             services.append(DistributedReadingService())
+        # batch buffers in flight per worker: its prefetch, its share of the main process's,
+        # the batch being built and the one the training step holds
+        self.batch_pool = (
+            BatchPool(num_workers, n_slots=2 * prefetch + 4)
+            if num_workers > 0 and reuse_batch_memory
+            else None
+        )
         if num_workers > 0:
             services.append(
                 MultiProcessingReadingService(
@@ -265,7 +291,8 @@ class Loader:
                     worker_prefetch_cnt=prefetch,
                     main_prefetch_cnt=prefetch,
                     multiprocessing_context=multiprocessing_context,
-                    worker_init_fn=_init_worker,
+                    worker_init_fn=functools.partial(_init_worker, pool=self.batch_pool),
+                    worker_reset_fn=_reset_worker,
                 )
             )
         self._mp = services[-1] if num_workers > 0 else None
@@ -295,6 +322,9 @@ class Loader:
             while True:
                 try:
                     item = next(iterator)
+                    if self.batch_pool is not None:
+                        self.batch_pool.track(item)
+                        self.batch_pool.release()
                 except StopIteration:
                     return
                 except Exception as exc:
@@ -452,6 +482,7 @@ def make_dataloader(
     start_batch: int = 0,
     prefetch: int = 2,
     prepare: bool = True,
+    reuse_batch_memory: bool = True,
 ) -> Loader:
     """Wrap a pipeline in DataLoader2 with worker processes (and ranks), the right way.
 
@@ -477,6 +508,11 @@ def make_dataloader(
         Items prefetched per worker and in the main process.
     prepare : bool
         Build the index files in this process first, so workers only load them.
+    reuse_batch_memory : bool
+        Let the workers recycle the shared memory of batches this process has let go of
+        (:mod:`mlcast_pipes.batchpool`): a batch still referenced is never overwritten, but
+        one sent on to a third process must be sent as a copy (``batch.clone()``), or turn
+        this off.
 
     Returns
     -------
@@ -511,4 +547,5 @@ def make_dataloader(
         start_epoch=start_epoch,
         start_batch=start_batch,
         prefetch=prefetch,
+        reuse_batch_memory=reuse_batch_memory,
     )

@@ -169,6 +169,10 @@ class TrainingCopy:
         self._chunk_reader: ChunkReader | None = None
         self._pid = -1
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the chunk reader (each process opens its own)."""
+        return {**self.__dict__, "_chunk_reader": None, "_pid": -1}
+
     def exists(self) -> bool:
         """Whether a complete copy is there (and matches the expected index)."""
         if not (self.path / ".zmetadata").is_file():

@@ -84,6 +84,31 @@ def test_open_xarray_dataset(tiny_archive: Path) -> None:
     assert da.name == "rainfall_rate"
 
 
+def test_opener_keeps_its_handle_across_epochs(
+    tiny_archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    from mlcast_pipes.datapipes import source
+
+    calls: list[str] = []
+    real = source.open_mlcast
+
+    def counting(src: str, *args: object, **kw: object) -> xr.DataArray:
+        calls.append(src)
+        return real(src, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(source, "open_mlcast", counting)
+    dp = IterableWrapper([str(tiny_archive)]).open_mlcast()
+    (first,) = list(dp)
+    (second,) = list(dp)  # a later epoch: nothing opened again
+    assert second is first and len(calls) == 1
+    # a copy for another process (spawned worker) carries no handle and opens its own
+    clone = pickle.loads(pickle.dumps(dp))
+    (third,) = list(clone)
+    assert third is not first and third.shape == first.shape and len(calls) == 2
+
+
 def test_catalog_demo_generated_on_first_use() -> None:
     # conftest points MLCAST_PIPES_CACHE at a temporary folder: the 'small' demo is made there.
     from mlcast_pipes.catalog import demo_cache_dir

@@ -25,6 +25,7 @@ from mlcast_pipes.dataset import (
     SourceSpec,
     dataset_id,
     fingerprint,
+    metadata_stamp,
     missing_times,
     nominal_time_step,
     open_mlcast,
@@ -236,6 +237,7 @@ def test_open_memory_url(no_spec_warnings: None) -> None:
         assert source_spec(da).url == url
         again = open_source(source_spec(da))
         assert fingerprint(again) == fingerprint(da)
+        assert metadata_stamp(da) is None  # remote stores are not stat-ed
     finally:
         fsspec.filesystem("memory").rm("/mlcast-tests", recursive=True)
 

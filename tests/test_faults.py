@@ -325,6 +325,19 @@ def _append_frames(archive: Path, n: int) -> None:
     new.to_zarr(archive, append_dim="time", mode="a", consolidated=True)
 
 
+def test_a_chain_notices_frames_appended_between_epochs(tmp_path: Path, archive: Path) -> None:
+    index_dir = tmp_path / "index"
+    tiles = _tiles(str(archive), index_dir)
+    stamp = mp.dataset.metadata_stamp(mp.open_mlcast(str(archive)))
+    assert stamp is not None and len(list(tiles)) > 0  # epoch 0 keeps the opened archive
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _append_frames(archive, 12)
+    assert mp.dataset.metadata_stamp(mp.open_mlcast(str(archive))) != stamp
+    with pytest.raises(StaleIndexError, match="fingerprint changed"):
+        list(tiles)  # epoch 1 opens the archive again and sees the new frames
+
+
 def test_appended_archive_makes_the_index_stale(tmp_path: Path, archive: Path) -> None:
     index_dir = tmp_path / "index"
     old = mp.open_mlcast(str(archive))

@@ -16,13 +16,15 @@ import mlcast_pipes as mp
 from mlcast_pipes.errors import ParameterError
 
 
-def _pipe(path: Path, index_dir: Path, method: str = "uniform", **kw: object) -> IterDataPipe:
+def _pipe(
+    path: Path, index_dir: Path, method: str = "uniform", batch_size: int = 4, **kw: object
+) -> IterDataPipe:
     return (
         mp.OpenXarrayDataset(str(path))
         .tile(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=index_dir)
         .sample(method, seed=5, **kw)
         .normalize()
-        .to_tensor(batch_size=4, metadata=True)
+        .to_tensor(batch_size=batch_size, metadata=True)
     )
 
 
@@ -67,6 +69,47 @@ def test_worker_batches_come_in_shared_memory_with_the_same_values(tiny_archive,
     got = by_id(batches)
     assert got.keys() == reference.keys()
     assert all(bool((got[i] == reference[i]).all()) for i in got)
+
+
+def test_recycled_batch_memory_never_overwrites_a_held_batch(tiny_archive, index_dir):
+    def check(batches) -> None:
+        for b in batches:
+            for k, i in enumerate(b["meta"]["sample_id"]):
+                assert bool((b["data"][k] == reference[int(i)]).all()), f"sample {int(i)}"
+
+    reference = {
+        int(i): b["data"][k].clone()
+        for b in _pipe(tiny_archive, index_dir, batch_size=2)
+        for k, i in enumerate(b["meta"]["sample_id"])
+    }
+    loader = mp.make_dataloader(
+        _pipe(tiny_archive, index_dir, batch_size=2), num_workers=2, prefetch=1
+    )
+    pool = loader.batch_pool
+    assert pool is not None and pool.table.shape[:2] == (2, 6)
+    try:
+        for _ in range(2):
+            for batch in loader:  # let go of at once: the workers recycle the buffers
+                check([batch])
+        assert pool.n_released > 0
+        held = list(loader)  # a whole epoch held: more batches than buffers
+        assert len(held) > pool.table.shape[0] * pool.table.shape[1]
+        early = next(iter(loader))  # an epoch left early drops the batches in flight...
+        after = list(loader)  # ...and the next epoch gets their buffers back
+        check(held)
+        check([early])
+        check(after)
+        assert sorted(_ids(after)) == sorted(reference)
+    finally:
+        loader.shutdown()
+    plain = mp.make_dataloader(
+        _pipe(tiny_archive, index_dir), num_workers=2, reuse_batch_memory=False
+    )
+    try:
+        assert plain.batch_pool is None
+        check(list(plain))
+    finally:
+        plain.shutdown()
 
 
 def test_binnorm_epoch_multiset_same_with_workers(tiny_archive, index_dir):

@@ -139,6 +139,7 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         self.index_dir = Path(index_dir) if index_dir is not None else self.plan.index_dir
         self.recompute = recompute
         self._pools: dict[str, SamplingIndex] = {}
+        self._copies: dict[str, TrainingCopy] = {}
         self._init_epochs()
 
     def sampling_indexes(self) -> list[SamplingIndex]:
@@ -187,8 +188,10 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
             skip = resume_skip(n_total, self._shard_levels, batches, batch_size, drop_last)
         for k, table, copy, rows, cols in plans:
             # From the source, a read group is a time window; from a training copy every
-            # sample is its own chunk, so blocks of draws only keep the plan cheap.
-            keys = cols["t_start"][rows] if copy is None else np.arange(len(rows)) // 16
+            # sample is its own chunk and the draws are in random order already: groups of
+            # a few draws keep the plan cheap, the workers' shares even and the first read
+            # of an epoch short.
+            keys = cols["t_start"][rows] if copy is None else np.arange(len(rows)) // 4
             groups = plan_shard(keys, seed=self.seed + k, epoch=epoch, shard=shard)
             rng = random.Random(int(epoch_rng(self.seed, epoch, shard.index, k).integers(2**63)))
             for block in mix_blocks(groups, self.mix_groups, rng):
@@ -202,9 +205,11 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         """The training copy to read this sampling index from, if any (see ``materialized``)."""
         if self.materialized is False:
             return None
-        copy = TrainingCopy(
-            copy_path(sampling.path.parent, sampling.sampling_id), sampling.meta.get("csv_sha256")
-        )
+        path = copy_path(sampling.path.parent, sampling.sampling_id)
+        expected = sampling.meta.get("csv_sha256")
+        copy = self._copies.get(str(path))
+        if copy is None or copy.expected_sha256 != expected:  # kept: its chunk reader too
+            copy = self._copies[str(path)] = TrainingCopy(path, expected)
         if copy.exists():
             return copy
         if self.materialized:

@@ -12,7 +12,7 @@ from typing import Any
 import xarray as xr
 from torch.utils.data import IterDataPipe, functional_datapipe
 
-from mlcast_pipes.dataset import open_mlcast
+from mlcast_pipes.dataset import metadata_stamp, open_mlcast
 
 CatalogArg = str | os.PathLike[str] | None
 
@@ -22,7 +22,9 @@ class MLCastOpener(IterDataPipe[xr.DataArray]):
     """Open each catalog id, path or URL of the upstream datapipe as an MLCast DataArray.
 
     Functional name: ``open_mlcast``. Each worker process opens its own handle, lazily,
-    when it iterates.
+    when it iterates, and keeps it for later epochs: a local store is opened again only when
+    its metadata changed (:func:`~mlcast_pipes.dataset.metadata_stamp`: frames appended,
+    coordinates rewritten), a remote one is kept for the life of the process.
 
     Parameters
     ----------
@@ -60,9 +62,17 @@ class MLCastOpener(IterDataPipe[xr.DataArray]):
         self.catalog = catalog
         self.storage_options = dict(storage_options or {})
         self.strict = strict
+        self._opened: dict[str, tuple[Any, xr.DataArray]] = {}
+        self._pid = os.getpid()
 
     def open(self, source: str | os.PathLike[str]) -> xr.DataArray:
-        """Open one source with this datapipe's options."""
+        """Open one source with this datapipe's options (again only if it changed)."""
+        if self._pid != os.getpid():  # a forked worker opens its own handles
+            self._opened, self._pid = {}, os.getpid()
+        key = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
+        known = self._opened.get(key)
+        if known is not None and known[0] == metadata_stamp(known[1]):
+            return known[1]
         da = open_mlcast(
             source,
             self.var_name,
@@ -70,7 +80,17 @@ class MLCastOpener(IterDataPipe[xr.DataArray]):
             storage_options=self.storage_options or None,
             strict=self.strict,
         )
+        self._opened[key] = (metadata_stamp(da), da)
         return da
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the opened handles (each process opens its own)."""
+        state = dict(self.__dict__)
+        state["_opened"] = {}
+        if IterDataPipe.getstate_hook is not None:
+            hooked: dict[str, Any] = IterDataPipe.getstate_hook(state)
+            return hooked
+        return state
 
     def __iter__(self) -> Iterator[xr.DataArray]:
         for source in self.source_datapipe:

@@ -13,21 +13,24 @@ import numpy as np
 import torch
 from torch.utils.data import IterDataPipe, functional_datapipe
 
+from mlcast_pipes.batchpool import WorkerBuffers
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
 from mlcast_pipes.records import TileSample
 
 Layout = Literal["TYX", "CTYX", "TCYX"]
 _META_INT = ("tile_id", "sample_id", "t_start", "y_start", "x_start")
 
-_SHARED_BATCHES = [False]
+_SHARED_BATCHES: list[Any] = [False]  # False, True (fresh shared memory) or WorkerBuffers
 
 
-def stack_into_shared_memory(enabled: bool = True) -> None:
+def stack_into_shared_memory(enabled: bool = True, buffers: WorkerBuffers | None = None) -> None:
     """Build this process's batches straight in shared memory (in data loader workers).
 
     A batch sent to another process travels through shared memory; stacked there from the
-    start, it is not copied again when it is sent. :func:`mlcast_pipes.make_dataloader` turns
-    this on in its worker processes.
+    start, it is not copied again when it is sent. With ``buffers`` (a worker's side of a
+    :class:`~mlcast_pipes.batchpool.BatchPool`) the shared memory is recycled once the main
+    process has let go of a batch. :func:`mlcast_pipes.make_dataloader` sets this up in its
+    worker processes.
 
     Examples
     --------
@@ -40,18 +43,23 @@ def stack_into_shared_memory(enabled: bool = True) -> None:
     >>> stack_into_shared_memory(False)
 
     """
-    _SHARED_BATCHES[0] = bool(enabled)
+    _SHARED_BATCHES[0] = (buffers if buffers is not None else True) if enabled else False
 
 
 def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
     """Stack same-shaped arrays into one tensor (in shared memory when turned on)."""
-    if not _SHARED_BATCHES[0]:
+    mode = _SHARED_BATCHES[0]
+    if mode is False:
         return torch.from_numpy(np.stack(arrays))
     first = torch.from_numpy(arrays[0])
-    storage = first._typed_storage()._new_shared(  # type: ignore[no-untyped-call]
-        first.numel() * len(arrays), device=first.device
-    )
-    out = first.new(storage).resize_(len(arrays), *first.shape)
+    shape = (len(arrays), *first.shape)
+    if isinstance(mode, WorkerBuffers):
+        out = mode.empty(shape, first.dtype)
+    else:
+        storage = first._typed_storage()._new_shared(  # type: ignore[no-untyped-call]
+            first.numel() * len(arrays), device=first.device
+        )
+        out = first.new(storage).resize_(*shape)
     np.stack(arrays, out=out.numpy())
     return out
 

@@ -1,0 +1,270 @@
+"""Shared-memory batch buffers that data loader workers reuse once the main process lets go.
+
+A batch sent between processes lives in shared memory; fresh shared memory is zeroed and
+faulted in page by page, which costs more than stacking the batch. A :class:`BatchPool`
+lets each worker stack its batches into a few buffers it recycles, and the main process
+hands a buffer back only when no tensor of it is left (a torch weak reference says so).
+
+The pool's state is one small shared table per loader: for each worker and slot, the
+generation of the batch in it (0: free) and the last generation the main process received.
+
+* A worker takes a free slot (or allocates an ordinary buffer when none is free), writes
+  the slot's generation into the table and into a header after the batch data, and sends
+  the batch as usual.
+* The main process reads the header of each batch it receives (:meth:`BatchPool.track`)
+  and frees the slot once the batch's storage has died (:meth:`BatchPool.release`).
+* At each epoch start a worker frees its slots whose batch never reached the main process
+  (an epoch left early drops the batches in flight).
+
+A slot is written again only after the main process saw its batch die, so a batch a
+training step still holds is never overwritten. Send a batch on to another process only
+as a copy (``batch.clone()``), or build the loader with ``reuse_batch_memory=False``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+
+#: int64 header after a pooled batch's data: magic, pool token, worker, slot, generation.
+_MAGIC = 0x6D6C636173742D62  # "mlcast-b"
+_HEADER = 8  # int64 words (64 bytes) reserved
+_ALIGN = 64
+_GEN, _SEEN = 0, 1
+
+
+def _header_offset(nbytes: int) -> int:
+    """Byte offset of the header in a buffer holding ``nbytes`` of batch data."""
+    return math.ceil(nbytes / _ALIGN) * _ALIGN
+
+
+class BatchPool:
+    """Recycled shared-memory batch buffers of one data loader (``n_workers`` x ``n_slots``).
+
+    Made in the main process before the workers start; each worker uses
+    :meth:`worker_buffers`, the main process :meth:`track` and :meth:`release`.
+
+    Parameters
+    ----------
+    n_workers : int
+        Worker processes of the loader.
+    n_slots : int
+        Buffers per worker; with all of them in use a worker allocates ordinary ones.
+
+    Attributes
+    ----------
+    n_released : int
+        Buffers handed back to their workers so far (in this process).
+
+    Examples
+    --------
+    In worker 0, a batch buffer; the main process calls ``pool.track(batch)`` on receiving
+    it and ``pool.release()`` later, which frees the slot once the batch is gone there:
+
+    >>> pool = BatchPool(n_workers=1, n_slots=2)
+    >>> batch = pool.worker_buffers(0).empty((4, 3), torch.float32)
+    >>> batch.shape, batch.is_shared(), pool.in_use()
+    (torch.Size([4, 3]), True, 1)
+
+    """
+
+    def __init__(self, n_workers: int, n_slots: int = 8) -> None:
+        if n_workers < 1 or n_slots < 1:
+            raise ValueError(f"need n_workers >= 1 and n_slots >= 1, got {n_workers}, {n_slots}")
+        self.table = torch.zeros((n_workers, n_slots, 2), dtype=torch.int64)
+        self.table.share_memory_()  # type: ignore[no-untyped-call]
+        self.token = secrets.randbits(62) + 1
+        self._held: dict[tuple[int, int], tuple[StorageWeakRef, int]] = {}
+        self.n_released = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as a reference to this pool where it is known, else as its shared table.
+
+        DataLoader2 copies its reading service (worker set-up function included) with
+        ``pickle``, and a forked worker inherits this process's pools: both get this very
+        pool back. A spawned worker gets the table through shared memory.
+        """
+        _POOLS[self.token] = self
+        return (_attach, (self.token, self.table))
+
+    def worker_buffers(self, worker: int) -> WorkerBuffers:
+        """The buffers of worker ``worker`` (call it in that worker)."""
+        return WorkerBuffers(self.table[worker].numpy(), self.token, worker)
+
+    # ---- main process ------------------------------------------------------------------
+
+    def track(self, item: Any) -> int:
+        """Note the pooled batches in a received item (tensors, tuples, lists, dicts).
+
+        Returns the number of pooled buffers found.
+        """
+        table = self.table.numpy()
+        found = 0
+        for storage in _storages(item):
+            header = _read_header(storage)
+            if header is None or header[1] != self.token:
+                continue
+            worker, slot, gen = (int(v) for v in header[2:5])
+            if not (0 <= worker < table.shape[0] and 0 <= slot < table.shape[1]):
+                continue
+            table[worker, slot, _SEEN] = gen
+            self._held[(worker, slot)] = (_weak_ref(storage), gen)
+            found += 1
+        return found
+
+    def release(self) -> int:
+        """Free the slots whose batches no tensor in this process holds any more.
+
+        Returns the number of slots freed.
+        """
+        table = self.table.numpy()
+        freed = 0
+        for key, (ref, gen) in list(self._held.items()):
+            if ref.expired():  # type: ignore[no-untyped-call]
+                del self._held[key]
+                worker, slot = key
+                if table[worker, slot, _GEN] == gen:
+                    table[worker, slot, _GEN] = 0
+                    freed += 1
+        self.n_released += freed
+        return freed
+
+    def in_use(self) -> int:
+        """Slots holding a batch (all workers)."""
+        return int(np.count_nonzero(self.table.numpy()[:, :, _GEN]))
+
+
+#: the pools of this process (and of the process it was forked from), by token
+_POOLS: weakref.WeakValueDictionary[int, BatchPool] = weakref.WeakValueDictionary()
+
+
+def _attach(token: int, table: torch.Tensor) -> BatchPool:
+    """Unpickle a :class:`BatchPool`: the known one, or a new view of its shared table."""
+    known = _POOLS.get(token)
+    if known is not None:
+        return known
+    pool = BatchPool.__new__(BatchPool)
+    pool.table, pool.token, pool._held, pool.n_released = table, token, {}, 0
+    _POOLS[token] = pool
+    return pool
+
+
+class WorkerBuffers:
+    """One worker's side of a :class:`BatchPool`: batch tensors in recycled shared memory.
+
+    Examples
+    --------
+    With its only slot taken, the next batch gets ordinary shared memory:
+
+    >>> pool = BatchPool(n_workers=1, n_slots=1)
+    >>> buffers = pool.worker_buffers(0)
+    >>> first = buffers.empty((2, 3), torch.float32)
+    >>> second = buffers.empty((2, 3), torch.float32)
+    >>> pool.in_use(), second.is_shared()
+    (1, True)
+
+    """
+
+    def __init__(self, row: np.ndarray, token: int, worker: int) -> None:
+        self._row = row  # (n_slots, 2) view of the shared table
+        self._token = token
+        self._worker = worker
+        self._buffers: list[torch.UntypedStorage | None] = [None] * row.shape[0]
+        self._gen = 0
+        self._reclaim = False
+        self._pid = os.getpid()
+
+    def new_epoch(self) -> None:
+        """Free, at the next :meth:`empty`, the slots whose batch the main process never got.
+
+        Call it when the loader resets the worker for an epoch: batches still in flight
+        then were dropped. It runs lazily so that the previous epoch's threads have stopped.
+        """
+        self._reclaim = True
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of ``shape``/``dtype`` to stack a batch into, in shared memory."""
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if self._reclaim:
+            self._reclaim = False
+            for slot in range(self._row.shape[0]):
+                gen = int(self._row[slot, _GEN])
+                if gen and int(self._row[slot, _SEEN]) != gen:
+                    self._row[slot, _GEN] = 0
+        free = [s for s in range(self._row.shape[0]) if self._row[s, _GEN] == 0]
+        if not free or os.getpid() != self._pid:
+            return _view(_new_shared(max(nbytes, 1)), shape, dtype)
+        size = _header_offset(nbytes) + _HEADER * 8
+        # a slot whose buffer has the right size, else the first free one (resized)
+        fits = [s for s in free if (b := self._buffers[s]) is not None and b.nbytes() == size]
+        slot = fits[0] if fits else free[0]
+        kept = self._buffers[slot]
+        storage = kept if kept is not None and kept.nbytes() == size else _new_shared(size)
+        self._buffers[slot] = storage
+        self._gen += 1
+        self._row[slot, _GEN] = self._gen
+        offset = _header_offset(nbytes) // 8
+        header = torch.empty(0, dtype=torch.int64).set_(storage, offset, (5,), (1,))
+        header.copy_(torch.tensor([_MAGIC, self._token, self._worker, slot, self._gen]))
+        return _view(storage, shape, dtype)
+
+
+def _new_shared(nbytes: int) -> torch.UntypedStorage:
+    """A new shared-memory storage of ``nbytes`` bytes."""
+    storage: torch.UntypedStorage = torch.UntypedStorage._new_shared(nbytes)  # type: ignore[no-untyped-call]
+    return storage
+
+
+def _weak_ref(storage: torch.UntypedStorage) -> StorageWeakRef:
+    """A weak reference that tells when ``storage`` has died (in this process)."""
+    ref: StorageWeakRef = StorageWeakRef(storage)  # type: ignore[no-untyped-call]
+    return ref
+
+
+def _view(
+    storage: torch.UntypedStorage, shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """A C-contiguous tensor of ``shape`` at the start of ``storage``."""
+    stride = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        stride[i] = stride[i + 1] * shape[i + 1]
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape, tuple(stride))
+
+
+def _storages(item: Any) -> Iterator[torch.UntypedStorage]:
+    """The distinct shared CPU storages of the tensors in a (nested) item."""
+    seen: set[int] = set()
+    stack = [item]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            if obj.device.type == "cpu" and obj.is_shared():  # type: ignore[no-untyped-call]
+                storage = obj.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    yield storage
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+
+
+def _read_header(storage: torch.UntypedStorage) -> np.ndarray | None:
+    """The pool header at the end of a storage, or None if it holds none."""
+    size = storage.nbytes()
+    if size < _HEADER * 8 or size % 8:
+        return None
+    words = torch.empty(0, dtype=torch.int64)
+    words.set_(storage, size // 8 - _HEADER, (_HEADER,), (1,))
+    header: np.ndarray = words.numpy()
+    if header[0] != _MAGIC:
+        return None
+    return header.copy()
