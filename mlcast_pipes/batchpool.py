@@ -6,15 +6,17 @@ lets each worker stack its batches into a few buffers it recycles, and the main 
 hands a buffer back only when no tensor of it is left (a torch weak reference says so).
 
 The pool's state is one small shared table per loader: for each worker and slot, the
-generation of the batch in it (0: free) and the last generation the main process received.
+generation of the batch in it (0: free) and the identity (inode) of its shared memory.
 
 * A worker takes a free slot (or allocates an ordinary buffer when none is free), writes
   the slot's generation into the table and into a header after the batch data, and sends
   the batch as usual.
 * The main process reads the header of each batch it receives (:meth:`BatchPool.track`)
   and frees the slot once the batch's storage has died (:meth:`BatchPool.release`).
-* At each epoch start a worker frees its slots whose batch never reached the main process
-  (an epoch left early drops the batches in flight).
+* At each epoch start, when no batch is on its way, the main process also frees the slots
+  it holds no live mapping of (:meth:`BatchPool.reclaim`): batches dropped in flight by an
+  epoch left early, or dropped inside a worker. A batch it still maps (in any container,
+  tracked or not) keeps its slot.
 
 A slot is written again only after the main process saw its batch die, so a batch a
 training step still holds is never overwritten. Send a batch on to another process only
@@ -27,7 +29,7 @@ import math
 import os
 import secrets
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,7 +40,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 _MAGIC = 0x6D6C636173742D62  # "mlcast-b"
 _HEADER = 8  # int64 words (64 bytes) reserved
 _ALIGN = 64
-_GEN, _SEEN = 0, 1
+_GEN, _INO, _DEV = 0, 1, 2  # table columns
 
 
 def _header_offset(nbytes: int) -> int:
@@ -79,7 +81,7 @@ class BatchPool:
     def __init__(self, n_workers: int, n_slots: int = 8) -> None:
         if n_workers < 1 or n_slots < 1:
             raise ValueError(f"need n_workers >= 1 and n_slots >= 1, got {n_workers}, {n_slots}")
-        self.table = torch.zeros((n_workers, n_slots, 2), dtype=torch.int64)
+        self.table = torch.zeros((n_workers, n_slots, 3), dtype=torch.int64)
         self.table.share_memory_()  # type: ignore[no-untyped-call]
         self.token = secrets.randbits(62) + 1
         self._held: dict[tuple[int, int], tuple[StorageWeakRef, int]] = {}
@@ -102,7 +104,7 @@ class BatchPool:
     # ---- main process ------------------------------------------------------------------
 
     def track(self, item: Any) -> int:
-        """Note the pooled batches in a received item (tensors, tuples, lists, dicts).
+        """Note the pooled batches in a received item (tensors in tuples, lists, mappings).
 
         Returns the number of pooled buffers found.
         """
@@ -115,7 +117,8 @@ class BatchPool:
             worker, slot, gen = (int(v) for v in header[2:5])
             if not (0 <= worker < table.shape[0] and 0 <= slot < table.shape[1]):
                 continue
-            table[worker, slot, _SEEN] = gen
+            if table[worker, slot, _GEN] != gen:  # not the batch the slot holds: leave it
+                continue
             self._held[(worker, slot)] = (_weak_ref(storage), gen)
             found += 1
         return found
@@ -132,6 +135,31 @@ class BatchPool:
                 del self._held[key]
                 worker, slot = key
                 if table[worker, slot, _GEN] == gen:
+                    table[worker, slot, _GEN] = 0
+                    freed += 1
+        self.n_released += freed
+        return freed
+
+    def reclaim(self) -> int:
+        """Free the slots this process holds no live mapping of (call it between epochs).
+
+        Only safe while no batch is on its way from a worker: the loader calls it when an
+        epoch starts, after DataLoader2 reset its workers and before it asks for batches. A
+        slot whose shared memory this process still maps (torch's receive cache has a live
+        storage for it) keeps its batch, whatever holds it. Returns the number freed.
+        """
+        from torch.multiprocessing.reductions import shared_cache
+
+        self.release()
+        table = self.table.numpy()
+        freed = 0
+        for worker in range(table.shape[0]):
+            for slot in range(table.shape[1]):
+                if table[worker, slot, _GEN] == 0 or (worker, slot) in self._held:
+                    continue
+                key = (int(table[worker, slot, _INO]), int(table[worker, slot, _DEV]))
+                ref = shared_cache.get(key)  # type: ignore[no-untyped-call]
+                if ref is None or ref.expired():
                     table[worker, slot, _GEN] = 0
                     freed += 1
         self.n_released += freed
@@ -174,33 +202,19 @@ class WorkerBuffers:
     """
 
     def __init__(self, row: np.ndarray, token: int, worker: int) -> None:
-        self._row = row  # (n_slots, 2) view of the shared table
+        self._row = row  # (n_slots, 3) view of the shared table
         self._token = token
         self._worker = worker
         self._buffers: list[torch.UntypedStorage | None] = [None] * row.shape[0]
         self._gen = 0
-        self._reclaim = False
         self._pid = os.getpid()
-
-    def new_epoch(self) -> None:
-        """Free, at the next :meth:`empty`, the slots whose batch the main process never got.
-
-        Call it when the loader resets the worker for an epoch: batches still in flight
-        then were dropped. It runs lazily so that the previous epoch's threads have stopped.
-        """
-        self._reclaim = True
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A tensor of ``shape``/``dtype`` to stack a batch into, in shared memory."""
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if self._reclaim:
-            self._reclaim = False
-            for slot in range(self._row.shape[0]):
-                gen = int(self._row[slot, _GEN])
-                if gen and int(self._row[slot, _SEEN]) != gen:
-                    self._row[slot, _GEN] = 0
         free = [s for s in range(self._row.shape[0]) if self._row[s, _GEN] == 0]
-        if not free or os.getpid() != self._pid:
+        pooled = os.getpid() == self._pid and sharing_by_fd()
+        if not free or not pooled:
             return _view(_new_shared(max(nbytes, 1)), shape, dtype)
         size = _header_offset(nbytes) + _HEADER * 8
         # a slot whose buffer has the right size, else the first free one (resized)
@@ -208,13 +222,31 @@ class WorkerBuffers:
         slot = fits[0] if fits else free[0]
         kept = self._buffers[slot]
         storage = kept if kept is not None and kept.nbytes() == size else _new_shared(size)
-        self._buffers[slot] = storage
+        if storage is not kept:
+            self._buffers[slot] = storage
+            fd, _ = storage._share_fd_cpu_()
+            st = os.fstat(fd)  # the key torch's receive cache files it under
+            self._row[slot, _INO], self._row[slot, _DEV] = st.st_ino, st.st_dev
         self._gen += 1
         self._row[slot, _GEN] = self._gen
         offset = _header_offset(nbytes) // 8
         header = torch.empty(0, dtype=torch.int64).set_(storage, offset, (5,), (1,))
         header.copy_(torch.tensor([_MAGIC, self._token, self._worker, slot, self._gen]))
         return _view(storage, shape, dtype)
+
+
+def sharing_by_fd() -> bool:
+    """Whether torch shares CPU tensors by file descriptor (what the pool's reclaim relies on).
+
+    Examples
+    --------
+    >>> import sys
+    >>> sharing_by_fd() == sys.platform.startswith("linux")  # torch's default there
+    True
+
+    """
+    strategy = torch.multiprocessing.get_sharing_strategy()  # type: ignore[no-untyped-call]
+    return bool(strategy == "file_descriptor")
 
 
 def _new_shared(nbytes: int) -> torch.UntypedStorage:
@@ -242,19 +274,21 @@ def _view(
 def _storages(item: Any) -> Iterator[torch.UntypedStorage]:
     """The distinct shared CPU storages of the tensors in a (nested) item."""
     seen: set[int] = set()
+    visited: set[int] = set()
     stack = [item]
     while stack:
         obj = stack.pop()
         if isinstance(obj, torch.Tensor):
-            if obj.device.type == "cpu" and obj.is_shared():  # type: ignore[no-untyped-call]
+            if obj.layout != torch.strided or obj.device.type != "cpu":
+                continue
+            if obj.is_shared():  # type: ignore[no-untyped-call]
                 storage = obj.untyped_storage()
                 if storage.data_ptr() not in seen:
                     seen.add(storage.data_ptr())
                     yield storage
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-        elif isinstance(obj, dict):
-            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, Mapping)) and id(obj) not in visited:
+            visited.add(id(obj))
+            stack.extend(obj.values() if isinstance(obj, Mapping) else obj)
 
 
 def _read_header(storage: torch.UntypedStorage) -> np.ndarray | None:

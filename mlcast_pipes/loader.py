@@ -20,7 +20,7 @@ from torchdata.dataloader2 import (
     SequentialReadingService,
 )
 
-from mlcast_pipes.batchpool import BatchPool, WorkerBuffers
+from mlcast_pipes.batchpool import BatchPool, WorkerBuffers, sharing_by_fd
 from mlcast_pipes.errors import MLCastPipesError, ParameterError
 
 #: glibc ``mallopt`` parameters and the values :func:`tune_malloc` sets.
@@ -79,13 +79,6 @@ def _init_worker(datapipe: Any, worker_info: Any, pool: BatchPool | None = None)
     if pool is not None:
         _WORKER_BUFFERS.append(pool.worker_buffers(worker_info.worker_id))
     stack_into_shared_memory(buffers=_WORKER_BUFFERS[0] if _WORKER_BUFFERS else None)
-    return datapipe
-
-
-def _reset_worker(datapipe: Any, worker_info: Any, seed_generator: Any) -> Any:
-    """DataLoader2 per-epoch worker reset: reclaim batch buffers dropped in flight."""
-    for buffers in _WORKER_BUFFERS:
-        buffers.new_epoch()
     return datapipe
 
 
@@ -277,11 +270,11 @@ class Loader:
         services: list[Any] = []
         if distributed and not _shard_ranks_directly(pipe):
             services.append(DistributedReadingService())
-        # batch buffers in flight per worker: its prefetch, its share of the main process's,
-        # the batch being built and the one the training step holds
+        # batch buffers in use per worker: its prefetch, its share of the main process's, the
+        # batch being built and the one the training step holds (a mask takes a second one)
         self.batch_pool = (
-            BatchPool(num_workers, n_slots=2 * prefetch + 4)
-            if num_workers > 0 and reuse_batch_memory
+            BatchPool(num_workers, n_slots=4 * prefetch + 8)
+            if num_workers > 0 and reuse_batch_memory and sharing_by_fd()
             else None
         )
         if num_workers > 0:
@@ -292,7 +285,6 @@ class Loader:
                     main_prefetch_cnt=prefetch,
                     multiprocessing_context=multiprocessing_context,
                     worker_init_fn=functools.partial(_init_worker, pool=self.batch_pool),
-                    worker_reset_fn=_reset_worker,
                 )
             )
         self._mp = services[-1] if num_workers > 0 else None
@@ -317,7 +309,9 @@ class Loader:
             return
         # DataLoader2 works on a copy of the reading service: watch that copy's processes.
         watchdog = _Watchdog(self.dataloader.reading_service, self.watchdog_interval)
-        iterator = iter(self.dataloader)
+        iterator = iter(self.dataloader)  # resets the workers: no batch is on its way now
+        if self.batch_pool is not None:
+            self.batch_pool.reclaim()  # buffers of batches let go of or dropped since
         with watchdog:
             while True:
                 try:

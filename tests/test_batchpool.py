@@ -8,16 +8,19 @@ from multiprocessing.reduction import ForkingPickler
 
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef, fd_id, shared_cache
 
 from mlcast_pipes.batchpool import BatchPool
 
 
 def _received(batch: torch.Tensor) -> torch.Tensor:
-    """The batch as another process receives it: its own mapping of the shared memory."""
+    """The batch as another process receives it: its own mapping of the shared memory, filed
+    in torch's receive cache under the memory's inode (as ``rebuild_storage_fd`` does)."""
     fd, size = batch.untyped_storage()._share_fd_cpu_()
     dup = os.dup(fd)
     try:
         storage = torch.UntypedStorage._new_shared_fd_cpu(dup, size)
+        shared_cache[fd_id(dup)] = StorageWeakRef(storage)
     finally:
         os.close(dup)
     view = torch.empty(0, dtype=batch.dtype)
@@ -71,21 +74,38 @@ def test_buffers_of_other_shapes_and_dtypes() -> None:
     assert data.shape == (4, 7) and pool.track(data) == 1
 
 
-def test_batches_dropped_in_flight_are_reclaimed_at_the_next_epoch() -> None:
-    pool = BatchPool(n_workers=1, n_slots=2)
+def test_between_epochs_only_buffers_this_process_no_longer_maps_are_reclaimed() -> None:
+    pool = BatchPool(n_workers=1, n_slots=4)
     buffers = pool.worker_buffers(0)
-    held = _received(buffers.empty((2,), torch.float32).fill_(7.0))
-    pool.track(held)  # delivered and still held
-    lost = buffers.empty((2,), torch.float32)  # never reached the main process
-    lost_ptr = lost.untyped_storage().data_ptr()
-    del lost
-    assert pool.in_use() == 2
-    assert buffers.empty((2,), torch.float32).untyped_storage().data_ptr() != lost_ptr
-    buffers.new_epoch()
-    again = buffers.empty((2,), torch.float32).fill_(9.0)  # takes the lost batch's slot only
-    assert again.untyped_storage().data_ptr() == lost_ptr
-    assert pool.track(_received(again)) == 1 and pool.in_use() == 2
-    assert bool((held == 7.0).all())
+    tracked = _received(buffers.empty((2,), torch.float32).fill_(7.0))
+    pool.track(tracked)  # delivered and still held
+    untracked = {"held in": [_received(buffers.empty((2,), torch.float32).fill_(8.0))]}
+    lost = buffers.empty((2,), torch.float32)  # dropped in flight: never received
+    sent = buffers.empty((2,), torch.float32)
+    dropped = _received(sent)  # received, then let go of
+    reusable = {lost.untyped_storage().data_ptr(), sent.untyped_storage().data_ptr()}
+    del lost, sent, dropped
+    assert pool.in_use() == 4
+    assert pool.reclaim() == 2 and pool.in_use() == 2  # the lost and the dropped one
+    again = buffers.empty((2,), torch.float32).fill_(9.0)
+    assert again.untyped_storage().data_ptr() in reusable
+    kept = _received(again)
+    assert bool((tracked == 7.0).all()) and bool((untracked["held in"][0] == 8.0).all())
+    del untracked
+    assert pool.reclaim() == 1 and bool((kept == 9.0).all())  # now let go of too
+
+
+def test_a_batch_taken_again_is_not_tracked_as_the_old_one() -> None:
+    pool = BatchPool(n_workers=1, n_slots=1)
+    buffers = pool.worker_buffers(0)
+    old = _received(buffers.empty((2,), torch.float32))
+    assert pool.reclaim() == 0  # still mapped
+    del old
+    assert pool.reclaim() == 1
+    stale = buffers.empty((2,), torch.float32)  # the slot again, a new generation
+    table = pool.table.numpy()
+    table[0, 0, 0] += 1  # as if it were taken once more before this batch arrived
+    assert pool.track(_received(stale)) == 0
 
 
 def test_other_pools_and_plain_tensors_are_ignored() -> None:

@@ -86,7 +86,7 @@ def test_recycled_batch_memory_never_overwrites_a_held_batch(tiny_archive, index
         _pipe(tiny_archive, index_dir, batch_size=2), num_workers=2, prefetch=1
     )
     pool = loader.batch_pool
-    assert pool is not None and pool.table.shape[:2] == (2, 6)
+    assert pool is not None and pool.table.shape[:2] == (2, 12)
     try:
         for _ in range(2):
             for batch in loader:  # let go of at once: the workers recycle the buffers
@@ -102,6 +102,18 @@ def test_recycled_batch_memory_never_overwrites_a_held_batch(tiny_archive, index
         assert sorted(_ids(after)) == sorted(reference)
     finally:
         loader.shutdown()
+    # batches wrapped in the user's own type are not tracked, yet kept while referenced
+    boxed = mp.make_dataloader(
+        _pipe(tiny_archive, index_dir, batch_size=2).map(_Box), num_workers=2, prefetch=1
+    )
+    try:
+        kept = list(boxed)
+        for _ in range(2):
+            for _box in boxed:
+                pass
+        check([box.batch for box in kept])
+    finally:
+        boxed.shutdown()
     plain = mp.make_dataloader(
         _pipe(tiny_archive, index_dir), num_workers=2, reuse_batch_memory=False
     )
@@ -110,6 +122,13 @@ def test_recycled_batch_memory_never_overwrites_a_held_batch(tiny_archive, index
         check(list(plain))
     finally:
         plain.shutdown()
+
+
+class _Box:
+    """A user's own batch type (the pool cannot see inside it)."""
+
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
 
 
 def test_binnorm_epoch_multiset_same_with_workers(tiny_archive, index_dir):
