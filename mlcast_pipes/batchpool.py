@@ -52,7 +52,8 @@ class BatchPool:
     """Recycled shared-memory batch buffers of one data loader (``n_workers`` x ``n_slots``).
 
     Made in the main process before the workers start; each worker uses
-    :meth:`worker_buffers`, the main process :meth:`track` and :meth:`release`.
+    :meth:`worker_buffers`, the main process :meth:`track`, :meth:`release` and
+    :meth:`reclaim`.
 
     Parameters
     ----------

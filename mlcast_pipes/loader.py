@@ -20,7 +20,7 @@ from torchdata.dataloader2 import (
     SequentialReadingService,
 )
 
-from mlcast_pipes.batchpool import BatchPool, WorkerBuffers, sharing_by_fd
+from mlcast_pipes.batchpool import BatchPool, sharing_by_fd
 from mlcast_pipes.errors import MLCastPipesError, ParameterError
 
 #: glibc ``mallopt`` parameters and the values :func:`tune_malloc` sets.
@@ -67,18 +67,16 @@ def tune_malloc() -> bool:
     )
 
 
-_WORKER_BUFFERS: list[WorkerBuffers] = []  # this worker's side of its loader's BatchPool
-
-
 def _init_worker(datapipe: Any, worker_info: Any, pool: BatchPool | None = None) -> Any:
-    """DataLoader2 worker set-up: :func:`tune_malloc`, batches stacked in shared memory."""
+    """DataLoader2 worker set-up: :func:`tune_malloc`, batches stacked in shared memory.
+
+    With a ``pool``, batches go into this worker's recycled buffers of it.
+    """
     from mlcast_pipes.datapipes.tensor import stack_into_shared_memory
 
     tune_malloc()
-    _WORKER_BUFFERS.clear()
-    if pool is not None:
-        _WORKER_BUFFERS.append(pool.worker_buffers(worker_info.worker_id))
-    stack_into_shared_memory(buffers=_WORKER_BUFFERS[0] if _WORKER_BUFFERS else None)
+    buffers = pool.worker_buffers(worker_info.worker_id) if pool is not None else None
+    stack_into_shared_memory(buffers=buffers)
     return datapipe
 
 
