@@ -77,6 +77,7 @@ TILING_BASE_COLUMNS: tuple[str, ...] = (
     "mean",
     "max",
     "frac_wet",
+    "clip_count",
 )
 
 _TMP_PREFIX = "."
@@ -225,7 +226,7 @@ def tiling_dtypes(columns: Sequence[str], *, nan_count_wide: bool = False) -> di
     columns
         Column names, as from :func:`tiling_columns`.
     nan_count_wide
-        Use int64 for ``nan_count`` (tiles with more than 2**31 pixels).
+        Use int64 for ``nan_count`` and ``clip_count`` (tiles with more than 2**31 pixels).
 
     Returns
     -------
@@ -247,7 +248,7 @@ def tiling_dtypes(columns: Sequence[str], *, nan_count_wide: bool = False) -> di
             out[c] = "datetime64[ns]"
         elif c in ints:
             out[c] = "int32"
-        elif c == "nan_count":
+        elif c in ("nan_count", "clip_count"):
             out[c] = "int64" if nan_count_wide else "int32"
         else:
             out[c] = "float32"

@@ -27,8 +27,10 @@ from mlcast_pipes.index import (
     tiling_columns,
 )
 from mlcast_pipes.reader import _is_transient
+from mlcast_pipes.transforms import DEFAULT_CLIP_MAX
 
 __all__ = [
+    "DEFAULT_CLIP_MAX",
     "DEFAULT_IMPORTANCE_SCALES",
     "DEFAULT_QUANTILES",
     "HIST_LOG_EDGES",
@@ -181,6 +183,10 @@ class TilingParams:
         Quantile levels of the per-tile rain rate, in [0, 1] (columns ``p50``, ``p99``, ...).
     importance_scales
         Scales ``s`` (mm/h) of the DGMR importance ``mean(1 - exp(-R / s))`` (columns ``imp_s1``).
+    clip_max
+        Cap (mm/h) of the rates the statistics see, as ``.normalize()`` clips by default, so
+        that clutter (rates of thousands of mm/h) does not decide the bins; the column
+        ``clip_count`` counts the capped pixels of each tile. None: no cap.
 
     Examples
     --------
@@ -206,6 +212,7 @@ class TilingParams:
     wet_threshold: float = 0.1
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES
     importance_scales: tuple[float, ...] = DEFAULT_IMPORTANCE_SCALES
+    clip_max: float | None = DEFAULT_CLIP_MAX
 
     def __post_init__(self) -> None:
         n = _as_int("n_time_window", self.n_time_window)
@@ -248,6 +255,12 @@ class TilingParams:
                 raise ParameterError(
                     f"{name} give duplicate columns {cols}; fix: remove repeated values"
                 )
+        clip = None if self.clip_max is None else _as_float("clip_max", self.clip_max)
+        if clip is not None and clip <= 0:
+            raise ParameterError(
+                f"clip_max={clip} must be positive (mm/h); fix: use e.g. {DEFAULT_CLIP_MAX} "
+                "(the default of .normalize()) or None for no cap"
+            )
         if stride == (n, *tile):
             stride = None  # the default written out: one canonical form, so that == holds
         object.__setattr__(self, "n_time_window", n)
@@ -257,6 +270,7 @@ class TilingParams:
         object.__setattr__(self, "wet_threshold", wet)
         object.__setattr__(self, "quantiles", qs)
         object.__setattr__(self, "importance_scales", scales)
+        object.__setattr__(self, "clip_max", clip)
 
     @property
     def effective_stride(self) -> tuple[int, int, int]:
@@ -286,6 +300,7 @@ class TilingParams:
             "wet_threshold": self.wet_threshold,
             "quantiles": list(self.quantiles),
             "importance_scales": list(self.importance_scales),
+            "clip_max": self.clip_max,
         }
 
     @classmethod
@@ -299,6 +314,7 @@ class TilingParams:
             "wet_threshold",
             "quantiles",
             "importance_scales",
+            "clip_max",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -337,7 +353,8 @@ def tiling_id(dataset_id: str, params: TilingParams) -> str:
     """Id of a tiling: ``{dataset_id}.{ty}x{tx}.{n}`` plus suffixes for non-default parameters.
 
     Suffixes: ``.s{t}x{y}x{x}`` (stride), ``.nan{f}`` (max_nan_fraction), ``.wet{r}``
-    (wet_threshold), ``.q{hash}`` (quantiles), ``.imp{hash}`` (importance scales). Different
+    (wet_threshold), ``.q{hash}`` (quantiles), ``.imp{hash}`` (importance scales), ``.clip{r}``
+    or ``.clipnone`` (clip_max). Different
     parameters give different ids; the result is filename-safe.
 
     Parameters
@@ -361,6 +378,8 @@ def tiling_id(dataset_id: str, params: TilingParams) -> str:
     ... )
     >>> tiling_id("radar", params)
     'radar.64x64.4.s2x32x32.nan0.1'
+    >>> tiling_id("radar", TilingParams(n_time_window=4, tile_size=(64, 64), clip_max=150))
+    'radar.64x64.4.clip150'
 
     """
     default = TilingParams(n_time_window=params.n_time_window, tile_size=params.tile_size)
@@ -377,6 +396,10 @@ def tiling_id(dataset_id: str, params: TilingParams) -> str:
         parts.append("q" + short_hash(list(params.quantiles)))
     if params.importance_scales != default.importance_scales:
         parts.append("imp" + short_hash(list(params.importance_scales)))
+    if params.clip_max != default.clip_max:
+        parts.append(
+            "clipnone" if params.clip_max is None else "clip" + format_number(params.clip_max)
+        )
     return sanitize_id(".".join(parts))
 
 
@@ -472,12 +495,15 @@ def time_windows(
     missing_times: npt.ArrayLike | None = None,
     consistent_timestep_start: Any = None,
 ) -> TimeWindows:
-    """Candidate windows ``range(0, T - n + 1, t_stride)`` and their validity.
+    """Valid windows of each regular segment, and the archive-wide candidates that cross a break.
 
-    A window is valid when its ``n`` frames all lie in one time-step regime (regimes split at
-    ``consistent_timestep_start``), its ``n - 1`` differences all equal the regime's nominal step
-    (the smallest difference in the regime), and no ``missing_times`` value lies strictly inside its
-    span.
+    The time axis is cut into regular segments: runs of frames in one time-step regime (regimes
+    split at ``consistent_timestep_start``), each the regime's nominal step (the smallest
+    difference in the regime) after the previous one, with no ``missing_times`` value between
+    them. The valid windows of a segment start at its first step and every ``t_stride`` steps
+    after, as long as ``n`` frames fit, so a window is never lost because a gap shifted the
+    lattice. The windows of the archive-wide lattice ``range(0, T - n + 1, t_stride)`` that cross
+    a break are listed too, rejected with their reason (the counts reported as time gaps).
 
     Parameters
     ----------
@@ -513,6 +539,13 @@ def time_windows(
     >>> windows.counts()
     {'candidates': 4, 'valid': 3, 'gap': 1, 'step_change': 0, 'missing_time': 0}
 
+    After a gap the windows restart at the segment's first step (a lattice over the whole axis
+    would start at 8 and 12, losing one of the two windows of the second event):
+
+    >>> times = np.concatenate([times[:5], times[:8] + np.timedelta64(1, "D")])
+    >>> time_windows(times, n_time_window=4, t_stride=4).valid_starts.tolist()
+    [0, 5, 9]
+
     """
     t = _to_ns(times, "the time coordinate")
     n = int(n_time_window)
@@ -546,23 +579,45 @@ def time_windows(
                 "n_frames": int(members.size),
             }
         )
-    starts = np.arange(0, max(total - n + 1, 0), int(t_stride), dtype=np.intp)
-    reason = np.zeros(starts.size, dtype=np.int8)
-    if starts.size and n > 1:
-        good = same & (diffs == nominal[regime[:-1]])
+    mt = np.sort(_to_ns(missing_times if missing_times is not None else [], "missing_times"))
+    # a link i -> i + 1 is regular when both frames share a regime, are the regime's nominal step
+    # apart and no missing time lies between them; regular segments are runs of regular links
+    good = same & (diffs == nominal[regime[:-1]]) if diffs.size else np.zeros(0, dtype=bool)
+    if mt.size and diffs.size:
+        between = np.searchsorted(mt, t[1:], "left") - np.searchsorted(mt, t[:-1], "right")
+        good &= between <= 0
+    st = int(t_stride)
+    # candidates of the archive-wide lattice that cross a break are kept as rejected (reported)
+    lattice = np.arange(0, max(total - n + 1, 0), st, dtype=np.intp)
+    reason_l = np.zeros(lattice.size, dtype=np.int8)
+    if lattice.size and n > 1:
         bad_cum = np.concatenate([[0], np.cumsum(~good)])
-        ends = starts + n - 1
-        has_gap = (bad_cum[ends] - bad_cum[starts]) > 0
-        step_change = regime[starts] != regime[ends]
-        mt = np.sort(_to_ns(missing_times if missing_times is not None else [], "missing_times"))
+        ends = lattice + n - 1
+        has_gap = (bad_cum[ends] - bad_cum[lattice]) > 0
+        step_change = regime[lattice] != regime[ends]
         if mt.size:
-            inside = np.searchsorted(mt, t[ends], "left") - np.searchsorted(mt, t[starts], "right")
-            missing = inside > 0
-        else:
-            missing = np.zeros(starts.size, dtype=bool)
-        reason[missing] = 3
-        reason[has_gap] = 1
-        reason[step_change] = 2
+            inside = np.searchsorted(mt, t[ends], "left") - np.searchsorted(mt, t[lattice], "right")
+            reason_l[inside > 0] = 3
+        reason_l[has_gap] = 1
+        reason_l[step_change] = 2
+    # valid candidates: each regular segment's own lattice, from its first step, so that no
+    # window that fits in a segment is lost after a gap
+    seg_first = np.concatenate([[0], np.flatnonzero(~good) + 1]).astype(np.intp)
+    seg_end = np.concatenate([seg_first[1:], [total]]).astype(np.intp)  # exclusive
+    valid_parts = (
+        [
+            np.arange(a, b - n + 1, st, dtype=np.intp)
+            for a, b in zip(seg_first, seg_end, strict=True)
+        ]
+        if total
+        else []
+    )
+    valid = np.concatenate(valid_parts) if valid_parts else np.zeros(0, dtype=np.intp)
+    rejected = lattice[reason_l != 0]
+    starts = np.concatenate([valid, rejected]).astype(np.intp)
+    reason = np.concatenate([np.zeros(valid.size, np.int8), reason_l[reason_l != 0]])
+    order = np.argsort(starts, kind="stable")
+    starts, reason = starts[order], reason[order]
     return TimeWindows(starts=starts, reason=reason, n_time_window=n, regimes=regimes)
 
 
@@ -686,7 +741,8 @@ class KernelSpec:
     """Geometry and settings of the per-frame kernel (small and picklable for dask workers).
 
     Cells are ``cy x cx`` pixels, ``ncy x ncx`` of them from the top-left corner; ``to_rate``
-    converts native values to mm/h (None: already mm/h).
+    converts native values to mm/h (None: already mm/h); rates above ``clip_max`` are capped
+    to it and counted (None: no cap).
 
     Examples
     --------
@@ -709,20 +765,22 @@ class KernelSpec:
     ncx: int
     wet_threshold: float
     to_rate: RateFn | None
+    clip_max: float | None = None
 
 
 def partials_dtype(n_cells: int) -> np.dtype[Any]:
     """Structured dtype of the per-frame partial statistics of ``n_cells`` cells.
 
     Fields: ``nan`` (NaN count), ``sum`` (sum of positive rates), ``max`` (max rate, 0 if none),
-    ``wet`` (count of rates > wet_threshold) per cell, and ``hist`` (cells x :data:`N_BINS`
-    counts of positive rates; bin 0 is left at 0 and derived later).
+    ``wet`` (count of rates > wet_threshold), ``clip`` (count of rates capped at clip_max) per
+    cell, and ``hist`` (cells x :data:`N_BINS` counts of positive rates; bin 0 is left at 0 and
+    derived later).
 
     Examples
     --------
     >>> dtype = partials_dtype(4)
     >>> dtype.names
-    ('nan', 'sum', 'max', 'wet', 'hist')
+    ('nan', 'sum', 'max', 'wet', 'clip', 'hist')
     >>> dtype["sum"].shape, dtype["hist"].shape == (4, N_BINS)
     ((4,), True)
 
@@ -733,6 +791,7 @@ def partials_dtype(n_cells: int) -> np.dtype[Any]:
             ("sum", np.float64, (n_cells,)),
             ("max", np.float32, (n_cells,)),
             ("wet", np.int32, (n_cells,)),
+            ("clip", np.int32, (n_cells,)),
             ("hist", np.int32, (n_cells, N_BINS)),
         ]
     )
@@ -802,8 +861,22 @@ def _frame_into(frame: np.ndarray, spec: KernelSpec, rec: np.void) -> None:
         rec["sum"] = 0.0
         rec["max"] = 0.0
         rec["wet"] = 0
+        rec["clip"] = 0
         rec["hist"] = 0
         return
+    # sum and max per segment (float32 over at most cx values), then per cell
+    nz = np.flatnonzero(cnt)
+    offs = np.cumsum(cnt, dtype=np.intp)
+    offs -= cnt
+    offs = offs[nz]
+    rec["clip"] = 0
+    if spec.clip_max is not None:
+        over = vals > spec.clip_max
+        if over.any():
+            seg_clip = np.zeros(hc * ncx, dtype=np.int64)
+            seg_clip[nz] = np.add.reduceat(over, offs, dtype=np.int64)
+            rec["clip"] = seg_clip.reshape(ncy, cy, ncx).sum(axis=1).ravel()
+            np.minimum(vals, vals.dtype.type(spec.clip_max), out=vals)
     seg_base = _segment_base(cy, ncy, ncx)
     # histogram code per value: (cell * N_BINS + bin) * 2 + wet
     lg = np.log10(vals)
@@ -821,11 +894,6 @@ def _frame_into(frame: np.ndarray, spec: KernelSpec, rec: np.void) -> None:
     del code
     rec["hist"] = h2.sum(axis=2)
     rec["wet"] = h2[:, :, 1].sum(axis=1)
-    # sum and max per segment (float32 over at most cx values), then per cell
-    nz = np.flatnonzero(cnt)
-    offs = np.cumsum(cnt, dtype=np.intp)
-    offs -= cnt
-    offs = offs[nz]
     seg_sum = np.zeros(hc * ncx, dtype=np.float64)
     seg_sum[nz] = np.add.reduceat(vals, offs)
     rec["sum"] = seg_sum.reshape(ncy, cy, ncx).sum(axis=1).ravel()
@@ -837,7 +905,8 @@ def _frame_into(frame: np.ndarray, spec: KernelSpec, rec: np.void) -> None:
 def frame_partials(block: np.ndarray, spec: KernelSpec) -> np.ndarray:
     """Partial statistics per frame and cell of a ``(k, H, W)`` block (dask ``map_blocks`` kernel).
 
-    Rates are taken after ``spec.to_rate``; negative rates count as 0 (dry), NaN as missing.
+    Rates are taken after ``spec.to_rate`` and capped at ``spec.clip_max``; negative rates count
+    as 0 (dry), NaN as missing.
 
     Parameters
     ----------
@@ -1226,7 +1295,9 @@ def iter_tile_statistics(
     cell_x0 = grid.x_starts // cx
     nty, ntx = grid.y_starts.size, grid.x_starts.size
     npix = n * grid.tile[0] * grid.tile[1]
-    spec = KernelSpec(height, width, cy, cx, ncy, ncx, params.wet_threshold, to_rate)
+    spec = KernelSpec(
+        height, width, cy, cx, ncy, ncx, params.wet_threshold, to_rate, params.clip_max
+    )
     pdtype = partials_dtype(ncell)
     weights = importance_weights(params.importance_scales)
     tvals = np.asarray(times).astype("datetime64[ns]")
@@ -1312,6 +1383,7 @@ def iter_tile_statistics(
         nan_w = window_sum(cat["nan"], local, n)
         sum_w = window_sum(cat["sum"], local, n)
         wet_w = window_sum(cat["wet"], local, n)
+        clip_w = window_sum(cat["clip"], local, n)
         max_w = window_max(cat["max"], local, n)
         hist_w = window_sum(cat["hist"], local, n)
         carry = cat[keep_from - carry_start :].copy()
@@ -1333,6 +1405,7 @@ def iter_tile_statistics(
         rows = np.flatnonzero(kept)
         sum_t = spatial_sum(sum_w).ravel()[rows]
         wet_t = spatial_sum(wet_w).ravel()[rows]
+        clip_t = spatial_sum(clip_w).ravel()[rows]
         max_t = spatial_max(max_w).ravel()[rows].astype(np.float64)
         hist_t = spatial_sum(hist_w).reshape(-1, N_BINS)[rows]
         nan_k = nan_t[rows]
@@ -1358,6 +1431,7 @@ def iter_tile_statistics(
             "mean": mean,
             "max": max_t,
             "frac_wet": frac_wet,
+            "clip_count": clip_t.astype(np.int64),
         }
         qv = hist_quantiles(hist_t, max_t, params.quantiles)
         for j, name in enumerate(qcols):

@@ -51,7 +51,16 @@ def _chunk(start: int, n: int) -> pd.DataFrame:
         data[c] = (
             rng.integers(0, 100, n)
             if c
-            in {"t_start", "y_start", "x_start", "n_time_window", "y_tile", "x_tile", "nan_count"}
+            in {
+                "t_start",
+                "y_start",
+                "x_start",
+                "n_time_window",
+                "y_tile",
+                "x_tile",
+                "nan_count",
+                "clip_count",
+            }
             else rng.random(n) * 10
         )
     return pd.DataFrame(data, columns=COLUMNS)

@@ -88,7 +88,21 @@ def _naive(
         ok = ok and not any(t[s] < m < t[s + n - 1] for m in miss)
         if not ok:
             gap += len(positions)
-            continue
+    # valid windows: each regular segment's own lattice, from its first step
+    firsts = [
+        i
+        for i in range(len(t))
+        if i == 0
+        or reg[i] != reg[i - 1]
+        or t[i] - t[i - 1] != steps[reg[i]]
+        or any(t[i - 1] < m < t[i] for m in miss)
+    ]
+    valid = [
+        s
+        for a, b in zip(firsts, [*firsts[1:], len(t)], strict=True)
+        for s in range(a, b - n + 1, st)
+    ]
+    for s in valid:
         for y0, x0 in positions:
             cube = r[s : s + n, y0 : y0 + ty, x0 : x0 + tx]
             nanc = int(np.isnan(cube).sum())
@@ -97,6 +111,9 @@ def _naive(
                 continue
             v = cube[~np.isnan(cube)]
             vc = np.maximum(v.astype(np.float64), 0)
+            cap = np.inf if params.clip_max is None else params.clip_max
+            clipped = int((vc > np.float32(cap)).sum())
+            vc = np.minimum(vc, np.float32(cap))
             row: dict[str, Any] = {
                 "t_start": s,
                 "y_start": y0,
@@ -107,6 +124,7 @@ def _naive(
                 "mean": vc.mean() if v.size else np.nan,
                 "max": vc.max() if v.size else np.nan,
                 "frac_wet": (v > np.float32(params.wet_threshold)).mean() if v.size else np.nan,
+                "clip_count": clipped,
                 "values": vc,
             }
             for sc in params.importance_scales:
@@ -119,7 +137,7 @@ def _check_against_naive(index: TileIndex, naive: pd.DataFrame, params: TilingPa
     table = index.table
     assert len(table) == len(naive) > 0
     assert table["tile_id"].tolist() == list(range(len(table)))
-    for c in ("t_start", "y_start", "x_start", "nan_count"):
+    for c in ("t_start", "y_start", "x_start", "nan_count", "clip_count"):
         np.testing.assert_array_equal(table[c].to_numpy(), naive[c].to_numpy(), err_msg=c)
     for c in ("nan_fraction", "sum", "mean", "max", "frac_wet"):
         np.testing.assert_allclose(table[c], naive[c], rtol=2e-5, atol=1e-6, err_msg=c)
@@ -154,6 +172,10 @@ CASES = [
         quantiles=(0.25, 0.5, 0.75),
         importance_scales=(0.5, 2.0),
     ),
+    # no cap: the clutter pixel (4000 mm/h) reaches the statistics
+    TilingParams(n_time_window=3, tile_size=(10, 12), max_nan_fraction=0.3, clip_max=None),
+    # a low cap: many pixels capped and counted
+    TilingParams(n_time_window=2, tile_size=(8, 8), stride=(1, 4, 4), clip_max=5.0),
 ]
 
 

@@ -122,6 +122,7 @@ def tiling_params(draw: st.DrawFn, n_t: int, h: int, w: int) -> TilingParams:
         max_nan_fraction=draw(st.sampled_from([0.0, 0.05, 0.3, 0.5, 1.0])),
         wet_threshold=draw(st.sampled_from([0.0, 0.1, 1.0])),
         quantiles=(0.5,),
+        clip_max=draw(st.sampled_from([None, 2.0, 300.0])),
     )
 
 
@@ -145,7 +146,20 @@ def _naive(arc: dict[str, Any], params: TilingParams) -> tuple[pd.DataFrame, int
         valid = valid and not any(t[s] < m < t[e] for m in missing)
         if not valid:
             gap += len(positions)
-            continue
+    # valid windows: each regular segment's own lattice, from its first step
+    firsts = [
+        i
+        for i in range(n_t)
+        if i == 0
+        or regime[i] != regime[i - 1]
+        or t[i] - t[i - 1] != nominal[regime[i]]
+        or any(t[i - 1] < m < t[i] for m in missing)
+    ]
+    starts = [
+        s for a, b in zip(firsts, [*firsts[1:], n_t], strict=True) for s in range(a, b - n + 1, st_)
+    ]
+    for s in starts:
+        e = s + n - 1
         for y0, x0 in positions:
             cube = x[s : e + 1, y0 : y0 + ty, x0 : x0 + tx]
             nan_count = int(np.isnan(cube).sum())
@@ -153,7 +167,8 @@ def _naive(arc: dict[str, Any], params: TilingParams) -> tuple[pd.DataFrame, int
                 nan_rejected += 1
                 continue
             v = cube[~np.isnan(cube)].astype(np.float64)
-            rate = np.maximum(v, 0.0)
+            cap = np.inf if params.clip_max is None else params.clip_max
+            rate = np.minimum(np.maximum(v, 0.0), cap)
             wet = cube[~np.isnan(cube)] > np.float32(params.wet_threshold)
             rows.append(
                 {
@@ -166,10 +181,12 @@ def _naive(arc: dict[str, Any], params: TilingParams) -> tuple[pd.DataFrame, int
                     "mean": rate.mean() if v.size else np.nan,
                     "max": rate.max() if v.size else np.nan,
                     "frac_wet": wet.mean() if v.size else np.nan,
+                    "clip_count": int((v > cap).sum()),
                 }
             )
     columns = ["t_start", "y_start", "x_start", "nan_count", "nan_fraction", "sum", "mean"]
-    return pd.DataFrame(rows, columns=[*columns, "max", "frac_wet"]), gap, nan_rejected
+    columns += ["max", "frac_wet", "clip_count"]
+    return pd.DataFrame(rows, columns=columns), gap, nan_rejected
 
 
 def _check_no_tile_crosses_a_gap(arc: dict[str, Any], table: pd.DataFrame, n: int) -> None:
@@ -224,7 +241,7 @@ def test_tiling_index_equals_naive_numpy(data: st.DataObject, arc: dict[str, Any
     assert index.rejected == {"gap": gap, "nan": nan_rejected}
     assert table["tile_id"].tolist() == list(range(len(table)))
     # kept tiles, in (time, y, x) order, and their statistics
-    for c in ("t_start", "y_start", "x_start", "nan_count"):
+    for c in ("t_start", "y_start", "x_start", "nan_count", "clip_count"):
         np.testing.assert_array_equal(table[c].to_numpy(), naive[c].to_numpy(), err_msg=c)
     for c in ("nan_fraction", "sum", "mean", "max", "frac_wet"):
         np.testing.assert_allclose(

@@ -17,6 +17,7 @@ from mlcast_pipes.tiling import (
     hist_importance,
     hist_quantiles,
     importance_weights,
+    iter_tile_statistics,
     tile_grid,
     tiling_id,
     time_windows,
@@ -115,14 +116,27 @@ def _naive_windows(times, n, st, missing=(), cts=None):  # type: ignore[no-untyp
     for r in set(reg.tolist()):
         d = [t[i + 1] - t[i] for i in range(len(t) - 1) if reg[i] == reg[i + 1] == r]
         nominal[r] = min(d) if d else None
-    valid = []
+    rejected = []
     for s in range(0, len(t) - n + 1, st):
         idx = list(range(s, s + n))
         ok = len({reg[i] for i in idx}) == 1
         ok = ok and all(t[i + 1] - t[i] == nominal[reg[s]] for i in idx[:-1])
         ok = ok and not any(t[s] < np.datetime64(m) < t[s + n - 1] for m in missing)
-        valid.append(ok)
-    return np.array(valid, bool)
+        if not ok:
+            rejected.append(s)
+
+    def regular(i: int) -> bool:  # link i -> i + 1
+        return bool(
+            reg[i] == reg[i + 1]
+            and t[i + 1] - t[i] == nominal[reg[i]]
+            and not any(t[i] < np.datetime64(m) < t[i + 1] for m in missing)
+        )
+
+    firsts = [i for i in range(len(t)) if i == 0 or not regular(i - 1)]
+    valid = []
+    for a, b in zip(firsts, [*firsts[1:], len(t)], strict=True):
+        valid += list(range(a, b - n + 1, st))
+    return valid, rejected
 
 
 def test_time_windows_gaps_missing_and_step_change() -> None:
@@ -136,9 +150,10 @@ def test_time_windows_gaps_missing_and_step_change() -> None:
         w = time_windows(
             times, n, st, missing_times=np.array(missing), consistent_timestep_start=b[0]
         )
-        naive = _naive_windows(times, n, st, missing, cts=b[0])
-        np.testing.assert_array_equal(w.reason == 0, naive)
-        assert w.counts()["candidates"] == len(range(0, len(times) - n + 1, st))
+        valid, rejected = _naive_windows(times, n, st, missing, cts=b[0])
+        assert w.valid_starts.tolist() == valid
+        assert w.starts[w.reason != 0].tolist() == rejected
+        assert w.counts()["candidates"] == len(valid) + len(rejected)
     w = time_windows(times, 3, 1, consistent_timestep_start=b[0])
     assert w.regimes[0]["step_s"] == 900 and w.regimes[1]["step_s"] == 300
     # window spanning the regime change is a step change
@@ -149,11 +164,38 @@ def test_time_windows_gaps_missing_and_step_change() -> None:
     assert np.all(w2.reason[:28] == 1)
 
 
+def test_windows_restart_after_each_gap() -> None:
+    """Three events of 6, 8 and 8 steps: a lattice over the whole axis fits 3 windows of 4, the
+    events hold 5 (1 + 2 + 2); every one of them is kept, each event's from its first step."""
+    step = np.timedelta64(10, "m")
+    t0 = np.datetime64("2021-06-01T00:00")
+    events = [
+        t0 + np.arange(k) * step + np.timedelta64(40 * j, "D") for j, k in enumerate([6, 8, 8])
+    ]
+    times = np.concatenate(events)
+    w = time_windows(times, 4, 4)
+    assert w.valid_starts.tolist() == [0, 6, 10, 14, 18]
+    global_lattice = [
+        s for s in range(0, times.size - 3, 4) if np.all(np.diff(times[s : s + 4]) == step)
+    ]
+    assert global_lattice == [0, 8, 16]  # what a global lattice would keep
+    # the lattice windows that cross a gap are reported as rejected
+    assert w.counts() == {
+        "candidates": 7,
+        "valid": 5,
+        "gap": 2,
+        "step_change": 0,
+        "missing_time": 0,
+    }
+    # with a stride of 2 every segment restarts as well
+    assert time_windows(times, 4, 2).valid_starts.tolist() == [0, 2, 6, 8, 10, 14, 16, 18]
+
+
 def test_frames_needed_and_validation() -> None:
     times = pd.date_range("2021-01-01", periods=10, freq="10min").values
     w = time_windows(np.delete(times, 4), 3, 3)
-    assert w.valid_starts.tolist() == [0, 6]
-    assert w.frames_needed().tolist() == [0, 1, 2, 6, 7, 8]
+    assert w.valid_starts.tolist() == [0, 4]  # the second segment's lattice starts at 4
+    assert w.frames_needed().tolist() == [0, 1, 2, 4, 5, 6]
     with pytest.raises(DatasetError, match="strictly increasing"):
         time_windows(times[::-1], 2, 1)
     with pytest.raises(DatasetError, match="datetime64"):
@@ -304,3 +346,43 @@ def test_tiling_params_round_trip_equal() -> None:
         assert again == params and hash(again) == hash(params)
     assert TilingParams(stride=(12, 128, 128)) == TilingParams()
     assert TilingParams(stride=(12, 128, 128)).stride is None
+
+
+def test_clip_max_caps_statistics_and_counts_clutter() -> None:
+    """A clutter pixel (8646 mm/h, as on an OPERA composite) is capped at clip_max and counted."""
+    times = np.datetime64("2024-05-01T00:00") + np.arange(2) * np.timedelta64(5, "m")
+    data = np.zeros((2, 16, 32), dtype=np.float32)
+    data[:, :, :16] = 2.0
+    data[0, 3, 20] = 8646.0  # clutter in the right tile
+    data[1, 4, 21] = 500.0
+    blocks = list(
+        iter_tile_statistics(
+            data,
+            times,
+            TilingParams(n_time_window=2, tile_size=(16, 16)),
+            time_windows(times, 2, 2),
+        )
+    )
+    cols = blocks[0].columns
+    assert cols["clip_count"].tolist() == [0, 2]
+    assert cols["max"].tolist() == [2.0, 300.0]
+    assert cols["sum"][1] == pytest.approx(600.0)
+    assert cols["p999"][1] <= 300.0
+    raw = TilingParams(n_time_window=2, tile_size=(16, 16), clip_max=None)
+    cols = next(iter_tile_statistics(data, times, raw, time_windows(times, 2, 2))).columns
+    assert cols["clip_count"].tolist() == [0, 0]
+    assert cols["max"].tolist() == [2.0, 8646.0]
+
+
+def test_clip_max_in_id_and_sidecar() -> None:
+    assert tiling_id("ds", TilingParams()) == "ds.128x128.12"  # default ids unchanged
+    assert tiling_id("ds", TilingParams(clip_max=300)) == "ds.128x128.12"
+    assert tiling_id("ds", TilingParams(clip_max=150.0)) == "ds.128x128.12.clip150"
+    assert tiling_id("ds", TilingParams(clip_max=None)) == "ds.128x128.12.clipnone"
+    for clip in (None, 120.5, 300.0):
+        params = TilingParams(clip_max=clip)
+        assert params.to_dict()["clip_max"] == clip
+        assert TilingParams.from_dict(params.to_dict()) == params
+    assert "clip_count" in TilingParams().columns
+    with pytest.raises(ParameterError, match="clip_max"):
+        TilingParams(clip_max=0)
