@@ -326,7 +326,7 @@ def bench_read(
     ...     epochs=2,
     ... )
     >>> result["tiles_in_index"], result["samples_per_epoch"], result["samples_checked"]
-    (21, 4, [4, 4, 4, 4, 4, 4, 4])
+    (35, 7, [7, 7, 7, 7, 7, 7, 7])
     >>> result["amplification_over_minimum"]  # the chain decodes each touched frame once
     1.0
     >>> result["b_chain_samples_per_s"] > 0

@@ -92,7 +92,7 @@ def materialize(
     ... )
     >>> copy = TrainingCopy(target, sampling.meta["csv_sha256"])
     >>> len(sampling.table), copy.exists(), copy.read(0).shape
-    (21, True, (4, 64, 64))
+    (35, True, (4, 64, 64))
     >>> sampler.training_copy(sampling) is not None  # the sampler reads the copy from now on
     True
 
