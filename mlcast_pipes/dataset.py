@@ -26,6 +26,7 @@ from mlcast_pipes.catalog import (
     resolve_urlpath,
 )
 from mlcast_pipes.errors import CatalogError, DatasetError
+from mlcast_pipes.transforms import canonical_units, known_units, units_kind
 
 __all__ = [
     "KNOWN_UNITS",
@@ -68,8 +69,9 @@ UNITS_BY_STANDARD_NAME: dict[str, tuple[str, ...]] = {
     "rainfall_amount": _AMOUNT_UNITS,
 }
 
-#: Every unit the pipeline can convert to a rain rate (spelling as in the spec).
-KNOWN_UNITS: tuple[str, ...] = ("mm h-1", "mm/h", "kg m-2 h-1", "dBZ", "mm", "kg m-2")
+#: Every unit the pipeline can convert to a rain rate, in canonical spelling (the one units table
+#: of :mod:`mlcast_pipes.transforms`); other spellings such as ``mm/hr`` reduce to these.
+KNOWN_UNITS: tuple[str, ...] = tuple(known_units())
 
 #: Global attributes the spec asks for.
 SPEC_GLOBAL_ATTRS: tuple[str, ...] = (
@@ -1215,19 +1217,22 @@ def _find_lat_lon(ds: xr.Dataset, name: str) -> xr.Dataset:
 
 
 def _canonical_units(units: Any) -> str | None:
-    text = " ".join(str(units).split()).lower()
-    for known in KNOWN_UNITS:
-        if text == known.lower():
-            return known
-    return None
+    return canonical_units(units)
 
 
 def _infer_standard_name(units: str) -> str:
-    if units in _DBZ_UNITS:
+    kind = units_kind(units) if canonical_units(units) else "amount"
+    if kind == "reflectivity":
         return "equivalent_reflectivity_factor"
-    if units in _RATE_UNITS:
+    if kind == "rate":
         return "rainfall_flux"
     return "precipitation_amount"
+
+
+def _spec_spelling(units: Any, allowed: tuple[str, ...]) -> bool:
+    """Whether ``units`` is written as the spec allows (case and spacing aside)."""
+    text = " ".join(str(units).split()).lower()
+    return text in {a.lower() for a in allowed}
 
 
 def _to_datetime64(value: Any, what: str) -> np.datetime64:
@@ -1314,7 +1319,8 @@ def _check_needed(ds: xr.Dataset, name: str, label: str) -> None:
     if _canonical_units(units) is None:
         raise DatasetError(
             f"variable {name!r} of {label} has units {str(units)!r}, which the pipeline does not "
-            f"know; known units are {list(KNOWN_UNITS)}. Convert the data or fix the "
+            f"know; known units are {list(KNOWN_UNITS)} (other spellings such as 'mm/h', "
+            "'mm/hr', 'mm h^-1' or 'kg/m2/s' are read too). Convert the data or fix the "
             "'units' attribute."
         )
     _read_missing_times(ds, label)
@@ -1347,10 +1353,17 @@ def _deviations(ds: xr.Dataset, name: str, label: str) -> list[str]:
                 f"variable name {name!r} is not one the spec allows for standard_name {std!r} "
                 f"({', '.join(STANDARD_NAMES[std])}); rename the variable."
             )
-        if units and units not in UNITS_BY_STANDARD_NAME[std]:
+        allowed = UNITS_BY_STANDARD_NAME[std]
+        if units and units_kind(units) != units_kind(allowed[0]):
             out.append(
                 f"units {units!r} do not fit standard_name {std!r} (expected one of "
-                f"{list(UNITS_BY_STANDARD_NAME[std])}); fix the attributes."
+                f"{list(allowed)}); fix the attributes."
+            )
+        elif units and not _spec_spelling(var.attrs.get("units"), allowed):
+            out.append(
+                f"units {var.attrs.get('units')!r} are read as {units!r} (converted to mm/h where "
+                f"needed); the spec asks for one of {list(allowed)}: fix the attribute or "
+                "convert the data."
             )
     if not var.attrs.get("long_name"):
         out.append(f"variable {name!r} has no 'long_name' attribute; add one.")

@@ -23,7 +23,7 @@ from mlcast_pipes.index import read_sidecar, sidecar_path, write_sidecar
 from mlcast_pipes.prepare import TileIndex, prepare_tiling
 from mlcast_pipes.reader import TileRequest, get_reader
 from mlcast_pipes.records import DatasetInfo, TileSample
-from mlcast_pipes.sampling import SamplingIndex, build_sampling_index
+from mlcast_pipes.sampling import SamplingIndex, build_sampling_index, epoch_shares
 from mlcast_pipes.splits import TimeSplit, tiles_within
 from mlcast_pipes.tiling import TilingParams, tiling_id
 from mlcast_pipes.transforms import (
@@ -417,17 +417,7 @@ def epoch_weights(pool: pd.DataFrame) -> np.ndarray:
     [0.16666666666666666, 0.16666666666666666, 0.16666666666666666, 0.5]
 
     """
-    n = len(pool)
-    if n == 0:
-        return np.zeros(0)
-    if "bin_id" not in pool.columns:
-        return np.full(n, 1.0 / n)
-    bins = np.asarray(pool["bin_id"].to_numpy(), dtype=np.int64)
-    labels, counts = np.unique(bins[bins >= 0], return_counts=True)
-    if labels.size <= 1:
-        return np.full(n, 1.0 / n)
-    per_bin = dict(zip(labels.tolist(), (1.0 / (labels.size * counts)).tolist(), strict=True))
-    return np.array([per_bin.get(int(b), 0.0) for b in bins])
+    return epoch_shares(pool)
 
 
 def compute_sampling_stats(

@@ -37,7 +37,10 @@ from mlcast_pipes.index import (
 )
 
 __all__ = [
+    "DOMINANT_SHARE",
     "LDCAST_BIN_EDGES",
+    "MIN_ACCEPTANCE",
+    "MIN_POOL_TILES",
     "POOL_COLUMNS",
     "SAMPLES_COLUMNS",
     "STAT_AGGREGATIONS",
@@ -47,6 +50,7 @@ __all__ = [
     "available_samplers",
     "build_sampling_index",
     "draw_epoch",
+    "epoch_shares",
     "get_sampler",
     "load_community_csv",
     "load_community_stats",
@@ -115,6 +119,30 @@ LDCAST_BIN_EDGES.setflags(write=False)
 
 _NAMED_EDGES = ("log", "linear", "quantile")
 
+#: A tile expected to take more than this share of an epoch's draws (and at least twice its
+#: share under a uniform draw of all tiles) is reported (:class:`SamplingWarning`): it is seen
+#: again and again, e.g. a clutter tile alone in its bin.
+DOMINANT_SHARE = 0.03
+#: An importance pool with fewer tiles than this (keeping less than half of the tiles), or
+#: keeping fewer than :data:`MIN_ACCEPTANCE` of the tiles, is reported: epochs would repeat a
+#: handful of tiles.
+MIN_POOL_TILES = 64
+MIN_ACCEPTANCE = 0.005
+
+# What to change when a sampler keeps too little or gives a few tiles too many draws: only
+# parameters the sampler takes.
+_FEWER_BINS_HINT = {
+    "binnorm": "use fewer bins (n_scalar_total_bins) or bin_edges='quantile'",
+    "ldcast": (
+        "LDCast's bin edges are fixed: use another aggregation (e.g. 'p90'), or the binnorm "
+        "sampler for bins that fit this archive"
+    ),
+}
+_LOOSEN_HINT = {
+    "importance": "raise q_min (floor probability) or m (slope), or lower s (rain-rate scale)",
+    "uniform": "raise n_tiles, or None for every tile",
+}
+
 # Stream tags keep the random streams derived from one seed apart.
 _TAG_KEEP = 1
 _TAG_OFFSET = 2
@@ -129,7 +157,12 @@ _SMALL_BIN = 4096
 
 
 class SamplingWarning(UserWarning):
-    """A sampler could not use part of the tiles (empty bins, tiles without a scalar).
+    """A sampler could not use part of the tiles, or its pool would repeat a few tiles.
+
+    Raised for empty bins, tiles without a scalar, a tiny importance pool or acceptance rate,
+    and tiles expected to take more than :data:`DOMINANT_SHARE` of an epoch's draws. Sampling
+    warnings are emitted where the pool is built (by ``prepare`` or the main process), not by
+    each loader worker.
 
     Examples
     --------
@@ -434,13 +467,88 @@ def run_sampler(method: str, table: pd.DataFrame, *, seed: int, **params: Any) -
         }
     )
     if out.empty:
+        hint = _LOOSEN_HINT.get(name, "loosen its parameters")
         raise ParameterError(
-            f"sampler {name!r} kept none of the {len(table)} tiles with {resolved}; loosen its "
-            "parameters (e.g. a larger q_min for importance) or use more tiles"
+            f"sampler {name!r} kept none of the {len(table)} tiles with {resolved}; {hint}, or "
+            "use more tiles"
         )
     attrs.update({"sampler": name, "params": resolved})
     out.attrs = attrs
+    _warn_dominant(out, table, name)
     return out
+
+
+def epoch_shares(pool: pd.DataFrame) -> npt.NDArray[np.float64]:
+    """Expected share of an epoch's draws each pool row gets (as :func:`draw_epoch` draws).
+
+    Binned pools (more than one bin id >= 0) draw every bin equally often, so a row of a bin
+    holding ``k`` rows gets ``1 / (n_bins * k)``; rows with a negative bin id are never drawn.
+    Other pools draw every row equally often.
+
+    Examples
+    --------
+    >>> epoch_shares(pd.DataFrame({"bin_id": [0, 0, 0, 1]})).tolist()
+    [0.16666666666666666, 0.16666666666666666, 0.16666666666666666, 0.5]
+
+    """
+    n = len(pool)
+    if n == 0:
+        return np.zeros(0)
+    if "bin_id" not in pool.columns:
+        return np.full(n, 1.0 / n)
+    bins = np.asarray(pool["bin_id"].to_numpy(), dtype=np.int64)
+    labels, counts = np.unique(bins[bins >= 0], return_counts=True)
+    if labels.size <= 1:
+        return np.full(n, 1.0 / n)
+    out = np.zeros(n)
+    pos = np.searchsorted(labels, bins[bins >= 0])
+    out[bins >= 0] = 1.0 / (labels.size * counts[pos])
+    return out
+
+
+def _warn_dominant(pool: pd.DataFrame, table: pd.DataFrame, sampler: str) -> None:
+    """Warn when tiles are expected to take more than DOMINANT_SHARE of an epoch each."""
+    shares = epoch_shares(pool)
+    # a tiny archive gives every tile a large share whatever the sampler: report only tiles
+    # drawn at least twice as often as a uniform draw over the whole tiling would draw them
+    heavy = np.flatnonzero((shares > DOMINANT_SHARE) & (shares >= 2.0 / max(len(table), 1)))
+    if heavy.size == 0:
+        return
+    heavy = heavy[np.argsort(-shares[heavy], kind="stable")]
+    ids = pool["source_tile_id"].to_numpy()
+    clip: dict[int, int] = {}
+    if "clip_count" in table.columns and "tile_id" in table.columns:
+        sel = pd.Index(table["tile_id"]).get_indexer(ids[heavy[:3]])
+        counts = table["clip_count"].to_numpy()
+        clip = {
+            int(ids[h]): int(counts[i])
+            for h, i in zip(heavy[:3], sel, strict=True)
+            if i >= 0 and counts[i] > 0
+        }
+    scalar = pool.attrs.get("scalar") or "scalar"
+    values = pool["scalar_value"].to_numpy(dtype=np.float64)
+    desc = ", ".join(
+        f"tile {int(ids[h])} ({100 * shares[h]:.1f}%, {scalar} {_fmt(float(values[h]))}"
+        + (f", {clip[int(ids[h])]} pixels capped" if clip.get(int(ids[h])) else "")
+        + ")"
+        for h in heavy[:3]
+    )
+    more = f" and {heavy.size - 3} more" if heavy.size > 3 else ""
+    if pool["bin_id"].max() >= 0 and len(np.unique(pool["bin_id"][pool["bin_id"] >= 0])) > 1:
+        fix = _FEWER_BINS_HINT.get(sampler, "use fewer bins")
+        why = "they sit in bins of very few tiles"
+    else:
+        fix = _LOOSEN_HINT.get(sampler, "loosen the sampler's parameters")
+        why = f"the pool holds only {len(pool)} tiles"
+    if clip:
+        fix += "; capped pixels point to clutter: check the tiling's clip_max (mm/h)"
+    warnings.warn(
+        f"{sampler}: {heavy.size} tile(s) would each take more than "
+        f"{100 * DOMINANT_SHARE:g}% of an epoch's draws ({desc}{more}): {why}, so an epoch "
+        f"repeats them; fix: {fix}",
+        SamplingWarning,
+        stacklevel=3,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -637,7 +745,8 @@ def _finish_binned(
         desc = ", ".join(f"{b['bin_id']} {b['label']}" for b in empty)
         warnings.warn(
             f"{sampler}: {len(empty)} of {len(bin_info)} bins hold no tile and are left out "
-            f"of the draw: {desc}; use fewer bins or bin_edges='quantile' to avoid this",
+            f"of the draw: {desc}; {_FEWER_BINS_HINT.get(sampler, 'use fewer bins')} to avoid "
+            "this",
             SamplingWarning,
             stacklevel=4,
         )
@@ -924,6 +1033,16 @@ def importance(
     q = np.minimum(1.0, q_min + m * imp)
     u = per_tile_uniform(ids, seed, _TAG_KEEP)
     keep = u <= q
+    n_kept = int(keep.sum())
+    rate = n_kept / max(len(ids), 1)
+    if n_kept and ((n_kept < MIN_POOL_TILES and rate < 0.5) or rate < MIN_ACCEPTANCE):
+        warnings.warn(
+            f"importance: kept {n_kept} of {len(ids)} tiles (acceptance {100 * rate:.2g}%, "
+            f"q_min={q_min:g}, m={m:g}, s={s:g}); epochs will repeat these few tiles; fix: "
+            f"{_LOOSEN_HINT['importance']}, e.g. q_min=0.1 or m=1",
+            SamplingWarning,
+            stacklevel=3,
+        )
     pool = pd.DataFrame(
         {
             "source_tile_id": ids[keep],
@@ -932,7 +1051,12 @@ def importance(
             "weight": q[keep],
         }
     )
-    pool.attrs = {"scalar": column, "acceptance_expected": float(q.sum())}
+    pool.attrs = {
+        "scalar": column,
+        "acceptance_expected": float(q.sum()),
+        "n_candidates": len(ids),
+        "acceptance_rate": rate,
+    }
     return pool
 
 
@@ -1678,6 +1802,8 @@ def build_sampling_index(
         "n_tiles_in_tiling": len(tiling_table),
         "bin_edges": pool.attrs.get("bin_edges"),
         "bins": bins,
+        "n_candidates": pool.attrs.get("n_candidates", len(tiling_table)),
+        "acceptance_rate": pool.attrs.get("acceptance_rate", len(pool) / max(len(tiling_table), 1)),
         "package_version": _package_version(),
         "created_on": utc_now_iso(),
     }

@@ -10,6 +10,7 @@ import datetime as _dt
 import inspect
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "ScaleTransform",
     "Transform",
     "available_transforms",
+    "canonical_units",
     "dbz_to_rate",
     "denormalize",
     "fit_mean_std",
@@ -50,6 +52,7 @@ __all__ = [
     "register_transform",
     "stats_filename",
     "to_rain_rate_fn",
+    "units_kind",
     "variable_kind",
     "write_stats_csv",
 ]
@@ -88,40 +91,98 @@ _STANDARD_NAME_KIND: dict[str, Kind] = {
     "lwe_thickness_of_precipitation_amount": "amount",
 }
 
-# canonical (lower-case, single-spaced) units -> (kind, factor to mm/h for rates, mm for amounts)
+# THE units table of the package (dataset validation uses it too): canonical units ->
+# (kind, factor to mm/h for rates, to mm for amounts). Spellings are reduced to these keys by
+# :func:`canonical_units` ("mm/hr", "mm h^-1", "kg/m2/s", "mm per hour" ...).
 _UNITS: dict[str, tuple[Kind, float]] = {
     "mm h-1": ("rate", 1.0),
-    "mm/h": ("rate", 1.0),
-    "mm hr-1": ("rate", 1.0),
-    "mm/hr": ("rate", 1.0),
     "kg m-2 h-1": ("rate", 1.0),
-    "kg m-2 s-1": ("rate", 3600.0),
+    "mm min-1": ("rate", 60.0),
+    "kg m-2 min-1": ("rate", 60.0),
     "mm s-1": ("rate", 3600.0),
+    "kg m-2 s-1": ("rate", 3600.0),
+    "m s-1": ("rate", 3.6e6),
     "dbz": ("reflectivity", 1.0),
     "mm": ("amount", 1.0),
     "kg m-2": ("amount", 1.0),
+    "m": ("amount", 1000.0),
 }
-_UNITS_DISPLAY = {
-    "mm h-1": "mm h-1",
-    "mm/h": "mm/h",
-    "mm hr-1": "mm hr-1",
-    "mm/hr": "mm/hr",
-    "kg m-2 h-1": "kg m-2 h-1",
-    "kg m-2 s-1": "kg m-2 s-1 (x3600)",
-    "mm s-1": "mm s-1 (x3600)",
-    "dbz": "dBZ",
-    "mm": "mm",
-    "kg m-2": "kg m-2",
+_UNITS_DISPLAY = {"dbz": "dBZ"}
+_UNIT_WORDS = {
+    "hours": "h",
+    "hour": "h",
+    "hrs": "h",
+    "hr": "h",
+    "minutes": "min",
+    "minute": "min",
+    "mins": "min",
+    "seconds": "s",
+    "second": "s",
+    "secs": "s",
+    "sec": "s",
+    "millimeters": "mm",
+    "millimetres": "mm",
+    "millimeter": "mm",
+    "millimetre": "mm",
+    "meters": "m",
+    "metres": "m",
+    "meter": "m",
+    "metre": "m",
+    "kilograms": "kg",
+    "kilogram": "kg",
 }
+_UNIT_TOKEN = re.compile(r"^([a-z]+)(-?\d+)?$")
+
+
+def canonical_units(units: Any) -> str | None:
+    """Reduce a spelling of precipitation units to the package's canonical form.
+
+    Case, spacing, ``^`` / ``**`` exponents, ``/`` and ``per`` divisions, ``.`` or ``*``
+    products and words (``hr``, ``hour``, ``sec``, ``millimetre`` ...) are normalised; the
+    result is a key of the units table (see :func:`known_units`) or None when unknown.
+
+    Examples
+    --------
+    >>> [canonical_units(u) for u in ["mm/hr", "mm h^-1", "MM/H", "kg/m2/s", "mm per hour"]]
+    ['mm h-1', 'mm h-1', 'mm h-1', 'kg m-2 s-1', 'mm h-1']
+    >>> canonical_units("dBZ"), canonical_units("furlongs")
+    ('dBZ', None)
+
+    """
+    if units is None:
+        return None
+    text = str(units).strip().lower()
+    text = text.replace("**", "").replace("^", "").replace("\u00b7", " ").replace("*", " ")
+    text = re.sub(r"\s+per\s+", "/", text)
+    text = re.sub(r"\s*/\s*", "/", text)
+    tokens: list[str] = []
+    for i, part in enumerate(text.split("/")):
+        for word in re.split(r"[\s.]+", part):
+            if not word:
+                continue
+            match = _UNIT_TOKEN.match(word)
+            if match is None:
+                return None
+            name, power = match.group(1), int(match.group(2) or 1)
+            name = _UNIT_WORDS.get(name, name)
+            if i > 0:
+                power = -power
+            tokens.append(name if power == 1 else f"{name}{power}")
+    key = " ".join(tokens)
+    if key not in _UNITS:
+        return None
+    return _UNITS_DISPLAY.get(key, key)
 
 
 def known_units() -> list[str]:
-    """List the units strings understood by the unit conversions (compared case-insensitively).
+    """List the canonical units the conversions understand (other spellings reduce to these).
 
     Returns
     -------
     list of str
-        Units as written in CF attributes, e.g. ``"mm h-1"``, ``"dBZ"``, ``"kg m-2"``.
+        Units as written in CF attributes, e.g. ``"mm h-1"``, ``"dBZ"``, ``"kg m-2"``; other
+        spellings (``"mm/h"``, ``"mm/hr"``, ``"kg m**-2 s**-1"``) are accepted too, see
+        :func:`canonical_units`.
 
     Examples
     --------
@@ -129,22 +190,35 @@ def known_units() -> list[str]:
     True
 
     """
-    return [_UNITS_DISPLAY[u].split(" (")[0] for u in _UNITS]
+    return [_UNITS_DISPLAY.get(u, u) for u in _UNITS]
 
 
-def _canonical_units(units: str) -> str:
-    return " ".join(units.strip().split()).lower()
+def units_kind(units: str) -> Kind:
+    """What canonical units measure: ``"rate"``, ``"reflectivity"`` or ``"amount"``.
+
+    Examples
+    --------
+    >>> units_kind("kg m-2 s-1"), units_kind("dBZ")
+    ('rate', 'reflectivity')
+
+    """
+    return _units_entry(units)[0]
 
 
 def _units_entry(units: str) -> tuple[Kind, float]:
-    entry = _UNITS.get(_canonical_units(units))
-    if entry is None:
-        known = ", ".join(_UNITS_DISPLAY.values())
-        raise ParameterError(
-            f"unknown precipitation units {units!r}; known units are: {known}. "
-            "Fix the variable's 'units' attribute (or pass units=... explicitly)"
+    key = canonical_units(units)
+    if key is None:
+        known = ", ".join(
+            f"{u} (x{f:g})" if k == "rate" and f != 1 else u
+            for u, (k, f) in zip(known_units(), _UNITS.values(), strict=True)
         )
-    return entry
+        raise ParameterError(
+            f"unknown precipitation units {units!r}; known units are: {known} (also spelled "
+            "'mm/h', 'mm hr-1', 'mm/hr', 'mm h^-1', 'kg/m2/s', ...). Fix the variable's 'units' "
+            "attribute "
+            "(or pass units=... explicitly)"
+        )
+    return _UNITS[key.lower()]
 
 
 def variable_kind(standard_name: str | None, units: str | None) -> Kind:
@@ -187,11 +261,13 @@ def variable_kind(standard_name: str | None, units: str | None) -> Kind:
         return by_name
     by_units, _ = _units_entry(units)
     if by_name is not None and by_name != by_units:
-        expected = [u for u, (k, _) in _UNITS.items() if k == by_name]
+        expected = [
+            u for u, (k, _) in zip(known_units(), _UNITS.values(), strict=True) if k == by_name
+        ]
         raise ParameterError(
             f"standard_name {standard_name!r} is a {by_name} but units {units!r} are those of a "
             f"{by_units}; fix the variable's attributes (a {by_name} takes units "
-            f"{', '.join(_UNITS_DISPLAY[u] for u in expected)})"
+            f"{', '.join(expected)})"
         )
     return by_units
 
@@ -1264,7 +1340,13 @@ class Normalizer:
         if out.dtype != np.float32 or np.may_share_memory(out, arr) or not out.flags.writeable:
             out = np.array(out, dtype=np.float32)
         if self.fill_nan is not None:
-            np.copyto(out, np.float32(self.fill_nan), where=np.isnan(out))
+            fill = np.float32(self.fill_nan)
+            # the image of no rain computed as the dry pixels are (same dtype): a fill that is
+            # that value must equal them exactly, not differ by a float32 step
+            dry = np.float32(np.asarray(self.transform.forward(np.zeros(1, work.dtype)))[0])
+            if fill != dry and abs(float(fill) - float(dry)) <= 4e-7 * max(abs(float(dry)), 1.0):
+                fill = dry
+            np.copyto(out, fill, where=np.isnan(out))
         if self.mask:
             return out, ~np.isnan(arr)
         return out

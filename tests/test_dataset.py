@@ -300,7 +300,7 @@ def test_dbz_archive(tmp_path: Path, no_spec_warnings: None) -> None:
 
 def test_units_spelling_is_canonicalised(tmp_path: Path) -> None:
     da = open_quiet(make_archive(tmp_path, units=" MM/H "))
-    assert da.attrs["units"] == "mm/h" and da.attrs["units_original"] == " MM/H "
+    assert da.attrs["units"] == "mm h-1" and da.attrs["units_original"] == " MM/H "
 
 
 def test_coordinates_recognised_by_name_and_attributes(tmp_path: Path) -> None:
@@ -766,3 +766,38 @@ def test_bare_name_of_local_store_outside_catalog(
     monkeypatch.chdir(tmp_path)
     da = open_quiet("myradar")
     assert source_spec(da).url == str(tmp_path / "myradar")
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical", "factor"),
+    [
+        ("mm/hr", "mm h-1", 1.0),
+        ("mm hr-1", "mm h-1", 1.0),
+        ("mm h^-1", "mm h-1", 1.0),
+        ("kg m-2 s-1", "kg m-2 s-1", 3600.0),
+        ("kg m**-2 s**-1", "kg m-2 s-1", 3600.0),
+    ],
+)
+def test_common_rain_rate_spellings_are_read(
+    tmp_path: Path, written: str, canonical: str, factor: float
+) -> None:
+    """Archives of other services spell rain rate their own way: read, noted, converted."""
+    from mlcast_pipes.transforms import to_rain_rate_fn
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MLCastSpecWarning)
+        da = open_mlcast(make_archive(tmp_path, units=written))
+    assert da.attrs["units"] == canonical
+    assert da.attrs.get("units_original", canonical) == written
+    notes = [str(w.message) for w in caught if issubclass(w.category, MLCastSpecWarning)]
+    assert any(f"units {written!r} are read as {canonical!r}" in n for n in notes), notes
+    convert = to_rain_rate_fn(da.attrs["standard_name"], da.attrs["units"], None)
+    got = 1.0 if convert is None else float(convert(np.array([1.0]))[0])
+    assert got == factor
+
+
+def test_spec_units_spelling_gives_no_units_note(tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MLCastSpecWarning)
+        open_mlcast(make_archive(tmp_path, units="mm/h"))
+    assert not [w for w in caught if "units" in str(w.message)]

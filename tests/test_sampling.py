@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 from mlcast_pipes.errors import IndexFileError, ParameterError, StaleIndexError
 from mlcast_pipes.index import sidecar_path
@@ -20,6 +21,7 @@ from mlcast_pipes.sampling import (
     available_samplers,
     build_sampling_index,
     draw_epoch,
+    epoch_shares,
     get_sampler,
     load_community_csv,
     load_community_stats,
@@ -776,3 +778,102 @@ def test_build_from_tiling_index_read_back(tmp_path: Path) -> None:
     assert np.allclose(idx.table["scalar_value"], src["p99"], rtol=1e-5)  # "%.6g" in the CSV
     again = load_sampling_index(idx.path, tiling_table=table, tiling_meta=meta)
     pd.testing.assert_frame_equal(again.table, idx.table, check_exact=True)
+
+
+# ---------------------------------------------------------------- real-archive traits
+
+
+def _radar_archive(clutter: bool = True) -> xr.DataArray:
+    """Three rain events with gaps of weeks between them, NaN outside a radar circle, light rain
+    everywhere inside and, optionally, two clutter pixels of 8646 mm/h (as on OPERA)."""
+
+    step = np.timedelta64(5, "m")
+    t0 = np.datetime64("2022-07-01T00:00")
+    events = [
+        t0 + np.arange(k) * step + np.timedelta64(30 * j, "D") for j, k in enumerate([6, 8, 8])
+    ]
+    times = np.concatenate(events)
+    rng = np.random.default_rng(1)
+    data = rng.gamma(0.6, 1.5, (times.size, 128, 128)).astype(np.float32)
+    data[data < 0.2] = 0.0
+    yy, xx = np.mgrid[0:128, 0:128]
+    data[:, (yy - 64) ** 2 + (xx - 64) ** 2 > 70**2] = np.nan
+    if clutter:
+        data[:, 40, 40] = 8646.0
+        data[:, 90, 80] = 2500.0
+    return xr.DataArray(data, dims=("time", "y", "x"), coords={"time": times})
+
+
+def test_clutter_is_capped_counted_and_reported(tmp_path: Path) -> None:
+    from mlcast_pipes.prepare import prepare_tiling
+    from mlcast_pipes.tiling import TilingParams
+
+    da = _radar_archive()
+    params = TilingParams(n_time_window=4, tile_size=(32, 32), max_nan_fraction=0.2)
+    index = prepare_tiling(da, params, tmp_path, dataset_id="radar", fingerprint="fp")
+    table = index.table
+    # 5 windows (1 + 2 + 2 in the three events), none lost to the gaps
+    assert sorted(table["t_start"].unique().tolist()) == [0, 6, 10, 14, 18]
+    assert index.meta["params"]["clip_max"] == 300.0
+    clutter = table["clip_count"] > 0
+    assert clutter.sum() == 2 * 5  # the two clutter tiles of each window
+    assert (table.loc[clutter, "clip_count"] == 4).all()  # one pixel x 4 steps
+    assert table["max"].max() == 300.0  # capped as .normalize() caps
+    with pytest.warns(SamplingWarning, match=r"more than 3% of an epoch.*pixels capped"):
+        run_sampler("binnorm", table, seed=0, aggregation="max")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        capped = run_sampler("binnorm", table, seed=0, aggregation="max")
+    # without the cap the clutter tiles take bins of their own: a far larger share of an epoch
+    raw = TilingParams(n_time_window=4, tile_size=(32, 32), max_nan_fraction=0.2, clip_max=None)
+    raw_table = prepare_tiling(da, raw, tmp_path, dataset_id="radar", fingerprint="fp").table
+    assert raw_table["max"].max() == 8646.0
+    assert (raw_table["clip_count"] == 0).all()
+    with pytest.warns(SamplingWarning, match=r"more than 3% of an epoch"):
+        uncapped = run_sampler("binnorm", raw_table, seed=0, aggregation="max")
+    share_capped = epoch_shares(capped)[capped["scalar_value"].to_numpy() >= 300].sum()
+    share_raw = epoch_shares(uncapped)[uncapped["scalar_value"].to_numpy() >= 300].sum()
+    assert share_raw > share_capped
+
+
+def test_dominant_share_warning_names_only_parameters_the_sampler_takes() -> None:
+    values = np.concatenate([np.linspace(0.5, 2.0, 400), [900.0]])
+    table = make_table(values)
+    with pytest.warns(SamplingWarning) as caught:
+        run_sampler("binnorm", table, seed=0, aggregation="mean", bin_edges="linear")
+    text = " ".join(str(w.message) for w in caught)
+    assert "n_scalar_total_bins" in text and "q_min" not in text
+    with pytest.warns(SamplingWarning) as caught:
+        run_sampler("ldcast", make_table(np.concatenate([np.full(300, 0.05), [80.0]])), seed=0)
+    text = " ".join(str(w.message) for w in caught)
+    assert "n_scalar_total_bins" not in text and "bin_edges" not in text
+    assert "aggregation" in text
+
+
+def test_importance_warns_on_tiny_pool_with_the_fix() -> None:
+    n = 200
+    table = make_table(np.full(n, 0.05))
+    table["imp_s1"] = 0.02  # little rain: q = 1e-4 + 0.1 * 0.02, a few tiles kept of 200
+    table.loc[:2, "imp_s1"] = 1.0  # 3 rainy tiles
+    with pytest.warns(SamplingWarning, match=r"importance: kept \d+ of 200 tiles.*q_min=0.1"):
+        pool = run_sampler("importance", table, seed=0)
+    assert pool.attrs["n_candidates"] == 200
+    assert pool.attrs["acceptance_rate"] == pytest.approx(len(pool) / 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SamplingWarning)
+        run_sampler("importance", make_table(np.ones(100)).assign(imp_s1=0.9), seed=0, q_min=1.0)
+    with pytest.raises(ParameterError, match="raise q_min"):
+        run_sampler("importance", table.assign(imp_s1=0.0), seed=0, q_min=0.0)
+
+
+def test_sampling_index_records_candidates_and_acceptance(tmp_path: Path) -> None:
+    table = make_table(np.linspace(0.0, 5.0, 300))
+    table["imp_s1"] = np.linspace(0.0, 1.0, 300)
+    meta = {"tiling_id": "t", "dataset_id": "d", "dataset_fingerprint": "fp"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        built = build_sampling_index(
+            table, meta, method="importance", index_dir=tmp_path, seed=0, q_min=0.2
+        )
+    assert built.meta["n_candidates"] == 300
+    assert built.meta["acceptance_rate"] == pytest.approx(len(built.table) / 300)

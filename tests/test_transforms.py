@@ -649,3 +649,27 @@ def test_normalizer_never_touches_or_returns_its_input(method: str) -> None:
     assert not np.shares_memory(out, x)
     np.testing.assert_array_equal(x, before)
     assert not np.isnan(out).any()
+
+
+@pytest.mark.parametrize("method", ["ldcast", "mlcast_dbz", "log1p", "identity"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_fill_equals_dry_pixels_exactly(method: str, dtype: type) -> None:
+    """NaN outside the radar circle and dry pixels inside must not differ by a float32 step."""
+    norm = make_normalizer(method, standard_name="rainfall_flux", units="mm h-1")
+    out = norm(np.array([0.0, np.nan, 0.05, 3.0], dtype=dtype))
+    assert out[1] == out[0]
+    if method == "ldcast":
+        assert out[2] == out[0]  # below 0.1 mm/h: no rain as well
+
+
+def test_one_units_table_for_dataset_and_transforms() -> None:
+    from mlcast_pipes.dataset import KNOWN_UNITS
+    from mlcast_pipes.transforms import canonical_units
+
+    assert list(KNOWN_UNITS) == known_units()
+    for spelling in ["mm/hr", "mm/h", "MM H-1", "mm h**-1", "mm per hour", "kg/m2/h"]:
+        assert variable_kind("rainfall_flux", spelling) == "rate", spelling
+    assert canonical_units("kg m^-2 s^-1") == "kg m-2 s-1"
+    f = to_rain_rate_fn("precipitation_flux", "kg/m2/s", None)
+    assert f is not None and float(f(np.array([0.001]))[0]) == pytest.approx(3.6)
+    assert canonical_units("inch/h") is None
