@@ -1770,6 +1770,16 @@ def build_sampling_index(
             f"sampler {name!r} returned tile ids that are not in the tiling table; fix the sampler"
         )
     src = tiling_table.iloc[pos]
+    longest = int(windows.max()) if windows.size else n_time_sample
+    if name != "uniform" and n_time_sample < longest:
+        warnings.warn(
+            f"{name}: tiles are chosen by statistics of their whole {longest}-step window but a "
+            f"sample is {n_time_sample} steps of it, so a tile picked as wet can give a dry "
+            f"sample; fix: tile with n_time_window={n_time_sample} (a smaller time stride "
+            "gives overlapping windows) so that statistics and samples cover the same steps",
+            SamplingWarning,
+            stacklevel=2,
+        )
     offsets = assign_time_offsets(pool, src["n_time_window"].to_numpy(), n_time_sample, seed)
     table = pd.DataFrame(
         {

@@ -877,3 +877,22 @@ def test_sampling_index_records_candidates_and_acceptance(tmp_path: Path) -> Non
         )
     assert built.meta["n_candidates"] == 300
     assert built.meta["acceptance_rate"] == pytest.approx(len(built.table) / 300)
+
+
+def test_sub_window_samples_warn_that_bins_come_from_the_whole_window(tmp_path: Path) -> None:
+    table = make_table(np.linspace(0.1, 5.0, 400), n_time_window=12)
+    meta = {"tiling_id": "t", "dataset_id": "d", "dataset_fingerprint": "fp"}
+    with pytest.warns(SamplingWarning, match=r"whole 12-step window.*n_time_window=4"):
+        build_sampling_index(
+            table, meta, method="binnorm", index_dir=tmp_path, seed=0, n_time_sample=4,
+            aggregation="mean", n_scalar_total_bins=3, dry_threshold=None,
+        )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SamplingWarning)
+        build_sampling_index(  # the whole window: nothing to warn about
+            table, meta, method="binnorm", index_dir=tmp_path, seed=0, n_time_sample=12,
+            aggregation="mean", n_scalar_total_bins=3, dry_threshold=None,
+        )  # fmt: skip
+        build_sampling_index(  # uniform does not choose by statistics
+            table, meta, method="uniform", index_dir=tmp_path, seed=0, n_time_sample=4
+        )
