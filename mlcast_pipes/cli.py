@@ -168,21 +168,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import mlcast_pipes as mp
     from mlcast_pipes.catalog import demo_cache_dir
     from mlcast_pipes.demo import describe, ensure_demo
 
-    path = ensure_demo(
-        demo_cache_dir() / f"demo-{args.preset}-seed{args.seed}.zarr", args.preset, args.seed
-    )
-    print(f"demo archive: {path}")
-    print(describe(path))
-    if args.summary_only:
-        return 0
-    import mlcast_pipes as mp
-
     if args.config:
+        # describe the archives the configuration reads, not the demo archive
         pipe = mp.load_pipeline(args.config)
+        for url in _configured_archives(pipe):
+            print(f"configured archive: {url}")
+            print(describe(url))
+        if args.summary_only:
+            return 0
     else:
+        path = ensure_demo(
+            demo_cache_dir() / f"demo-{args.preset}-seed{args.seed}.zarr", args.preset, args.seed
+        )
+        print(f"demo archive: {path}")
+        print(describe(path))
+        if args.summary_only:
+            return 0
         size = args.tile_size or _demo_tile_size(path)
         pipe = mp.compose(
             [
@@ -222,6 +227,19 @@ def _demo(args: argparse.Namespace) -> int:
         figure = plot_batch_sample(first, out / "demo_sample.png")
         print(f"sample figure: {figure}")
     return 0
+
+
+def _configured_archives(pipe: Any) -> list[str]:
+    """Path or URL of every archive a pipeline's sources open."""
+    from mlcast_pipes.datapipes.source import _SingleSource
+    from mlcast_pipes.loader import _walk
+
+    out: list[str] = []
+    for dp in _walk(pipe):
+        if isinstance(dp, _SingleSource):
+            spec = dp.opener.open(dp.source).encoding.get("mlcast_source")
+            out.append(str(getattr(spec, "url", None) or dp.source))
+    return out
 
 
 def _demo_tile_size(path: Path) -> int:

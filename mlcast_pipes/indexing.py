@@ -145,9 +145,26 @@ class TilingPlan:
                 raise ParameterError(
                     f"split {self.split.name!r} holds no tile of {info.dataset_id}: "
                     f"none of the {len(index.table)} tiles lies wholly inside its time ranges; "
-                    "widen the split or use shorter windows"
+                    + _split_hint(mask, self.params)
                 )
         return TileTable(info=info, index=index, rows=rows, name=name)
+
+
+def _split_hint(mask: np.ndarray, params: TilingParams) -> str:
+    """What would give a split tiles: a smaller time stride, shorter windows, a wider split."""
+    n = params.n_time_window
+    st, ty, tx = params.effective_stride
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    runs = edges[1::2] - edges[0::2]
+    longest = int(runs.max()) if runs.size else 0
+    fit = int(np.maximum(runs - n + 1, 0).sum()) if runs.size else 0
+    text = f"its ranges hold {int(mask.sum())} frames, at most {longest} in a row; "
+    if fit and st > 1:
+        return text + (
+            f"with a smaller time stride, e.g. stride=(1, {ty}, {tx}), up to {fit} windows of "
+            f"{n} steps would fit (the stride {st} lattice misses them), or widen the split"
+        )
+    return text + f"use n_time_window <= {max(longest, 1)} or widen the split"
 
 
 def prepare_index(

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import threading
+import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,13 +70,22 @@ def tune_malloc() -> bool:
     )
 
 
-def _init_worker(datapipe: Any, worker_info: Any, pool: BatchPool | None = None) -> Any:
+def _init_worker(
+    datapipe: Any, worker_info: Any, pool: BatchPool | None = None, quiet: bool = False
+) -> Any:
     """DataLoader2 worker set-up: :func:`tune_malloc`, batches stacked in shared memory.
 
-    With a ``pool``, batches go into this worker's recycled buffers of it.
+    With a ``pool``, batches go into this worker's recycled buffers of it. The package's
+    warnings about the archive and the sampler are the same in every worker: only worker 0
+    shows them, and none when the main process has shown them already (``quiet``).
     """
     from mlcast_pipes.datapipes.tensor import stack_into_shared_memory
+    from mlcast_pipes.dataset import MLCastSpecWarning
+    from mlcast_pipes.sampling import SamplingWarning
 
+    if quiet or getattr(worker_info, "worker_id", 0) > 0:
+        for category in (MLCastSpecWarning, SamplingWarning):
+            warnings.filterwarnings("ignore", category=category)
     tune_malloc()
     buffers = pool.worker_buffers(worker_info.worker_id) if pool is not None else None
     stack_into_shared_memory(buffers=buffers)
@@ -113,6 +125,10 @@ def _walk(pipe: IterDataPipe[Any]) -> list[Any]:
     return out
 
 
+#: Pipelines whose indexes were prepared in this process (their warnings were shown here).
+_PREPARED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def prepare_indexes(pipe: IterDataPipe[Any]) -> None:
     """Build or load every index the pipeline needs, in this process, before workers start.
 
@@ -146,6 +162,8 @@ def prepare_indexes(pipe: IterDataPipe[Any]) -> None:
         if plan is not None and source is not None and hasattr(plan, "table"):
             for da in source:
                 plan.table(da)
+    with contextlib.suppress(TypeError):  # not weakly referenceable: workers warn once
+        _PREPARED.add(pipe)
 
 
 def set_resume(pipe: IterDataPipe[Any], batch: int) -> None:
@@ -282,7 +300,9 @@ class Loader:
                     worker_prefetch_cnt=prefetch,
                     main_prefetch_cnt=prefetch,
                     multiprocessing_context=multiprocessing_context,
-                    worker_init_fn=functools.partial(_init_worker, pool=self.batch_pool),
+                    worker_init_fn=functools.partial(
+                        _init_worker, pool=self.batch_pool, quiet=pipe in _PREPARED
+                    ),
                 )
             )
         self._mp = services[-1] if num_workers > 0 else None

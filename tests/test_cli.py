@@ -193,3 +193,19 @@ def test_bench_read_options(
     read = json.loads(out_json.read_text())["read"]
     assert read["fraction_sampled"] == 0.5 and read["epochs"] == 2
     assert len(set(read["samples_checked"])) == 1
+
+
+def test_demo_config_describes_the_configured_archive(
+    tiny_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "pipe.yaml"
+    config.write_text(
+        "steps:\n"
+        f"  - OpenXarrayDataset: {{url: '{tiny_archive}'}}\n"
+        "  - TilingSampler: {n_time_window: 4, tile_size: [64, 64]}\n"
+    )
+    assert main(["demo", "--config", str(config), "--summary-only"]) == 0
+    text = capsys.readouterr().out
+    assert f"configured archive: {tiny_archive.resolve()}" in text
+    assert "demo archive:" not in text
+    assert "(demo preset tiny, seed 0)" in text and "130 x 256 x 256" in text

@@ -564,3 +564,12 @@ def test_register_sampler_functional_again_replaces_it() -> None:
 
     with pytest.raises(ParameterError, match="already taken by 'Foreign'"):
         mp.register_sampler_functional("foreign")
+
+
+def test_empty_split_suggests_a_smaller_time_stride(tiny_archive: Path, index_dir: Path) -> None:
+    times = _source(tiny_archive)["time"].values
+    # 9 consecutive frames starting one step after a window start of the stride-6 lattice
+    start, end = str(times[1])[:19], str(times[9])[:19]
+    (split,) = mp.split_by_ranges(short=[(start, end)]).values()
+    with pytest.raises(ParameterError, match=r"holds no tile.*stride=\(1, 64, 64\).*windows of 6"):
+        list(_tiles(tiny_archive, index_dir, n_time_window=6, split=split))

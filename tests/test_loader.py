@@ -270,3 +270,54 @@ def test_mix_two_archives_exactly_once_with_workers(tiny_archive, index_dir, tmp
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_tune_malloc_takes_effect_on_linux():
     assert mp.tune_malloc() is True
+
+
+_WARN_ONCE_SCRIPT = """
+import sys
+import mlcast_pipes as mp
+pipe = (
+    mp.OpenXarrayDataset(sys.argv[1])
+    .tile(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=sys.argv[2])
+    .sample("uniform", seed=5)
+    .normalize()
+    .to_tensor(batch_size=4)
+)
+loader = mp.make_dataloader(pipe, num_workers=int(sys.argv[3]), prepare=sys.argv[4] == "1")
+try:
+    n = sum(1 for _ in loader)
+finally:
+    loader.shutdown()
+print("batches", n)
+"""
+
+
+@pytest.mark.parametrize("prepare", [True, False])
+def test_archive_warnings_are_shown_once_not_once_per_worker(
+    tiny_archive: Path, tmp_path: Path, prepare: bool
+) -> None:
+    """An archive that deviates from the spec (units spelled 'mm/hr') is noted once."""
+    import shutil
+    import subprocess
+
+    archive = tmp_path / "mmhr.zarr"
+    shutil.copytree(tiny_archive, archive)
+    attrs_file = archive / "rainfall_rate" / ".zattrs"
+    attrs = json.loads(attrs_file.read_text())
+    attrs["units"] = "mm/hr"
+    attrs_file.write_text(json.dumps(attrs))
+    consolidated = json.loads((archive / ".zmetadata").read_text())
+    consolidated["metadata"]["rainfall_rate/.zattrs"]["units"] = "mm/hr"
+    (archive / ".zmetadata").write_text(json.dumps(consolidated))
+    script = tmp_path / "run.py"
+    script.write_text(_WARN_ONCE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(mp.__file__).parent.parent)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(archive), str(tmp_path / "idx"), "3", str(int(prepare))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "batches" in done.stdout
+    assert done.stderr.count("units 'mm/hr' are read as 'mm h-1'") == 1, done.stderr
