@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     insp.add_argument("--seed", type=int, default=0)
     insp.add_argument("--epoch", type=int, default=0)
+    insp.add_argument(
+        "--archive",
+        default=None,
+        help="the archive, to outline its radar coverage (default: the path prepare recorded)",
+    )
 
     bench = sub.add_parser("bench", help="measure prepare and training-read throughput")
     bench.add_argument("--what", choices=("prepare", "read", "all"), default="all")
@@ -358,7 +363,9 @@ def _prepare(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from mlcast_pipes.plots import inspect_index
 
-    report = inspect_index(args.index, out_dir=args.out, seed=args.seed, epoch=args.epoch)
+    report = inspect_index(
+        args.index, out_dir=args.out, seed=args.seed, epoch=args.epoch, archive=args.archive
+    )
     print(report)
     return 0
 

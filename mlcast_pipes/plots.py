@@ -6,6 +6,7 @@ Checks that a sampler balances the scalar as meant, and where and when the sampl
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from mlcast_pipes.errors import IndexFileError, ParameterError
+from mlcast_pipes.errors import IndexFileError, MLCastPipesError, ParameterError
 from mlcast_pipes.index import load_index, read_sidecar, sidecar_path
 from mlcast_pipes.sampling import draw_epoch, load_sampling_index
 
@@ -79,7 +80,7 @@ def _bins_info(pool: pd.DataFrame) -> list[dict[str, Any]]:
         finite = sel[np.isfinite(sel)]
         lo = float(finite.min()) if finite.size else None
         hi = float(finite.max()) if finite.size else None
-        label = "all tiles" if b < 0 else f"bin {int(b)}"
+        label = "pool (no bins)" if b < 0 else f"bin {int(b)}"
         out.append({"bin_id": int(b), "lower": lo, "upper": hi, "label": label})
     return out
 
@@ -163,8 +164,9 @@ def plot_scalar_histogram(
     path : str or path
         PNG file to write.
     all_values : array_like of float, optional
-        The scalar of every tile before sampling, for samplers whose pool is already a
-        selection (``importance``: pass the tiling table's ``imp_s1``). Default: the pool's.
+        The scalar of every candidate tile before sampling, for samplers whose pool is already
+        a selection (``importance``: pass the tiling table's ``imp_s1``); the legend then gives
+        the acceptance rate. Default: the pool's.
     title : str, optional
         Figure title (default: sampler name and parameters from ``pool.attrs``).
 
@@ -203,8 +205,11 @@ def plot_scalar_histogram(
     if positive.size:
         lo, hi = float(positive.min()), float(positive.max())
         edges = np.geomspace(lo, hi * 1.000001 if hi > lo else lo * 10, 41)
+        first = "candidates (every tile)" if all_values is not None else "pool (before the draw)"
+        if all_values is not None and before.size:
+            first += f", {len(pool)} kept ({len(pool) / before.size:.2%} accepted)"
         for data, label, style in (
-            (before, "before sampling (all tiles)", {"histtype": "stepfilled", "alpha": 0.5}),
+            (before, first, {"histtype": "stepfilled", "alpha": 0.5}),
             (after, "after sampling (one epoch)", {"histtype": "step", "lw": 1.6}),
         ):
             if data is None or not data.size:
@@ -236,7 +241,7 @@ def plot_scalar_histogram(
         x = np.arange(len(summary))
         width = 0.4
         share_pool = summary["share_pool"].to_numpy()
-        ax_bins.bar(x - width / 2, share_pool, width, color=_POOL_COLOR, label="all tiles (pool)")
+        ax_bins.bar(x - width / 2, share_pool, width, color=_POOL_COLOR, label="pool")
         if rows is not None:
             share_drawn = summary["share_drawn"].to_numpy()
             ax_bins.bar(x + width / 2, share_drawn, width, color=_EPOCH_COLOR, label="one epoch")
@@ -283,6 +288,7 @@ def plot_sample_density(
     *,
     rows: npt.ArrayLike | None = None,
     title: str | None = None,
+    coverage: npt.ArrayLike | None = None,
 ) -> Figure:
     """Map how often each pixel of the domain is covered by a sample.
 
@@ -298,6 +304,9 @@ def plot_sample_density(
         Count only these rows (e.g. an epoch; repeats count again).
     title : str, optional
         Figure title.
+    coverage : array_like of bool, optional
+        ``domain_shape`` mask of the pixels with radar data (not NaN); its edge is drawn in red
+        and the title gives the share of it never covered.
 
     Returns
     -------
@@ -313,6 +322,11 @@ def plot_sample_density(
     >>> fig = plot_sample_density(tiles, (128, 128), path, rows=np.array([0, 0, 1]))
     >>> path.is_file()
     True
+    >>> yy, xx = np.mgrid[:128, :128]
+    >>> radar = (yy - 64) ** 2 + (xx - 64) ** 2 < 60**2
+    >>> fig = plot_sample_density(tiles, (128, 128), path, coverage=radar)
+    >>> fig.axes[0].get_title()
+    '2 samples; 50% of the archive never covered, 51% of the radar coverage (red edge)'
 
     """
     needed = ("y_start", "x_start", "y_tile", "x_tile")
@@ -337,10 +351,21 @@ def plot_sample_density(
     ax.set_xlabel("x (column index)")
     ax.set_ylabel("y (row index, row 0 at top)")
     uncovered = float((count == 0).mean())
-    ax.set_title(
-        title or f"{sel.size} samples; {uncovered:.0%} of pixels never covered (white)",
-        fontsize=9,
-    )
+    default = f"{sel.size} samples; {uncovered:.0%} of the archive never covered"
+    if coverage is not None:
+        radar = np.asarray(coverage, dtype=bool)
+        if radar.shape != shape:
+            raise ParameterError(
+                f"coverage has shape {radar.shape} but the domain is {shape}; pass the radar "
+                "mask of the archive's frames"
+            )
+        if radar.any() and not radar.all():
+            ax.contour(radar.astype(np.float64), levels=[0.5], colors="red", linewidths=0.8)
+        missed = float((count[radar] == 0).mean()) if radar.any() else 0.0
+        default += f", {missed:.0%} of the radar coverage (red edge)"
+    else:
+        default += " (white)"
+    ax.set_title(title or default, fontsize=9)
     _save(fig, path)
     return fig
 
@@ -557,18 +582,94 @@ def plot_batch_sample(
     return p
 
 
+def _candidate_values(folder: Path, meta: dict[str, Any]) -> npt.NDArray[np.float64] | None:
+    """The sampler's scalar over every tile of the tiling index beside a sampling index."""
+    scalar, tiling_id = meta.get("scalar"), meta.get("tiling_id")
+    csv = folder / f"{tiling_id}.samples.csv"
+    if not scalar or not tiling_id or not csv.exists():
+        return None
+    try:
+        frame, _ = load_index(csv, columns=[str(scalar)])
+    except (IndexFileError, ParameterError):
+        return None
+    return np.asarray(frame[str(scalar)].to_numpy(dtype=np.float64))
+
+
+def _radar_mask(
+    source: Any, shape: tuple[int, int], *, required: bool
+) -> npt.NDArray[np.bool_] | None:
+    """Pixels with data (not NaN) in any of up to 8 frames of the archive, or None.
+
+    A recorded path that is not here (or no longer opens) gives None; an archive the caller
+    named (``required``) must open.
+    """
+    if not source or not (required or Path(str(source)).exists()):
+        return None
+    from mlcast_pipes.dataset import open_mlcast
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            da = open_mlcast(str(source))
+    except (MLCastPipesError, OSError, ValueError):
+        if required:
+            raise
+        return None
+    n = int(da.sizes["time"])
+    picks = np.unique(np.linspace(0, n - 1, min(8, n)).astype(int))
+    frames = np.asarray(da.isel(time=picks).values)
+    mask = np.asarray((~np.isnan(frames)).any(axis=0))
+    return mask if mask.shape == shape else None
+
+
+def _plot_tile_map(
+    table: pd.DataFrame,
+    shape: tuple[int, int],
+    column: str,
+    path: Path,
+    coverage: npt.NDArray[np.bool_] | None,
+) -> None:
+    """Map of a statistic averaged over the windows of each tile position (NaN: no tile)."""
+    cols = ["y_start", "x_start", "y_tile", "x_tile"]
+    means = table.groupby(cols, sort=False)[column].mean().reset_index()
+    total = np.zeros(shape)
+    count = np.zeros(shape)
+    for y0, x0, ny, nx, v in means[[*cols, column]].itertuples(index=False):
+        if np.isfinite(v):
+            total[int(y0) : int(y0) + int(ny), int(x0) : int(x0) + int(nx)] += v
+            count[int(y0) : int(y0) + int(ny), int(x0) : int(x0) + int(nx)] += 1
+    with np.errstate(invalid="ignore"):
+        image = np.where(count > 0, total / count, np.nan)
+    fig, (ax,) = _new_figure(7.0, 6.0 * shape[0] / max(shape[1], 1) + 0.8)
+    im = ax.imshow(image, origin="upper", cmap="Blues", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=f"{column}, mean over the windows of each tile")
+    if coverage is not None and coverage.any() and not coverage.all():
+        ax.contour(coverage.astype(np.float64), levels=[0.5], colors="red", linewidths=0.8)
+    ax.set_xlabel("x (column index)")
+    ax.set_ylabel("y (row index, row 0 at top)")
+    ax.set_title(
+        f"{len(means)} tile positions, {len(table)} tiles; white: no tile kept", fontsize=9
+    )
+    _save(fig, path)
+
+
 def inspect_index(
     path: str | os.PathLike[str],
     *,
     out_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
     epoch: int = 0,
+    archive: str | os.PathLike[str] | None = None,
 ) -> str:
     """Summarise a tiling or sampling index file and draw its diagnostic figures.
 
     A sampling index (its sidecar says kind "sampling") gets the per-bin summary of one epoch,
-    the scalar histogram, the coverage map and the time histogram of that epoch. A tiling index
-    gets its size, time range, statistics and the coverage and time figures of all its tiles.
+    the candidates and acceptance rate of the sampler, the scalar histogram (candidates and
+    pool when the tiling index lies beside it), the coverage map and the time histogram of that
+    epoch. A tiling index gets its size, time range, statistics, the coverage and time figures
+    of all its tiles and a map of the tiles' mean wet fraction. Coverage maps span the
+    archive's frames (shape from the sidecars) and outline its radar coverage (pixels not NaN)
+    when the archive can be opened (``archive``, or the local path the index records).
 
     Parameters
     ----------
@@ -578,6 +679,9 @@ def inspect_index(
         Folder of the PNG figures (default: beside the index).
     seed, epoch : int
         The epoch drawn for a sampling index.
+    archive : str or path, optional
+        The archive, to draw its radar coverage (default: the path recorded by ``prepare``,
+        when it exists here).
 
     Returns
     -------
@@ -607,23 +711,36 @@ def inspect_index(
     kind = read_sidecar(side).get("kind") if side.exists() else None
     lines = [f"index: {p}"]
     files: list[Path] = []
+    meta: dict[str, Any] = {}
     if kind == "sampling":
         idx = load_sampling_index(p)
         table = idx.table
         rows = draw_epoch(table, n_samples=None, seed=seed, epoch=epoch)
-        meta = idx.meta
+        meta = dict(idx.meta)
         lines.append(
             f"sampling index of {meta.get('tiling_id')}: method {meta.get('method')} "
             f"{meta.get('params')}, seed {meta.get('seed')}, n_time_sample "
             f"{meta.get('n_time_sample')}; {len(table)} samples in the pool"
         )
+        candidates = _candidate_values(p.parent, meta)
+        n_cand = meta.get("n_candidates", meta.get("n_tiles_in_tiling"))
+        if n_cand:
+            lines.append(
+                f"candidates: {n_cand} tiles, {len(table)} in the pool "
+                f"(acceptance {len(table) / int(n_cand):.2%})"
+            )
         summary = summary_table(table, rows)
         lines.append(f"epoch {epoch} (seed {seed}, {rows.size} draws):")
         lines.append(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         files.append(out / f"{stem}.scalar_histogram.png")
-        plot_scalar_histogram(table, rows, files[-1])
+        unbinned = not (np.asarray(table["bin_id"]) >= 0).any()
+        plot_scalar_histogram(table, rows, files[-1], all_values=candidates if unbinned else None)
+        if not meta.get("shape") and meta.get("tiling_id"):
+            tiling_side = p.parent / f"{meta['tiling_id']}.meta.json"
+            if tiling_side.exists():
+                meta["shape"] = read_sidecar(tiling_side).get("shape")
     else:
-        table, _ = load_index(p)
+        table, meta = load_index(p)
         rows = np.arange(len(table), dtype=np.int64)
         lines.append(f"tiling index: {len(table)} tiles")
         if "time_start" in table.columns and len(table):
@@ -636,13 +753,31 @@ def inspect_index(
         if stats:
             lines.append(table[stats].describe().to_string(float_format=lambda v: f"{v:.4g}"))
     if len(table) and {"y_start", "x_start", "y_tile", "x_tile"} <= set(table.columns):
-        shape = (
-            int((table["y_start"] + table["y_tile"]).max()),
-            int((table["x_start"] + table["x_tile"]).max()),
+        recorded = meta.get("shape")
+        if isinstance(recorded, list | tuple) and len(recorded) == 3:
+            shape = (int(recorded[1]), int(recorded[2]))
+            lines.append(f"archive frames: {shape[0]} x {shape[1]} pixels (rows x columns)")
+        else:
+            shape = (
+                int((table["y_start"] + table["y_tile"]).max()),
+                int((table["x_start"] + table["x_tile"]).max()),
+            )
+            lines.append(
+                f"archive shape not recorded: the maps span the tiles, up to {shape[0]} x "
+                f"{shape[1]} pixels"
+            )
+        radar = _radar_mask(
+            archive if archive is not None else meta.get("source_url"),
+            shape,
+            required=archive is not None,
         )
+        if radar is not None:
+            lines.append(f"radar coverage: {radar.mean():.0%} of the pixels hold data")
         files.append(out / f"{stem}.sample_density.png")
-        plot_sample_density(table, shape, files[-1], rows=rows)
-        lines.append(f"domain covered up to {shape[0]} x {shape[1]} pixels (rows x columns)")
+        plot_sample_density(table, shape, files[-1], rows=rows, coverage=radar)
+        if kind != "sampling" and "frac_wet" in table.columns:
+            files.append(out / f"{stem}.tile_wetness.png")
+            _plot_tile_map(table, shape, "frac_wet", files[-1], radar)
     if len(table) and ({"time_start", "t_start"} & set(table.columns)):
         files.append(out / f"{stem}.samples_over_time.png")
         plot_samples_over_time(table, files[-1], rows=rows)

@@ -543,6 +543,7 @@ def prepare_tiling(
             "dataset_fingerprint": fingerprint,
             "params": params.to_dict(),
             "shape": [n_t, height, width],
+            "source_url": getattr(da.encoding.get("mlcast_source"), "url", None),
             "time_step_s": regimes[-1]["step_s"] if regimes else None,
             "time_regimes": regimes,
             "consistent_timestep_start": (

@@ -1810,6 +1810,8 @@ def build_sampling_index(
         "params": resolved,
         "scalar": pool.attrs.get("scalar"),
         "n_tiles_in_tiling": len(tiling_table),
+        "shape": tiling_meta.get("shape"),
+        "source_url": tiling_meta.get("source_url"),
         "bin_edges": pool.attrs.get("bin_edges"),
         "bins": bins,
         "n_candidates": pool.attrs.get("n_candidates", len(tiling_table)),

@@ -183,3 +183,48 @@ def test_inspect_index_sampling_and_tiling(tmp_path: Path) -> None:
     assert_png(tmp_path / "demo.64x64.12.sample_density.png")
     with pytest.raises(IndexFileError, match="no index file"):
         inspect_index(tmp_path / "nothing.samples.csv")
+
+
+def test_inspect_maps_span_the_archive_and_outline_its_radar_coverage(
+    tiny_archive: Path, tmp_path: Path
+) -> None:
+    """Coverage maps use the archive's frames, not the box of the tiles, and the importance
+    report names the candidates and the acceptance rate."""
+    import warnings
+
+    from mlcast_pipes.dataset import open_mlcast
+    from mlcast_pipes.prepare import prepare_tiling
+    from mlcast_pipes.sampling import SamplingWarning
+    from mlcast_pipes.tiling import TilingParams
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        da = open_mlcast(str(tiny_archive))
+    params = TilingParams(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.0)
+    tiling = prepare_tiling(da, params, tmp_path, dataset_id="tiny", fingerprint="fp")
+    table = tiling.table
+    # the kept tiles do not reach every edge of the 256 x 256 frames
+    assert (table["y_start"] + 64).max() < 256 or (table["x_start"] + 64).max() < 256
+    report = inspect_index(tiling.path, out_dir=tmp_path / "figs")
+    assert "archive frames: 256 x 256 pixels" in report
+    radar = ~np.isnan(da.values).all(axis=0)
+    assert f"radar coverage: {radar.mean():.0%}" in report
+    assert_png(tmp_path / "figs" / f"{tiling.tiling_id}.tile_wetness.png")
+    # the share never covered, over the whole archive, as in the figure's title
+    fig = plot_sample_density(table, (256, 256), tmp_path / "d.png", coverage=radar)
+    count = np.zeros((256, 256), int)
+    for y0, x0 in table[["y_start", "x_start"]].itertuples(index=False):
+        count[y0 : y0 + 64, x0 : x0 + 64] += 1
+    title = fig.axes[0].get_title()
+    assert f"{(count == 0).mean():.0%} of the archive never covered" in title
+    assert f"{(count[radar] == 0).mean():.0%} of the radar coverage" in title
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        sampling = build_sampling_index(
+            table, tiling.meta, method="importance", index_dir=tmp_path, seed=0, q_min=0.05
+        )
+    report = inspect_index(sampling.path, out_dir=tmp_path / "figs")
+    n = len(sampling.table)
+    assert f"candidates: {len(table)} tiles, {n} in the pool" in report
+    assert "archive frames: 256 x 256 pixels" in report
+    assert "all tiles" not in report
