@@ -360,7 +360,7 @@ def plot_sample_density(
                 "mask of the archive's frames"
             )
         if radar.any() and not radar.all():
-            ax.contour(radar.astype(np.float64), levels=[0.5], colors="red", linewidths=0.8)
+            _shade_no_radar(ax, radar)
         missed = float((count[radar] == 0).mean()) if radar.any() else 0.0
         default += f", {missed:.0%} of the radar coverage (red edge)"
     else:
@@ -622,6 +622,15 @@ def _radar_mask(
     return mask if mask.shape == shape else None
 
 
+def _shade_no_radar(ax: Any, radar: npt.NDArray[np.bool_]) -> None:
+    """Grey out the pixels without radar data and draw the edge of the coverage in red."""
+    ax.imshow(
+        np.where(radar, np.nan, 1.0), origin="upper", cmap="Greys", vmin=0.0, vmax=2.0, alpha=0.4,
+        interpolation="nearest",
+    )  # fmt: skip
+    ax.contour(radar.astype(np.float64), levels=[0.5], colors="red", linewidths=0.8)
+
+
 def _plot_tile_map(
     table: pd.DataFrame,
     shape: tuple[int, int],
@@ -641,14 +650,16 @@ def _plot_tile_map(
     with np.errstate(invalid="ignore"):
         image = np.where(count > 0, total / count, np.nan)
     fig, (ax,) = _new_figure(7.0, 6.0 * shape[0] / max(shape[1], 1) + 0.8)
-    im = ax.imshow(image, origin="upper", cmap="Blues", interpolation="nearest")
+    im = ax.imshow(image, origin="upper", cmap="Blues", vmin=0.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, label=f"{column}, mean over the windows of each tile")
     if coverage is not None and coverage.any() and not coverage.all():
-        ax.contour(coverage.astype(np.float64), levels=[0.5], colors="red", linewidths=0.8)
+        _shade_no_radar(ax, coverage)
     ax.set_xlabel("x (column index)")
     ax.set_ylabel("y (row index, row 0 at top)")
     ax.set_title(
-        f"{len(means)} tile positions, {len(table)} tiles; white: no tile kept", fontsize=9
+        f"{len(means)} tile positions, {len(table)} tiles; white: no tile kept"
+        + ("; grey: no radar data" if coverage is not None else ""),
+        fontsize=9,
     )
     _save(fig, path)
 
