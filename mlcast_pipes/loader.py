@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,9 +78,38 @@ def _init_worker(datapipe: Any, worker_info: Any, pool: BatchPool | None = None)
     from mlcast_pipes.datapipes.tensor import stack_into_shared_memory
 
     tune_malloc()
+    _exit_with_parent()
     buffers = pool.worker_buffers(worker_info.worker_id) if pool is not None else None
     stack_into_shared_memory(buffers=buffers)
     return datapipe
+
+
+#: ``prctl`` option: the signal this process gets when its parent dies (Linux)
+_PR_SET_PDEATHSIG = 1
+
+
+def _exit_with_parent(interval: float = 1.0) -> None:
+    """Make this worker process end when the process that started it dies.
+
+    Linux sends it SIGKILL at once (``prctl(PR_SET_PDEATHSIG)``); elsewhere, and as a fallback,
+    a daemon thread ends the process once its parent process id changes.
+    """
+    import ctypes
+    import ctypes.util
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mlcast-parent-watch").start()
 
 
 class WorkerDiedError(MLCastPipesError, RuntimeError):
@@ -307,12 +339,15 @@ class Loader:
             return
         # DataLoader2 works on a copy of the reading service: watch that copy's processes.
         watchdog = _Watchdog(self.dataloader.reading_service, self.watchdog_interval)
-        iterator = iter(self.dataloader)  # resets the workers: no batch is on its way now
-        if self.batch_pool is not None:
-            self.batch_pool.reclaim()  # buffers of batches let go of or dropped since
         with watchdog:
+            iterator: Iterator[Any] | None = None
             while True:
                 try:
+                    if iterator is None:
+                        # resets the workers (a dead one would block it: under the watchdog)
+                        iterator = iter(self.dataloader)
+                        if self.batch_pool is not None:
+                            self.batch_pool.reclaim()  # buffers let go of or dropped since
                     item = next(iterator)
                     if self.batch_pool is not None:
                         self.batch_pool.track(item)
@@ -446,9 +481,11 @@ class _Watchdog:
             dead = [e for e in entries if e[0].exitcode not in (None, 0)]
             if dead and not self._stop.is_set():
                 self.dead = [(e[0].pid, e[0].exitcode) for e in dead]
+                # again at each interval: between epochs DataLoader2 may swallow one report
+                # (discarding a request) and then wait on that queue again
                 for entry in dead:
-                    _report(entry[2], WorkerDiedError(self.message()))
-                return
+                    with contextlib.suppress(ValueError, OSError):  # queue closed by shutdown
+                        _report(entry[2], WorkerDiedError(self.message()))
 
     def message(self) -> str:
         parts = []

@@ -1,0 +1,98 @@
+"""Reliability: dead workers between epochs, orphaned workers, silent servers, edited or
+rewritten archives and indexes, read-only index folders, unchecked arguments, untrusted
+catalogs and leftovers of killed runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import mlcast_pipes as mp
+from mlcast_pipes.loader import _processes
+
+
+def _pipe(path: Path, index_dir: Path, batch_size: int = 4):  # type: ignore[no-untyped-def]
+    return (
+        mp.OpenXarrayDataset(str(path))
+        .tile(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=index_dir)
+        .sample("uniform", seed=5)
+        .normalize()
+        .to_tensor(batch_size=batch_size)
+    )
+
+
+# ------------------------------------------------------------------ workers
+@pytest.mark.timeout(60)
+def test_worker_killed_between_epochs_raises_within_a_second(tiny_archive, index_dir):
+    loader = mp.make_dataloader(_pipe(tiny_archive, index_dir), num_workers=2)
+    try:
+        assert sum(1 for _ in loader) > 0
+        victim = _processes(loader.dataloader.reading_service)[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=5)
+        start = time.monotonic()
+        with pytest.raises(mp.WorkerDiedError, match=f"pid {victim.pid}"):
+            for _ in loader:
+                pass
+        assert time.monotonic() - start < 2.0
+    finally:
+        loader.shutdown()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+_TRAINER = """
+import sys, time, warnings
+warnings.filterwarnings("ignore")
+import mlcast_pipes as mp
+from mlcast_pipes.loader import _processes
+pipe = (mp.OpenXarrayDataset(sys.argv[1])
+        .tile(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=sys.argv[2])
+        .sample("uniform", seed=5).normalize().to_tensor(batch_size=4))
+loader = mp.make_dataloader(pipe, num_workers=2)
+batches = iter(loader)
+next(batches)
+print(" ".join(str(p.pid) for p in _processes(loader.dataloader.reading_service)), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_exit_when_the_training_process_dies(tiny_archive, index_dir, tmp_path, sig):
+    script = tmp_path / "trainer.py"
+    script.write_text(textwrap.dedent(_TRAINER))
+    env = {**os.environ, "PYTHONPATH": str(Path(mp.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_archive), str(index_dir)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids), "a worker outlived the training process"
+    finally:
+        proc.kill()
+        proc.wait()
