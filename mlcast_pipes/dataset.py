@@ -1251,8 +1251,11 @@ def _to_datetime64(value: Any, what: str) -> np.datetime64:
 def _read_missing_times(ds: xr.Dataset, label: str) -> np.ndarray:
     if "missing_times" not in ds.variables:
         return np.array([], dtype="datetime64[ns]")
-    # Synchronously: a forked worker process inherits dask's thread pool without its threads.
-    values = np.asarray(ds.variables["missing_times"].compute(scheduler="synchronous").values)
+    var = ds.variables["missing_times"]
+    if isinstance(var, xr.IndexVariable):  # on its own dimension: in memory already
+        values = np.asarray(var.values)
+    else:  # synchronously: a forked worker inherits dask's thread pool without its threads
+        values = np.asarray(var.compute(scheduler="synchronous").values)
     values = values.ravel()
     if values.size == 0:
         return np.array([], dtype="datetime64[ns]")

@@ -1413,7 +1413,7 @@ def load_sampling_index(
     tiling_table: pd.DataFrame | None = None,
     tiling_meta: Mapping[str, Any] | None = None,
     expected: Mapping[str, Any] | None = None,
-    verify: VerifyMode = "size",
+    verify: VerifyMode = "sha256",
 ) -> SamplingIndex:
     """Load a sampling index and check it against its sidecar, the tiling and the parameters.
 
@@ -1427,9 +1427,9 @@ def load_sampling_index(
     expected : mapping, optional
         Expected settings: any of ``method``, ``seed``, ``n_time_sample``, ``params`` (a dict of
         the sampler's parameters, completed with defaults before comparing).
-    verify : {"size", "sha256"}
-        Check the CSV's byte size against the sidecar (cheap), or also its SHA-256 (reads the
-        whole file once more; catches same-size edits).
+    verify : {"sha256", "size"}
+        Check the CSV's byte size and SHA-256 against the sidecar (catches same-size edits),
+        or only its byte size (cheaper).
 
     Returns
     -------

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import mlcast_pipes as mp
-from mlcast_pipes.loader import _processes
+from mlcast_pipes.loader import _processes, prepare_indexes
 
 
 def _pipe(path: Path, index_dir: Path, batch_size: int = 4):  # type: ignore[no-untyped-def]
@@ -58,7 +58,7 @@ _TRAINER = """
 import sys, time, warnings
 warnings.filterwarnings("ignore")
 import mlcast_pipes as mp
-from mlcast_pipes.loader import _processes
+from mlcast_pipes.loader import _processes, prepare_indexes
 pipe = (mp.OpenXarrayDataset(sys.argv[1])
         .tile(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=sys.argv[2])
         .sample("uniform", seed=5).normalize().to_tensor(batch_size=4))
@@ -96,3 +96,40 @@ def test_workers_exit_when_the_training_process_dies(tiny_archive, index_dir, tm
     finally:
         proc.kill()
         proc.wait()
+
+
+# ------------------------------------------------------------------ indexes and archives
+def _sampling_csv(index_dir: Path) -> Path:
+    (csv,) = [p for p in index_dir.glob("*.samples.csv") if ".uniform." in p.name]
+    return csv
+
+
+def test_hand_edited_sampling_index_is_rejected(tiny_archive, index_dir):
+    prepare_indexes(_pipe(tiny_archive, index_dir))
+    csv = _sampling_csv(index_dir)
+    lines = csv.read_text().splitlines(keepends=True)
+    col = lines[0].rstrip("\n").split(",").index("y_start")
+    for k, line in enumerate(lines[1:], start=1):
+        fields = line.split(",")
+        if fields[col] == "0":
+            fields[col] = "7"  # off the tile grid, same file size
+            lines[k] = ",".join(fields)
+            break
+    size = csv.stat().st_size
+    csv.write_text("".join(lines))
+    assert csv.stat().st_size == size
+    with pytest.raises(mp.IndexFileError, match="sha256"):
+        list(_pipe(tiny_archive, index_dir))
+
+
+def test_missing_times_on_its_own_dimension(tiny_archive, tmp_path):
+    import xarray as xr
+
+    ds = xr.open_zarr(tiny_archive).isel(time=slice(0, 40))
+    ds = ds.swap_dims({ds["missing_times"].dims[0]: "missing_times"})
+    for var in ds.variables.values():
+        var.encoding.pop("chunks", None)
+        var.encoding.pop("preferred_chunks", None)
+    ds.to_zarr(tmp_path / "own_dim.zarr", mode="w", zarr_format=2, consolidated=True)
+    da = mp.open_mlcast(tmp_path / "own_dim.zarr")
+    assert mp.dataset.missing_times(da).size == ds.sizes["missing_times"] > 0
