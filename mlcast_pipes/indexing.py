@@ -5,6 +5,8 @@ Workers and ranks that need the same index take a file lock: one computes, the r
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -193,8 +195,7 @@ def prepare_index(
     folder = Path(index_dir) if index_dir is not None else default_index_dir()
     info = dataset_info(da)
     folder = _ensure_folder(folder)
-    lock = FileLock(str(folder / f"{tiling_id(info.dataset_id, params)}.lock"))
-    with lock:
+    with _file_lock(folder / f"{tiling_id(info.dataset_id, params)}.lock"):
         return prepare_tiling(
             da,
             params,
@@ -207,6 +208,26 @@ def prepare_index(
             recompute=recompute,
             progress=progress,
         )
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold the file lock ``path``; in a folder this process cannot write, go on without it.
+
+    There, complete index files are only read; writing a missing one raises IndexFileError.
+    """
+    lock = FileLock(str(path))
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _ensure_folder(folder: Path) -> Path:
@@ -293,7 +314,7 @@ class TileTable:
         meta = dict(self.index.meta)
         meta["tiling_id"] = self.name
         folder = _ensure_folder(index_dir)
-        with FileLock(str(folder / f"{self.name}.sampling.lock")):
+        with _file_lock(folder / f"{self.name}.sampling.lock"):
             return build_sampling_index(
                 self.rows,
                 meta,
@@ -620,7 +641,7 @@ def sampling_stats(
         "seed": seed,
         "sampling_csv_sha256": sampling_index.meta.get("csv_sha256"),
     }
-    with FileLock(str(folder / f"{sampling_index.sampling_id}.stats.lock")):
+    with _file_lock(folder / f"{sampling_index.sampling_id}.stats.lock"):
         if (
             not recompute
             and _is_current(path, sampling_index.path)

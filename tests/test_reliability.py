@@ -133,3 +133,53 @@ def test_missing_times_on_its_own_dimension(tiny_archive, tmp_path):
     ds.to_zarr(tmp_path / "own_dim.zarr", mode="w", zarr_format=2, consolidated=True)
     da = mp.open_mlcast(tmp_path / "own_dim.zarr")
     assert mp.dataset.missing_times(da).size == ds.sizes["missing_times"] > 0
+
+
+_READER = """
+import sys, warnings
+warnings.filterwarnings("ignore")
+import mlcast_pipes as mp
+pipe = (mp.OpenXarrayDataset(sys.argv[1])
+        .tile(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=sys.argv[2])
+        .sample("uniform", seed=5).normalize().to_tensor(batch_size=4))
+try:
+    print(sum(1 for _ in pipe))
+except mp.IndexFileError as exc:
+    print("IndexFileError", exc)
+"""
+
+
+def _run_read_only(folder: Path, script: Path, *args: str) -> str:
+    """Run ``script`` with ``folder`` read-only (a read-only bind mount when run as root)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(mp.__file__).parents[1])}
+    cmd = [sys.executable, str(script), *args]
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        finally:
+            folder.chmod(0o755)
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("running as root without user namespaces: no read-only folder to test")
+    quoted = " ".join(f"'{c}'" for c in cmd)
+    shell = f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}' && {quoted}"
+    out = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.timeout(60)
+def test_index_folder_read_only(tiny_archive, index_dir, tmp_path):
+    script = tmp_path / "reader.py"
+    script.write_text(textwrap.dedent(_READER))
+    n_batches = sum(1 for _ in _pipe(tiny_archive, index_dir))
+    assert list(index_dir.glob("*.lock"))
+    out = _run_read_only(index_dir, script, str(tiny_archive), str(index_dir))
+    assert out.strip() == str(n_batches)  # a complete index loads read-only
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = _run_read_only(empty, script, str(tiny_archive), str(empty))
+    assert out.startswith("IndexFileError") and "not writable" in out
