@@ -268,6 +268,7 @@ class ChunkReader:
         indices: Sequence[int],
         out: Sequence[np.ndarray | None] | None = None,
         then: OnChunk | None = None,
+        timeout: float | None = None,
     ) -> PendingChunks:
         """Start reading the chunks ``indices`` concurrently.
 
@@ -277,6 +278,8 @@ class ChunkReader:
         fit is left alone and the outcome is a new (possibly read-only) array. ``then(index,
         chunk)`` is called in the decoding thread right after each chunk is decoded, while
         its data is in that core's cache (an exception it raises becomes the outcome).
+        ``timeout`` bounds, in seconds, a chunk fetched through a remote store: one not read
+        by then has a ``TimeoutError`` as its outcome (local files are not bounded).
         """
         outs = list(out) if out is not None else [None] * len(indices)
         if len(outs) != len(indices):
@@ -295,8 +298,14 @@ class ChunkReader:
             return PendingChunks([done], gathered=True)
         from zarr.core.sync import _get_loop
 
+        async def bounded(index: int, o: np.ndarray | None) -> Any:
+            try:
+                return await asyncio.wait_for(self._read_async(index, o, then), timeout)
+            except TimeoutError:
+                return TimeoutError(f"chunk {index} was not read within {timeout:.3g} s")
+
         async def gather() -> list[Any]:
-            jobs = (self._read_async(int(i), o, then) for i, o in zip(indices, outs, strict=True))
+            jobs = (bounded(int(i), o) for i, o in zip(indices, outs, strict=True))
             return list(await asyncio.gather(*jobs))
 
         future = asyncio.run_coroutine_threadsafe(gather(), _get_loop())
@@ -331,6 +340,8 @@ class PendingChunks:
     ) -> None:
         self._futures = futures
         self._gathered = gathered  # one future whose result is the list of outcomes
+        #: ``time.monotonic()`` by which the reads must be done (None: unbounded); set by callers
+        self.deadline: float | None = None
 
     def result(self) -> list[Any]:
         """One outcome per chunk (array or exception), in the order asked for."""

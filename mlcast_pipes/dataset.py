@@ -528,16 +528,28 @@ def dataset_id(da: xr.DataArray) -> str:
     return source_spec(da).dataset_id
 
 
-def fingerprint(da: xr.DataArray) -> str:
-    """Hash an archive's metadata, to detect index files made for other data.
+#: Environment variable: "0" leaves the chunk sample out of :func:`fingerprint`.
+CHUNK_FINGERPRINT_ENV = "MLCAST_PIPES_FINGERPRINT_CHUNKS"
+#: Time chunks of the variable whose stored size (local) or ETag (remote) the fingerprint covers.
+_CHUNK_SAMPLE_LOCAL, _CHUNK_SAMPLE_REMOTE = 64, 8
 
-    It covers the variable name, shape, dtype, standard_name, units, the time, y and x values and
-    ``missing_times``; no pixel is read. Appending frames or changing coordinates changes it.
+
+def fingerprint(da: xr.DataArray, *, chunks: bool | None = None) -> str:
+    """Hash an archive's metadata and a sample of its chunks, to detect indexes of other data.
+
+    It covers the variable name, shape, dtype, standard_name, units, the time, y and x values,
+    ``missing_times`` and the stored size (local store) or ETag (object store) of up to 64
+    (local) or 8 (remote) time chunks spread evenly over the archive; no pixel is read.
+    Appending frames, changing coordinates or rewriting the pixels changes it (a rewrite that
+    keeps every sampled chunk's size is not seen).
 
     Parameters
     ----------
     da : xarray.DataArray
         An archive opened by :func:`open_mlcast`.
+    chunks : bool, optional
+        Include the chunk sample (default: yes, unless ``$MLCAST_PIPES_FINGERPRINT_CHUNKS`` is
+        ``0``). Turning it off or on changes the fingerprint.
 
     Returns
     -------
@@ -578,7 +590,58 @@ def fingerprint(da: xr.DataArray) -> str:
     mt = missing_times(da).view(np.int64)
     digest.update(f"|missing_times:{mt.size}|".encode())
     digest.update(np.ascontiguousarray(mt).tobytes())
+    if chunks is None:
+        chunks = os.environ.get(CHUNK_FINGERPRINT_ENV, "1").strip().lower() not in ("0", "no")
+    if chunks and isinstance(spec, SourceSpec):
+        n_frames = int(da.sizes["time"]) if "time" in da.dims else 0
+        digest.update(json.dumps(_chunk_sample(spec, n_frames)).encode())
     return digest.hexdigest()[:16]
+
+
+def _chunk_sample(spec: SourceSpec, n_frames: int) -> list[tuple[int, str]]:
+    """(time chunk, stored size or ETag) of time chunks spread evenly over the first frames."""
+    import zarr
+
+    from mlcast_pipes.reader import _open_store
+
+    try:
+        store = _open_store(spec.url, spec.storage_options or None)
+        arr = zarr.open_array(store, path=spec.var_name, mode="r")
+        n_chunks = min(int(arr.cdata_shape[0]), -(-n_frames // int(arr.chunks[0])))
+        encode = arr.metadata.encode_chunk_key
+    except Exception as exc:
+        raise DatasetError(
+            f"cannot read the chunk layout of {spec.var_name!r} in {spec.url!r} for the "
+            f"dataset fingerprint ({type(exc).__name__}: {exc}); fix the store's access, or set "
+            f"${CHUNK_FINGERPRINT_ENV}=0 to fingerprint its metadata only"
+        ) from exc
+    local = getattr(store, "root", None)
+    k = _CHUNK_SAMPLE_LOCAL if local is not None else _CHUNK_SAMPLE_REMOTE
+    picks = sorted({round(i) for i in np.linspace(0, n_chunks - 1, min(k, max(n_chunks, 0)))})
+    rest = (0,) * (len(arr.shape) - 1)
+    out: list[tuple[int, str]] = []
+    for i in picks:
+        key = f"{spec.var_name}/{encode((i, *rest))}"
+        if local is not None:
+            try:
+                out.append((i, str(os.stat(pathlib.Path(local) / key).st_size)))
+            except FileNotFoundError:
+                out.append((i, "absent"))
+            continue
+        try:
+            info = store.fs.info(f"{store.path}/{key}")
+        except FileNotFoundError:
+            out.append((i, "absent"))
+            continue
+        except Exception as exc:
+            raise DatasetError(
+                f"cannot stat chunk {key!r} of {spec.url!r} for the dataset fingerprint "
+                f"({type(exc).__name__}: {exc}); check the connection, or set "
+                f"${CHUNK_FINGERPRINT_ENV}=0 to fingerprint its metadata only"
+            ) from exc
+        tag = info.get("ETag") or info.get("etag") or info.get("size")
+        out.append((i, str(tag)))
+    return out
 
 
 def metadata_stamp(da: xr.DataArray) -> tuple[tuple[str, int, int], ...] | None:

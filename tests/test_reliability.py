@@ -183,3 +183,26 @@ def test_index_folder_read_only(tiny_archive, index_dir, tmp_path):
     empty.mkdir()
     out = _run_read_only(empty, script, str(tiny_archive), str(empty))
     assert out.startswith("IndexFileError") and "not writable" in out
+
+
+def _copy(archive: Path, folder: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(archive, folder / archive.name))
+
+
+def test_rewritten_pixels_make_the_index_stale(tiny_archive, tmp_path, monkeypatch):
+    import numpy as np
+    import zarr
+
+    archive = _copy(tiny_archive, tmp_path)
+    index_dir = tmp_path / "index"
+    assert sum(1 for _ in _pipe(archive, index_dir)) > 0
+    arr = zarr.open_array(str(archive / "rainfall_rate"), mode="r+")
+    arr[:] = np.nan_to_num(arr[:]) * 10 + 1  # same coordinates, other pixels
+    with pytest.raises(mp.StaleIndexError, match="fingerprint changed"):
+        list(_pipe(archive, index_dir))
+    monkeypatch.setenv("MLCAST_PIPES_FINGERPRINT_CHUNKS", "0")  # the option to skip it
+    with pytest.raises(mp.StaleIndexError, match="fingerprint changed"):
+        list(_pipe(archive, index_dir))  # the index recorded the chunk sample
+    assert sum(1 for _ in _pipe(archive, tmp_path / "metadata-only")) > 0
