@@ -530,18 +530,18 @@ def dataset_id(da: xr.DataArray) -> str:
 
 #: Environment variable: "0" leaves the chunk sample out of :func:`fingerprint`.
 CHUNK_FINGERPRINT_ENV = "MLCAST_PIPES_FINGERPRINT_CHUNKS"
-#: Time chunks of the variable whose stored size (local) or ETag (remote) the fingerprint covers.
-_CHUNK_SAMPLE_LOCAL, _CHUNK_SAMPLE_REMOTE = 64, 8
+#: Time chunks of the variable whose stored (compressed) size the fingerprint covers.
+_CHUNK_SAMPLE = 16
 
 
 def fingerprint(da: xr.DataArray, *, chunks: bool | None = None) -> str:
     """Hash an archive's metadata and a sample of its chunks, to detect indexes of other data.
 
     It covers the variable name, shape, dtype, standard_name, units, the time, y and x values,
-    ``missing_times`` and the stored size (local store) or ETag (object store) of up to 64
-    (local) or 8 (remote) time chunks spread evenly over the archive; no pixel is read.
-    Appending frames, changing coordinates or rewriting the pixels changes it (a rewrite that
-    keeps every sampled chunk's size is not seen).
+    ``missing_times`` and the stored (compressed) size of 16 time chunks spread evenly over the
+    archive, the same for a local copy and an object store; no pixel is read. Appending
+    frames, changing coordinates or rewriting the pixels changes it (a rewrite that keeps
+    every sampled chunk's size is not seen).
 
     Parameters
     ----------
@@ -599,49 +599,40 @@ def fingerprint(da: xr.DataArray, *, chunks: bool | None = None) -> str:
 
 
 def _chunk_sample(spec: SourceSpec, n_frames: int) -> list[tuple[int, str]]:
-    """(time chunk, stored size or ETag) of time chunks spread evenly over the first frames."""
+    """(time chunk, stored size) of time chunks spread evenly over the first ``n_frames``."""
+    import asyncio
+
     import zarr
+    from zarr.core.sync import sync
 
     from mlcast_pipes.reader import _open_store
+
+    async def size(key: str) -> str:
+        try:
+            return str(await store.getsize(key))
+        except FileNotFoundError:
+            return "absent"
+
+    async def sizes(keys: list[str]) -> list[str]:
+        return list(await asyncio.gather(*(size(k) for k in keys)))
 
     try:
         store = _open_store(spec.url, spec.storage_options or None)
         arr = zarr.open_array(store, path=spec.var_name, mode="r")
         n_chunks = min(int(arr.cdata_shape[0]), -(-n_frames // int(arr.chunks[0])))
-        encode = arr.metadata.encode_chunk_key
+        picks = sorted(
+            {round(i) for i in np.linspace(0, n_chunks - 1, min(_CHUNK_SAMPLE, max(n_chunks, 0)))}
+        )
+        rest = (0,) * (len(arr.shape) - 1)
+        keys = [f"{spec.var_name}/{arr.metadata.encode_chunk_key((i, *rest))}" for i in picks]
+        found = sync(sizes(keys))
     except Exception as exc:
         raise DatasetError(
-            f"cannot read the chunk layout of {spec.var_name!r} in {spec.url!r} for the "
-            f"dataset fingerprint ({type(exc).__name__}: {exc}); fix the store's access, or set "
+            f"cannot read the chunk sizes of {spec.var_name!r} in {spec.url!r} for the dataset "
+            f"fingerprint ({type(exc).__name__}: {exc}); check the store and its access, or set "
             f"${CHUNK_FINGERPRINT_ENV}=0 to fingerprint its metadata only"
         ) from exc
-    local = getattr(store, "root", None)
-    k = _CHUNK_SAMPLE_LOCAL if local is not None else _CHUNK_SAMPLE_REMOTE
-    picks = sorted({round(i) for i in np.linspace(0, n_chunks - 1, min(k, max(n_chunks, 0)))})
-    rest = (0,) * (len(arr.shape) - 1)
-    out: list[tuple[int, str]] = []
-    for i in picks:
-        key = f"{spec.var_name}/{encode((i, *rest))}"
-        if local is not None:
-            try:
-                out.append((i, str(os.stat(pathlib.Path(local) / key).st_size)))
-            except FileNotFoundError:
-                out.append((i, "absent"))
-            continue
-        try:
-            info = store.fs.info(f"{store.path}/{key}")
-        except FileNotFoundError:
-            out.append((i, "absent"))
-            continue
-        except Exception as exc:
-            raise DatasetError(
-                f"cannot stat chunk {key!r} of {spec.url!r} for the dataset fingerprint "
-                f"({type(exc).__name__}: {exc}); check the connection, or set "
-                f"${CHUNK_FINGERPRINT_ENV}=0 to fingerprint its metadata only"
-            ) from exc
-        tag = info.get("ETag") or info.get("etag") or info.get("size")
-        out.append((i, str(tag)))
-    return out
+    return list(zip(picks, found, strict=True))
 
 
 def metadata_stamp(da: xr.DataArray) -> tuple[tuple[str, int, int], ...] | None:

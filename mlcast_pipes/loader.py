@@ -23,6 +23,7 @@ from torchdata.dataloader2 import (
     SequentialReadingService,
 )
 
+from mlcast_pipes._checks import as_int
 from mlcast_pipes.batchpool import BatchPool, sharing_by_fd
 from mlcast_pipes.errors import MLCastPipesError, ParameterError
 
@@ -283,8 +284,10 @@ class Loader:
         multiprocessing_context: str | None = None,
         reuse_batch_memory: bool = True,
     ) -> None:
-        if num_workers < 0:
-            raise ParameterError(f"num_workers must be >= 0, got {num_workers}")
+        num_workers = as_int("num_workers", num_workers, minimum=0)
+        start_epoch = as_int("start_epoch", start_epoch, minimum=0)
+        start_batch = as_int("start_batch", start_batch, minimum=0)
+        prefetch = as_int("prefetch", prefetch, minimum=1)
         self.pipe = pipe
         self.num_workers = num_workers
         self.distributed = distributed

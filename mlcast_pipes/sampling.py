@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from mlcast_pipes.errors import IndexFileError, ParameterError, StaleIndexError
+from mlcast_pipes.errors import DatasetError, IndexFileError, ParameterError, StaleIndexError
 from mlcast_pipes.index import (
     CSV_SUFFIX,
     SIDECAR_SUFFIX,
@@ -594,6 +594,14 @@ def _tile_ids(table: pd.DataFrame, sampler: str) -> npt.NDArray[Any]:
 def _finite_only(
     ids: npt.NDArray[Any], values: npt.NDArray[np.float64], what: str, sampler: str
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
+    infinite = np.isinf(values)
+    if infinite.any():
+        shown = ", ".join(str(i) for i in ids[infinite][:5])
+        raise DatasetError(
+            f"{sampler}: {int(infinite.sum())} tile(s) have an infinite {what} (tile ids "
+            f"{shown}): the archive holds infinite pixel values; fix: mask them to NaN (or clip "
+            "them) in the archive, then rebuild the index with recompute=True"
+        )
     ok = np.isfinite(values)
     if not ok.all():
         warnings.warn(

@@ -206,3 +206,71 @@ def test_rewritten_pixels_make_the_index_stale(tiny_archive, tmp_path, monkeypat
     with pytest.raises(mp.StaleIndexError, match="fingerprint changed"):
         list(_pipe(archive, index_dir))  # the index recorded the chunk sample
     assert sum(1 for _ in _pipe(archive, tmp_path / "metadata-only")) > 0
+
+
+# ------------------------------------------------------------------ arguments
+def test_batch_size_and_start_batch_are_checked(tiny_archive, index_dir):
+    tiles = mp.OpenXarrayDataset(str(tiny_archive)).tile(
+        n_time_window=6, tile_size=(64, 64), index_dir=index_dir
+    )
+    for bad in (2.5, "4", True, 0):
+        with pytest.raises(mp.ParameterError, match="batch_size"):
+            tiles.normalize().to_tensor(batch_size=bad)
+    with pytest.raises(mp.ParameterError, match="start_batch must be >= 0"):
+        mp.make_dataloader(_pipe(tiny_archive, index_dir), num_workers=0, start_batch=-1)
+
+
+def test_tile_size_as_text_is_named_whole(tiny_archive, index_dir):
+    with pytest.raises(mp.ParameterError, match="tile_size='32'"):
+        mp.OpenXarrayDataset(str(tiny_archive)).tile(tile_size="32", index_dir=index_dir)
+
+
+def test_unknown_and_list_valued_step_arguments(tiny_archive, index_dir):
+    with pytest.raises(mp.ParameterError, match=r"unknown tiling argument.*'tile_sise'"):
+        mp.compose([mp.OpenXarrayDataset(str(tiny_archive)), mp.TilingSampler(tile_sise=64)])
+    steps = [
+        {"OpenXarrayDataset": {"url": str(tiny_archive)}},
+        {"TilingSampler": {"n_time_window": 6, "tile_size": [64, 64], "index_dir": str(index_dir)}},
+        {"NormalizeForTraining": {}},
+        {"ToTorchTensor": {"batch_size": [4]}},
+    ]
+    with pytest.raises(mp.ParameterError, match="batch_size"):
+        mp.load_pipeline({"steps": steps})
+
+
+def test_infinite_values_never_reach_a_tensor_or_vanish_from_a_pool(tiny_archive, tmp_path):
+    import numpy as np
+    import pandas as pd
+    import zarr
+
+    from mlcast_pipes.sampling import run_sampler
+
+    archive = _copy(tiny_archive, tmp_path)
+    arr = zarr.open_array(str(archive / "rainfall_rate"), mode="r+")
+    data = np.nan_to_num(arr[:])
+    data[:, 10, 10] = np.inf
+    arr[:] = data
+    tiles = mp.OpenXarrayDataset(str(archive)).tile(
+        n_time_window=6, tile_size=(64, 64), index_dir=tmp_path / "index"
+    )
+    with pytest.raises(mp.ParameterError, match="infinite values"):
+        list(tiles.to_tensor(batch_size=4))
+    table = pd.DataFrame({"tile_id": range(4), "mean": [0.0, 1.0, np.inf, 2.0]})
+    with pytest.raises(mp.DatasetError, match=r"infinite mean.*tile ids 2"):
+        run_sampler("binnorm", table, seed=0, aggregation="mean", n_scalar_total_bins=2)
+
+
+def test_full_disk_is_an_index_error_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    from mlcast_pipes import index
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(index.os, "fsync", full)
+    with pytest.raises(mp.IndexFileError, match=r"No space left.*free space"):
+        index.write_index(tmp_path / "a.samples.csv", [pd.DataFrame({"x": [1]})], {}, columns=["x"])
+    assert list(tmp_path.iterdir()) == []
