@@ -274,3 +274,33 @@ def test_full_disk_is_an_index_error_and_leaves_no_temp_file(tmp_path, monkeypat
     with pytest.raises(mp.IndexFileError, match=r"No space left.*free space"):
         index.write_index(tmp_path / "a.samples.csv", [pd.DataFrame({"x": [1]})], {}, columns=["x"])
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ untrusted catalogs
+def test_catalog_reads_only_environment_variables_the_user_names(tmp_path, monkeypatch):
+    from mlcast_pipes.catalog import load_catalog
+
+    monkeypatch.setenv("MY_TOKEN", "s3cr3t")
+    monkeypatch.delenv("MLCAST_PIPES_CATALOG_ENV", raising=False)
+    catalog = tmp_path / "c.yml"
+    catalog.write_text(
+        "sources:\n  e:\n    driver: zarr\n"
+        '    args: {urlpath: "http://127.0.0.1:9/{{ env(MY_TOKEN) }}/e.zarr"}\n'
+    )
+    with pytest.raises(mp.CatalogError, match="MLCAST_PIPES_CATALOG_ENV") as info:
+        load_catalog(catalog)
+    assert "s3cr3t" not in str(info.value)
+    monkeypatch.setenv("MLCAST_PIPES_CATALOG_ENV", "MY_TOKEN")
+    assert "s3cr3t" in load_catalog(catalog)["e"].urlpath
+
+
+def test_demo_preset_cannot_leave_the_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "a" / "b" / "cache"
+    monkeypatch.setenv("MLCAST_PIPES_CACHE", str(cache))
+    catalog = tmp_path / "c.yml"
+    catalog.write_text(
+        'sources:\n  evil:\n    driver: mlcast_demo\n    args: {preset: "../../..", seed: 0}\n'
+    )
+    with pytest.raises(mp.CatalogError, match="preset"):
+        mp.open_mlcast("evil", catalog=catalog)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["c.yml"]  # nothing created
