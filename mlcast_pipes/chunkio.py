@@ -11,7 +11,7 @@ import contextlib
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,8 +126,10 @@ class ChunkReader:
 
     """
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, array: Any, *, known_absent: Container[int] | None = None) -> None:
         self.array = array
+        #: chunks allowed to be absent (read as the fill value); None: any chunk may be
+        self.known_absent = known_absent
         self.shape = tuple(int(v) for v in array.shape)
         self.chunks = tuple(int(v) for v in array.chunks)
         self.n_chunks = math.ceil(self.shape[0] / self.chunks[0]) if self.shape else 0
@@ -216,6 +218,14 @@ class ChunkReader:
         assert self._async is not None
         return str(self._async.metadata.encode_chunk_key((index,) + (0,) * (len(self.shape) - 1)))
 
+    def _check_absent(self, index: int) -> None:
+        """Raise FileNotFoundError for an absent chunk that must be there."""
+        if self.known_absent is not None and index not in self.known_absent:
+            raise FileNotFoundError(
+                f"chunk {index} ({self._key(index)!r}) is missing from the store, but it was "
+                "there when the data was indexed or copied"
+            )
+
     def _check(self, index: int) -> None:
         if not 0 <= index < self.n_chunks:
             raise IndexError(f"chunk {index} is outside [0, {self.n_chunks})")
@@ -227,6 +237,7 @@ class ChunkReader:
             self._check(index)
             data = _read_file(self._local / self._key(index))
             if data is None:  # never written: zarr's fill value
+                self._check_absent(index)
                 block = np.asarray(self.array[self.rows(index)])
             else:
                 block = self._decode(np.frombuffer(data, dtype=np.uint8), index, out)
@@ -249,7 +260,9 @@ class ChunkReader:
 
                 key = self._key(index)
                 buf = await (self._async.store_path / key).get(default_buffer_prototype())
-                if buf is not None:
+                if buf is None:
+                    self._check_absent(index)
+                else:
                     raw = buf.as_numpy_array()
                     return await asyncio.to_thread(self._decode_then, raw, index, out, then)
             return _then(then, index, np.asarray(await self._async.getitem(self.rows(index))))

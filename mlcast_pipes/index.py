@@ -554,6 +554,8 @@ def atomic_write(
 
     """
     target = Path(path)
+    with contextlib.suppress(OSError):
+        cleanup_stale_temps(target.parent)  # left by killed writers
     tmp = _tmp_name(target)
     try:
         raw = open(tmp, "wb")  # noqa: SIM115 - closed below in every path

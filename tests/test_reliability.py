@@ -304,3 +304,50 @@ def test_demo_preset_cannot_leave_the_cache(tmp_path, monkeypatch):
     with pytest.raises(mp.CatalogError, match="preset"):
         mp.open_mlcast("evil", catalog=catalog)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["c.yml"]  # nothing created
+
+
+# ------------------------------------------------------------------ damaged data, leftovers
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _uniform(path: Path, index_dir: Path, **kw):  # type: ignore[no-untyped-def]
+    return (
+        mp.OpenXarrayDataset(str(path))
+        .tile(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=index_dir)
+        .uniform_sample(seed=1, **kw)
+    )
+
+
+def test_training_copy_chunk_deleted_raises_and_killed_copies_are_cleaned(tiny_archive, index_dir):
+    from mlcast_pipes.materialize import TrainingCopy, copy_path, materialize
+
+    source = _uniform(tiny_archive, index_dir, materialized=False)
+    sampling = source.sampling_indexes()[0]
+    table = source.plan.table(next(iter(source.source_datapipe)))
+    target = copy_path(index_dir, sampling.sampling_id)
+    killed = target.with_name(f"{target.name}.tmp-{_dead_pid()}-0123abcd")
+    (killed / "samples").mkdir(parents=True)  # as a killed --materialize leaves it
+    materialize(sampling.table, sampling.meta, table.info, target)
+    assert not killed.exists()
+    copy = TrainingCopy(target, sampling.meta["csv_sha256"])
+    assert copy.read(0).shape == (6, 64, 64)
+    next(p for p in (target / "samples").iterdir() if p.name.startswith("3.")).unlink()
+    with pytest.raises(mp.ReadError, match=r"sample 3 .*missing"):
+        TrainingCopy(target).read(3)
+    with pytest.raises(mp.ReadError, match="sample 3 "):
+        list(_uniform(tiny_archive, index_dir, materialized=True))
+
+
+def test_killed_stats_writes_leave_nothing_behind(tmp_path):
+    import socket
+
+    from mlcast_pipes.transforms import write_stats_csv
+
+    host = "".join(c if c.isalnum() or c in "_-" else "_" for c in socket.gethostname())[:40]
+    left = tmp_path / f".a.stats.csv.{host}.{_dead_pid()}.ab12.tmp"
+    left.write_text("variable,mean\n")
+    write_stats_csv(tmp_path / "b.stats.csv", {"rainfall_rate": (0.5, 1.0)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.stats.csv"]
