@@ -85,25 +85,14 @@ def _init_worker(datapipe: Any, worker_info: Any, pool: BatchPool | None = None)
     return datapipe
 
 
-#: ``prctl`` option: the signal this process gets when its parent dies (Linux)
-_PR_SET_PDEATHSIG = 1
-
-
-def _exit_with_parent(interval: float = 1.0) -> None:
+def _exit_with_parent(interval: float = 0.5) -> None:
     """Make this worker process end when the process that started it dies.
 
-    Linux sends it SIGKILL at once (``prctl(PR_SET_PDEATHSIG)``); elsewhere, and as a fallback,
-    a daemon thread ends the process once its parent process id changes.
+    A daemon thread ends the process once its parent process id changes (the parent died and
+    the worker was handed to another process). ``prctl(PR_SET_PDEATHSIG)`` is not used: it
+    fires when the parent's *thread* that started the worker ends, which DataLoader2 may do.
     """
-    import ctypes
-    import ctypes.util
-
     parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
 
     def watch() -> None:
         while os.getppid() == parent:
