@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -130,6 +131,8 @@ class ChunkReader:
         self.array = array
         #: chunks allowed to be absent (read as the fill value); None: any chunk may be
         self.known_absent = known_absent
+        #: read another absent chunk as the fill value with a warning instead of raising
+        self.warn_missing = False
         self.shape = tuple(int(v) for v in array.shape)
         self.chunks = tuple(int(v) for v in array.chunks)
         self.n_chunks = math.ceil(self.shape[0] / self.chunks[0]) if self.shape else 0
@@ -221,10 +224,13 @@ class ChunkReader:
     def _check_absent(self, index: int) -> None:
         """Raise FileNotFoundError for an absent chunk that must be there."""
         if self.known_absent is not None and index not in self.known_absent:
-            raise FileNotFoundError(
+            message = (
                 f"chunk {index} ({self._key(index)!r}) is missing from the store, but it was "
                 "there when the data was indexed or copied"
             )
+            if not self.warn_missing:
+                raise FileNotFoundError(message)
+            warnings.warn(f"{message}; read as no data (fill value)", RuntimeWarning, stacklevel=2)
 
     def _check(self, index: int) -> None:
         if not 0 <= index < self.n_chunks:

@@ -635,6 +635,29 @@ def _chunk_sample(spec: SourceSpec, n_frames: int) -> list[tuple[int, str]]:
     return list(zip(picks, found, strict=True))
 
 
+def _absent_time_chunks(spec: SourceSpec, n_frames: int) -> list[int]:
+    """Time chunks of the variable (among the first ``n_frames``) with no stored chunk.
+
+    Lists the store once (one directory listing locally, a key listing on object stores).
+    """
+    import zarr
+    from zarr.core.sync import sync
+
+    from mlcast_pipes.reader import _open_store
+
+    store = _open_store(spec.url, spec.storage_options or None)
+    arr = zarr.open_array(store, path=spec.var_name, mode="r")
+    n_chunks = min(int(arr.cdata_shape[0]), -(-n_frames // int(arr.chunks[0])))
+
+    async def keys() -> set[str]:
+        return {k async for k in store.list_prefix(f"{spec.var_name}/")}
+
+    present = sync(keys())
+    rest = (0,) * (len(arr.shape) - 1)
+    encode = arr.metadata.encode_chunk_key
+    return [i for i in range(n_chunks) if f"{spec.var_name}/{encode((i, *rest))}" not in present]
+
+
 def metadata_stamp(da: xr.DataArray) -> tuple[tuple[str, int, int], ...] | None:
     """Sizes and modification times of what :func:`fingerprint` reads from a local store.
 

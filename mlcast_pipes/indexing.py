@@ -23,7 +23,7 @@ from mlcast_pipes import dataset as ds
 from mlcast_pipes.errors import IndexFileError, ParameterError
 from mlcast_pipes.index import read_sidecar, sidecar_path, write_sidecar
 from mlcast_pipes.prepare import TileIndex, prepare_tiling
-from mlcast_pipes.reader import TileRequest, get_reader
+from mlcast_pipes.reader import TileRequest, expect_chunks, get_reader
 from mlcast_pipes.records import DatasetInfo, TileSample
 from mlcast_pipes.sampling import SamplingIndex, build_sampling_index
 from mlcast_pipes.splits import TimeSplit, tiles_within
@@ -130,7 +130,11 @@ class TilingPlan:
         info = dataset_info(da)
         if info not in self._tables:
             self._tables[info] = self._make_table(da, info)
-        return self._tables[info]
+        table = self._tables[info]
+        absent = table.index.meta.get("absent_chunks")
+        if absent is not None:  # chunks there when indexed must be there when read
+            expect_chunks(info.spec.url, info.spec.var_name, absent)
+        return table
 
     def _make_table(self, da: xr.DataArray, info: DatasetInfo) -> TileTable:
         index = prepare_index(
@@ -207,6 +211,7 @@ def prepare_index(
             consistent_timestep_start=da.attrs.get("consistent_timestep_start"),
             recompute=recompute,
             progress=progress,
+            absent_chunks=lambda: ds._absent_time_chunks(info.spec, int(da.sizes["time"])),
         )
 
 

@@ -935,6 +935,8 @@ class FrameReader:
             deadline = time.monotonic() + self.read_deadline
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         assert self._chunks is not None
+        self._chunks.known_absent = _KNOWN_ABSENT.get((self.url, self.var_name))
+        self._chunks.warn_missing = os.environ.get(MISSING_CHUNKS_ENV, "").lower() == "warn"
         outs: list[np.ndarray | None] = [None] * len(units)
         if self._tchunk == 1 and self._chunks.direct:
             shape = self._chunks.out_shape(0)
@@ -994,6 +996,12 @@ class FrameReader:
                 f"It failed {attempts} times with a transient error; check the network "
                 "connection and storage_options, or raise `retries` / `retry_backoff`."
             )
+        elif isinstance(failure.error, FileNotFoundError):
+            fix = (
+                "Restore that chunk (re-download the time step), or rebuild the index with "
+                f"recompute=True to accept it as missing (${MISSING_CHUNKS_ENV}=warn reads it "
+                "as no data, with a warning)."
+            )
         elif _is_denied(failure.error):
             fix = (
                 "Access to the chunk was denied: check the credentials and storage_options "
@@ -1028,6 +1036,38 @@ _NAIVE: dict[tuple[int, str, str, str], Any] = {}  # naive_read_tile's opened Da
 
 def _options_token(storage_options: dict[str, Any] | None) -> str:
     return json.dumps(storage_options or {}, sort_keys=True, default=repr)
+
+
+#: (url, variable) -> time chunks absent when the archive was indexed (others must be there)
+_KNOWN_ABSENT: dict[tuple[str, str], frozenset[int]] = {}
+#: Environment variable: "warn" reads a chunk missing since indexing as no data, with a warning.
+MISSING_CHUNKS_ENV = "MLCAST_PIPES_MISSING_CHUNKS"
+
+
+def expect_chunks(url: str, var_name: str, absent: Iterable[int]) -> None:
+    """Declare which time chunks of a variable were absent when it was indexed.
+
+    Any other chunk found missing while reading raises :class:`ReadError` (with
+    ``$MLCAST_PIPES_MISSING_CHUNKS=warn``: read as no data, with a ``RuntimeWarning``).
+    Without a declaration a missing chunk reads as the fill value, as zarr does.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> rain = np.ones((3, 2, 2), dtype="float32")
+    >>> _ = xr.Dataset({"rain": (("time", "y", "x"), rain)}).to_zarr(
+    ...     "declared.zarr", mode="w", zarr_format=2, encoding={"rain": {"chunks": (1, 2, 2)}}
+    ... )
+    >>> import os
+    >>> os.remove("declared.zarr/rain/1.0.0")
+    >>> expect_chunks("declared.zarr", "rain", absent=[])
+    >>> FrameReader("declared.zarr", "rain").read_frames(0, 3)
+    Traceback (most recent call last):
+    ...
+    mlcast_pipes.errors.ReadError: Could not read frame 1 of variable 'rain' ...
+
+    """
+    _KNOWN_ABSENT[(url, var_name)] = frozenset(int(i) for i in absent)
 
 
 def get_reader(

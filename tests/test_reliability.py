@@ -351,3 +351,33 @@ def test_killed_stats_writes_leave_nothing_behind(tmp_path):
     left.write_text("variable,mean\n")
     write_stats_csv(tmp_path / "b.stats.csv", {"rainfall_rate": (0.5, 1.0)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.stats.csv"]
+
+
+def test_chunk_deleted_after_indexing_raises_or_warns_by_option(
+    tiny_archive, tmp_path, monkeypatch
+):
+    import json
+
+    from mlcast_pipes.reader import close_readers
+
+    archive = _copy(tiny_archive, tmp_path)
+    index_dir = tmp_path / "index"
+    monkeypatch.setenv("MLCAST_PIPES_FINGERPRINT_CHUNKS", "0")  # let the read see it
+    tiles = list(_pipe(archive, index_dir, batch_size=1000))
+    assert tiles
+    (side,) = [p for p in index_dir.glob("*.meta.json") if ".uniform." not in p.name]
+    assert json.loads(side.read_text())["absent_chunks"] == []
+    first = next(
+        iter(
+            mp.OpenXarrayDataset(str(archive)).tile(
+                n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=index_dir
+            )
+        )
+    )
+    (archive / "rainfall_rate" / f"{first.t_start + 2}.0.0").unlink()
+    close_readers()
+    with pytest.raises(mp.ReadError, match=rf"frame {first.t_start + 2} .*missing.*Restore"):
+        list(_pipe(archive, index_dir))
+    monkeypatch.setenv("MLCAST_PIPES_MISSING_CHUNKS", "warn")
+    with pytest.warns(RuntimeWarning, match="missing from the store"):
+        assert sum(1 for _ in _pipe(archive, index_dir)) > 0
