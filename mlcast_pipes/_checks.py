@@ -13,6 +13,17 @@ def as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
 
     Raises ParameterError, naming ``name`` and the fix, for anything else (``2.5``, ``"4"``,
     ``True``, a list) and for values below ``minimum``.
+
+    Examples
+    --------
+    >>> as_int("batch_size", 4.0, minimum=1)
+    4
+    >>> as_int("batch_size", 2.5, minimum=1)
+    Traceback (most recent call last):
+    ...
+    mlcast_pipes.errors.ParameterError: batch_size must be a whole number >= 1, got 2.5 (float);
+    fix: pass e.g. batch_size=1
+
     """
     if isinstance(value, bool):
         number: int | None = None

@@ -172,7 +172,8 @@ def load_catalog(catalog: CatalogLike = None) -> dict[str, CatalogEntry]:
     Only ``yaml.safe_load`` is used (intake is not needed). Nested catalogs (driver
     ``yaml_file_cat`` or ``intake.catalog.local.YAMLFileCatalog``) are followed; their entries get
     ids prefixed with the nesting entry's name and a dot. In string arguments ``{{ CATALOG_DIR }}``
-    becomes the folder of the file being read, ``{{ env(NAME) }}`` an environment variable and
+    becomes the folder of the file being read, ``{{ env(NAME) }}`` an environment variable (only
+    one named in ``$MLCAST_PIPES_CATALOG_ENV``, names separated by commas) and
     ``{{ name }}`` the default of a user parameter of the entry; relative local paths are taken
     relative to that folder.
 

@@ -105,6 +105,9 @@ class ChunkReader:
     ----------
     array : zarr.Array
         The array to read.
+    known_absent : container of int, optional
+        The chunks allowed to be absent from the store (read as the fill value); reading
+        another absent chunk gives ``FileNotFoundError``. None: any chunk may be absent.
 
     Examples
     --------
