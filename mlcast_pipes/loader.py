@@ -347,7 +347,9 @@ class Loader:
                 except StopIteration:
                     return
                 except Exception as exc:
-                    if not watchdog.dead:
+                    # the error may come before the watchdog's next look (e.g. a batch that
+                    # the dead worker shared cannot be fetched): look again before raising it
+                    if not watchdog.dead and not watchdog.check(wait=2 * self.watchdog_interval):
                         raise
                     # DataLoader2 shuts down on the error itself, which can fail in turn on
                     # the dead worker's queue: report the death, not the follow-up error.
@@ -466,6 +468,19 @@ class _Watchdog:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+
+    def check(self, wait: float) -> bool:
+        """Whether a worker has died (looking for up to ``wait`` s); records the dead ones."""
+        deadline = time.monotonic() + wait
+        while True:
+            entries = _worker_entries(self.service)
+            dead = [e for e in entries if e[0].exitcode not in (None, 0)]
+            if dead:
+                self.dead = self.dead or [(e[0].pid, e[0].exitcode) for e in dead]
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
