@@ -47,6 +47,10 @@ CATALOG_DRIVERS = frozenset(
 ZARR_DRIVERS = frozenset({"zarr", "intake_xarray.xzarr.ZarrSource", "ZarrSource"})
 #: Driver of the synthetic demo archive, generated into the cache on first use.
 DEMO_DRIVER = "mlcast_demo"
+#: Environment variable naming (comma-separated) the variables ``{{ env(NAME) }}`` may read.
+CATALOG_ENV_ENV = "MLCAST_PIPES_CATALOG_ENV"
+#: What a demo preset name may hold (it becomes part of a file name in the cache folder).
+_PRESET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 # metadata keys that may name the data variable of an entry
 _VAR_KEYS = ("variable", "var_name", "data_var", "data_variable", "variables")
@@ -168,7 +172,8 @@ def load_catalog(catalog: CatalogLike = None) -> dict[str, CatalogEntry]:
     Only ``yaml.safe_load`` is used (intake is not needed). Nested catalogs (driver
     ``yaml_file_cat`` or ``intake.catalog.local.YAMLFileCatalog``) are followed; their entries get
     ids prefixed with the nesting entry's name and a dot. In string arguments ``{{ CATALOG_DIR }}``
-    becomes the folder of the file being read, ``{{ env(NAME) }}`` an environment variable and
+    becomes the folder of the file being read, ``{{ env(NAME) }}`` an environment variable (only
+    one named in ``$MLCAST_PIPES_CATALOG_ENV``, names separated by commas) and
     ``{{ name }}`` the default of a user parameter of the entry; relative local paths are taken
     relative to that folder.
 
@@ -300,8 +305,14 @@ def resolve_urlpath(entry: CatalogEntry) -> str:
     """
     if entry.driver != DEMO_DRIVER:
         return entry.urlpath
-    from mlcast_pipes.demo import ensure_demo
+    from mlcast_pipes.demo import PRESETS, ensure_demo
 
+    preset = str(entry.args.get("preset", "small"))
+    if preset not in PRESETS:  # checked before anything is created
+        raise CatalogError(
+            f"unknown demo preset {preset!r} in catalog entry {entry.id!r}; choose one of "
+            f"{sorted(PRESETS)}."
+        )
     path = pathlib.Path(entry.urlpath)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +321,6 @@ def resolve_urlpath(entry: CatalogEntry) -> str:
             f"cannot create the cache folder {path.parent} for the demo archive ({exc}); set "
             f"${CACHE_ENV} to a writable folder."
         ) from exc
-    preset = str(entry.args.get("preset", "small"))
     seed = int(entry.args.get("seed", 0))
     return str(ensure_demo(path, preset, seed))
 
@@ -497,7 +507,7 @@ def _make_entry(
     if driver == DEMO_DRIVER:
         preset = args.get("preset", "small")
         seed = args.get("seed", 0)
-        if not isinstance(preset, str) or not preset:
+        if not isinstance(preset, str) or not _PRESET_RE.fullmatch(preset):
             raise CatalogError(
                 f"key '{key}.args.preset' of catalog {where} must be a preset name such as "
                 f"'small', found {preset!r}."
@@ -568,6 +578,11 @@ def _parameter_defaults(parameters: Any) -> dict[str, Any]:
     return out
 
 
+def _allowed_env() -> set[str]:
+    """Environment variables a catalog may read: those named in ``$MLCAST_PIPES_CATALOG_ENV``."""
+    return {n.strip() for n in os.environ.get(CATALOG_ENV_ENV, "").split(",") if n.strip()}
+
+
 def _render(value: Any, catalog_dir: str, params: Mapping[str, Any], where: str, key: str) -> Any:
     """Render the template subset intake catalogs use in arguments, recursively."""
     if isinstance(value, Mapping):
@@ -586,6 +601,13 @@ def _render(value: Any, catalog_dir: str, params: Mapping[str, Any], where: str,
 
     def _env(match: re.Match[str]) -> str:
         name = match.group(1)
+        if name not in _allowed_env():
+            raise CatalogError(
+                f"key '{key}' of catalog {where} asks for environment variable {name!r}; a "
+                "catalog may only read the variables you name (it could send their values to a "
+                f"host it chooses). Fix: if you trust this catalog, add {name} to "
+                f"${CATALOG_ENV_ENV} (names separated by commas), or edit the catalog."
+            )
         if name not in os.environ:
             raise CatalogError(
                 f"key '{key}' of catalog {where} uses environment variable {name!r}, which is "

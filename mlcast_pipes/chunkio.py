@@ -11,7 +11,8 @@ import contextlib
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,6 +105,9 @@ class ChunkReader:
     ----------
     array : zarr.Array
         The array to read.
+    known_absent : container of int, optional
+        The chunks allowed to be absent from the store (read as the fill value); reading
+        another absent chunk gives ``FileNotFoundError``. None: any chunk may be absent.
 
     Examples
     --------
@@ -126,8 +130,12 @@ class ChunkReader:
 
     """
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, array: Any, *, known_absent: Container[int] | None = None) -> None:
         self.array = array
+        #: chunks allowed to be absent (read as the fill value); None: any chunk may be
+        self.known_absent = known_absent
+        #: read another absent chunk as the fill value with a warning instead of raising
+        self.warn_missing = False
         self.shape = tuple(int(v) for v in array.shape)
         self.chunks = tuple(int(v) for v in array.chunks)
         self.n_chunks = math.ceil(self.shape[0] / self.chunks[0]) if self.shape else 0
@@ -216,6 +224,17 @@ class ChunkReader:
         assert self._async is not None
         return str(self._async.metadata.encode_chunk_key((index,) + (0,) * (len(self.shape) - 1)))
 
+    def _check_absent(self, index: int) -> None:
+        """Raise FileNotFoundError for an absent chunk that must be there."""
+        if self.known_absent is not None and index not in self.known_absent:
+            message = (
+                f"chunk {index} ({self._key(index)!r}) is missing from the store, but it was "
+                "there when the data was indexed or copied"
+            )
+            if not self.warn_missing:
+                raise FileNotFoundError(message)
+            warnings.warn(f"{message}; read as no data (fill value)", RuntimeWarning, stacklevel=2)
+
     def _check(self, index: int) -> None:
         if not 0 <= index < self.n_chunks:
             raise IndexError(f"chunk {index} is outside [0, {self.n_chunks})")
@@ -227,6 +246,7 @@ class ChunkReader:
             self._check(index)
             data = _read_file(self._local / self._key(index))
             if data is None:  # never written: zarr's fill value
+                self._check_absent(index)
                 block = np.asarray(self.array[self.rows(index)])
             else:
                 block = self._decode(np.frombuffer(data, dtype=np.uint8), index, out)
@@ -249,7 +269,9 @@ class ChunkReader:
 
                 key = self._key(index)
                 buf = await (self._async.store_path / key).get(default_buffer_prototype())
-                if buf is not None:
+                if buf is None:
+                    self._check_absent(index)
+                else:
                     raw = buf.as_numpy_array()
                     return await asyncio.to_thread(self._decode_then, raw, index, out, then)
             return _then(then, index, np.asarray(await self._async.getitem(self.rows(index))))
@@ -268,6 +290,7 @@ class ChunkReader:
         indices: Sequence[int],
         out: Sequence[np.ndarray | None] | None = None,
         then: OnChunk | None = None,
+        timeout: float | None = None,
     ) -> PendingChunks:
         """Start reading the chunks ``indices`` concurrently.
 
@@ -277,6 +300,8 @@ class ChunkReader:
         fit is left alone and the outcome is a new (possibly read-only) array. ``then(index,
         chunk)`` is called in the decoding thread right after each chunk is decoded, while
         its data is in that core's cache (an exception it raises becomes the outcome).
+        ``timeout`` bounds, in seconds, a chunk fetched through a remote store: one not read
+        by then has a ``TimeoutError`` as its outcome (local files are not bounded).
         """
         outs = list(out) if out is not None else [None] * len(indices)
         if len(outs) != len(indices):
@@ -295,8 +320,14 @@ class ChunkReader:
             return PendingChunks([done], gathered=True)
         from zarr.core.sync import _get_loop
 
+        async def bounded(index: int, o: np.ndarray | None) -> Any:
+            try:
+                return await asyncio.wait_for(self._read_async(index, o, then), timeout)
+            except TimeoutError:
+                return TimeoutError(f"chunk {index} was not read within {timeout:.3g} s")
+
         async def gather() -> list[Any]:
-            jobs = (self._read_async(int(i), o, then) for i, o in zip(indices, outs, strict=True))
+            jobs = (bounded(int(i), o) for i, o in zip(indices, outs, strict=True))
             return list(await asyncio.gather(*jobs))
 
         future = asyncio.run_coroutine_threadsafe(gather(), _get_loop())
@@ -331,6 +362,8 @@ class PendingChunks:
     ) -> None:
         self._futures = futures
         self._gathered = gathered  # one future whose result is the list of outcomes
+        #: ``time.monotonic()`` by which the reads must be done (None: unbounded); set by callers
+        self.deadline: float | None = None
 
     def result(self) -> list[Any]:
         """One outcome per chunk (array or exception), in the order asked for."""

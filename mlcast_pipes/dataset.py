@@ -530,16 +530,28 @@ def dataset_id(da: xr.DataArray) -> str:
     return source_spec(da).dataset_id
 
 
-def fingerprint(da: xr.DataArray) -> str:
-    """Hash an archive's metadata, to detect index files made for other data.
+#: Environment variable: "0" leaves the chunk sample out of :func:`fingerprint`.
+CHUNK_FINGERPRINT_ENV = "MLCAST_PIPES_FINGERPRINT_CHUNKS"
+#: Time chunks of the variable whose stored (compressed) size the fingerprint covers.
+_CHUNK_SAMPLE = 16
 
-    It covers the variable name, shape, dtype, standard_name, units, the time, y and x values and
-    ``missing_times``; no pixel is read. Appending frames or changing coordinates changes it.
+
+def fingerprint(da: xr.DataArray, *, chunks: bool | None = None) -> str:
+    """Hash an archive's metadata and a sample of its chunks, to detect indexes of other data.
+
+    It covers the variable name, shape, dtype, standard_name, units, the time, y and x values,
+    ``missing_times`` and the stored (compressed) size of 16 time chunks spread evenly over the
+    archive, the same for a local copy and an object store; no pixel is read. Appending
+    frames, changing coordinates or rewriting the pixels changes it (a rewrite that keeps
+    every sampled chunk's size is not seen).
 
     Parameters
     ----------
     da : xarray.DataArray
         An archive opened by :func:`open_mlcast`.
+    chunks : bool, optional
+        Include the chunk sample (default: yes, unless ``$MLCAST_PIPES_FINGERPRINT_CHUNKS`` is
+        ``0``). Turning it off or on changes the fingerprint.
 
     Returns
     -------
@@ -580,7 +592,72 @@ def fingerprint(da: xr.DataArray) -> str:
     mt = missing_times(da).view(np.int64)
     digest.update(f"|missing_times:{mt.size}|".encode())
     digest.update(np.ascontiguousarray(mt).tobytes())
+    if chunks is None:
+        chunks = os.environ.get(CHUNK_FINGERPRINT_ENV, "1").strip().lower() not in ("0", "no")
+    if chunks and isinstance(spec, SourceSpec):
+        n_frames = int(da.sizes["time"]) if "time" in da.dims else 0
+        digest.update(json.dumps(_chunk_sample(spec, n_frames)).encode())
     return digest.hexdigest()[:16]
+
+
+def _chunk_sample(spec: SourceSpec, n_frames: int) -> list[tuple[int, str]]:
+    """(time chunk, stored size) of time chunks spread evenly over the first ``n_frames``."""
+    import asyncio
+
+    import zarr
+    from zarr.core.sync import sync
+
+    from mlcast_pipes.reader import _open_store
+
+    async def size(key: str) -> str:
+        try:
+            return str(await store.getsize(key))
+        except FileNotFoundError:
+            return "absent"
+
+    async def sizes(keys: list[str]) -> list[str]:
+        return list(await asyncio.gather(*(size(k) for k in keys)))
+
+    try:
+        store = _open_store(spec.url, spec.storage_options or None)
+        arr = zarr.open_array(store, path=spec.var_name, mode="r")
+        n_chunks = min(int(arr.cdata_shape[0]), -(-n_frames // int(arr.chunks[0])))
+        picks = sorted(
+            {round(i) for i in np.linspace(0, n_chunks - 1, min(_CHUNK_SAMPLE, max(n_chunks, 0)))}
+        )
+        rest = (0,) * (len(arr.shape) - 1)
+        keys = [f"{spec.var_name}/{arr.metadata.encode_chunk_key((i, *rest))}" for i in picks]
+        found = sync(sizes(keys))
+    except Exception as exc:
+        raise DatasetError(
+            f"cannot read the chunk sizes of {spec.var_name!r} in {spec.url!r} for the dataset "
+            f"fingerprint ({type(exc).__name__}: {exc}); check the store and its access, or set "
+            f"${CHUNK_FINGERPRINT_ENV}=0 to fingerprint its metadata only"
+        ) from exc
+    return list(zip(picks, found, strict=True))
+
+
+def _absent_time_chunks(spec: SourceSpec, n_frames: int) -> list[int]:
+    """Time chunks of the variable (among the first ``n_frames``) with no stored chunk.
+
+    Lists the store once (one directory listing locally, a key listing on object stores).
+    """
+    import zarr
+    from zarr.core.sync import sync
+
+    from mlcast_pipes.reader import _open_store
+
+    store = _open_store(spec.url, spec.storage_options or None)
+    arr = zarr.open_array(store, path=spec.var_name, mode="r")
+    n_chunks = min(int(arr.cdata_shape[0]), -(-n_frames // int(arr.chunks[0])))
+
+    async def keys() -> set[str]:
+        return {k async for k in store.list_prefix(f"{spec.var_name}/")}
+
+    present = sync(keys())
+    rest = (0,) * (len(arr.shape) - 1)
+    encode = arr.metadata.encode_chunk_key
+    return [i for i in range(n_chunks) if f"{spec.var_name}/{encode((i, *rest))}" not in present]
 
 
 def metadata_stamp(da: xr.DataArray) -> tuple[tuple[str, int, int], ...] | None:
@@ -1256,8 +1333,11 @@ def _to_datetime64(value: Any, what: str) -> np.datetime64:
 def _read_missing_times(ds: xr.Dataset, label: str) -> np.ndarray:
     if "missing_times" not in ds.variables:
         return np.array([], dtype="datetime64[ns]")
-    # Synchronously: a forked worker process inherits dask's thread pool without its threads.
-    values = np.asarray(ds.variables["missing_times"].compute(scheduler="synchronous").values)
+    var = ds.variables["missing_times"]
+    if isinstance(var, xr.IndexVariable):  # on its own dimension: in memory already
+        values = np.asarray(var.values)
+    else:  # synchronously: a forked worker inherits dask's thread pool without its threads
+        values = np.asarray(var.compute(scheduler="synchronous").values)
     values = values.ravel()
     if values.size == 0:
         return np.array([], dtype="datetime64[ns]")

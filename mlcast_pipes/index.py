@@ -6,6 +6,7 @@ Core layer shared by the tiling and sampling passes; a CSV is only complete once
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from mlcast_pipes.errors import IndexFileError, ParameterError, StaleIndexError
+from mlcast_pipes.errors import IndexFileError, MLCastPipesError, ParameterError, StaleIndexError
 
 __all__ = [
     "CSV_SUFFIX",
@@ -82,6 +83,8 @@ TILING_BASE_COLUMNS: tuple[str, ...] = (
 
 _TMP_PREFIX = "."
 _TMP_SUFFIX = ".tmp"
+#: errno values of a full disk or quota (a write reports them as IndexFileError)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _TMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
 _STALE_TMP_AGE_S = 24 * 3600.0
 _ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -552,6 +555,8 @@ def atomic_write(
 
     """
     target = Path(path)
+    with contextlib.suppress(OSError):
+        cleanup_stale_temps(target.parent)  # left by killed writers
     tmp = _tmp_name(target)
     try:
         raw = open(tmp, "wb")  # noqa: SIM115 - closed below in every path
@@ -572,6 +577,14 @@ def atomic_write(
         os.replace(tmp, target)
         committed = True
         _fsync_dir(target.parent)
+    except OSError as exc:
+        if isinstance(exc, MLCastPipesError) or exc.errno not in _DISK_FULL:
+            raise
+        raise IndexFileError(
+            f"cannot write {str(target)!r}: {exc.strerror or exc}; nothing was written. Fix: "
+            f"free space on the disk of {str(target.parent)!r}, or choose another index folder "
+            "(index_dir, $MLCAST_PIPES_INDEX_DIR)"
+        ) from exc
     finally:
         if not raw.closed:
             raw.close()

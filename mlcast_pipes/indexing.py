@@ -5,6 +5,8 @@ Workers and ranks that need the same index take a file lock: one computes, the r
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -21,7 +23,7 @@ from mlcast_pipes import dataset as ds
 from mlcast_pipes.errors import IndexFileError, ParameterError
 from mlcast_pipes.index import read_sidecar, sidecar_path, write_sidecar
 from mlcast_pipes.prepare import TileIndex, prepare_tiling
-from mlcast_pipes.reader import TileRequest, get_reader
+from mlcast_pipes.reader import TileRequest, expect_chunks, get_reader
 from mlcast_pipes.records import DatasetInfo, TileSample
 from mlcast_pipes.sampling import SamplingIndex, build_sampling_index, epoch_shares
 from mlcast_pipes.splits import TimeSplit, tiles_within
@@ -128,7 +130,11 @@ class TilingPlan:
         info = dataset_info(da)
         if info not in self._tables:
             self._tables[info] = self._make_table(da, info)
-        return self._tables[info]
+        table = self._tables[info]
+        absent = table.index.meta.get("absent_chunks")
+        if absent is not None:  # chunks there when indexed must be there when read
+            expect_chunks(info.spec.url, info.spec.var_name, absent)
+        return table
 
     def _make_table(self, da: xr.DataArray, info: DatasetInfo) -> TileTable:
         index = prepare_index(
@@ -210,8 +216,7 @@ def prepare_index(
     folder = Path(index_dir) if index_dir is not None else default_index_dir()
     info = dataset_info(da)
     folder = _ensure_folder(folder)
-    lock = FileLock(str(folder / f"{tiling_id(info.dataset_id, params)}.lock"))
-    with lock:
+    with _file_lock(folder / f"{tiling_id(info.dataset_id, params)}.lock"):
         return prepare_tiling(
             da,
             params,
@@ -223,7 +228,28 @@ def prepare_index(
             consistent_timestep_start=da.attrs.get("consistent_timestep_start"),
             recompute=recompute,
             progress=progress,
+            absent_chunks=lambda: ds._absent_time_chunks(info.spec, int(da.sizes["time"])),
         )
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold the file lock ``path``; in a folder this process cannot write, go on without it.
+
+    There, complete index files are only read; writing a missing one raises IndexFileError.
+    """
+    lock = FileLock(str(path))
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _ensure_folder(folder: Path) -> Path:
@@ -310,7 +336,7 @@ class TileTable:
         meta = dict(self.index.meta)
         meta["tiling_id"] = self.name
         folder = _ensure_folder(index_dir)
-        with FileLock(str(folder / f"{self.name}.sampling.lock")):
+        with _file_lock(folder / f"{self.name}.sampling.lock"):
             return build_sampling_index(
                 self.rows,
                 meta,
@@ -627,7 +653,7 @@ def sampling_stats(
         "seed": seed,
         "sampling_csv_sha256": sampling_index.meta.get("csv_sha256"),
     }
-    with FileLock(str(folder / f"{sampling_index.sampling_id}.stats.lock")):
+    with _file_lock(folder / f"{sampling_index.sampling_id}.stats.lock"):
         if (
             not recompute
             and _is_current(path, sampling_index.path)

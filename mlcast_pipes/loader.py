@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from torchdata.dataloader2 import (
     SequentialReadingService,
 )
 
+from mlcast_pipes._checks import as_int
 from mlcast_pipes.batchpool import BatchPool, sharing_by_fd
 from mlcast_pipes.errors import MLCastPipesError, ParameterError
 
@@ -87,9 +90,27 @@ def _init_worker(
         for category in (MLCastSpecWarning, SamplingWarning):
             warnings.filterwarnings("ignore", category=category)
     tune_malloc()
+    _exit_with_parent()
     buffers = pool.worker_buffers(worker_info.worker_id) if pool is not None else None
     stack_into_shared_memory(buffers=buffers)
     return datapipe
+
+
+def _exit_with_parent(interval: float = 0.5) -> None:
+    """Make this worker process end when the process that started it dies.
+
+    A daemon thread ends the process once its parent process id changes (the parent died and
+    the worker was handed to another process). ``prctl(PR_SET_PDEATHSIG)`` is not used: it
+    fires when the parent's *thread* that started the worker ends, which DataLoader2 may do.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mlcast-parent-watch").start()
 
 
 class WorkerDiedError(MLCastPipesError, RuntimeError):
@@ -269,8 +290,10 @@ class Loader:
         multiprocessing_context: str | None = None,
         reuse_batch_memory: bool = True,
     ) -> None:
-        if num_workers < 0:
-            raise ParameterError(f"num_workers must be >= 0, got {num_workers}")
+        num_workers = as_int("num_workers", num_workers, minimum=0)
+        start_epoch = as_int("start_epoch", start_epoch, minimum=0)
+        start_batch = as_int("start_batch", start_batch, minimum=0)
+        prefetch = as_int("prefetch", prefetch, minimum=1)
         self.pipe = pipe
         self.num_workers = num_workers
         self.distributed = distributed
@@ -327,12 +350,15 @@ class Loader:
             return
         # DataLoader2 works on a copy of the reading service: watch that copy's processes.
         watchdog = _Watchdog(self.dataloader.reading_service, self.watchdog_interval)
-        iterator = iter(self.dataloader)  # resets the workers: no batch is on its way now
-        if self.batch_pool is not None:
-            self.batch_pool.reclaim()  # buffers of batches let go of or dropped since
         with watchdog:
+            iterator: Iterator[Any] | None = None
             while True:
                 try:
+                    if iterator is None:
+                        # resets the workers (a dead one would block it: under the watchdog)
+                        iterator = iter(self.dataloader)
+                        if self.batch_pool is not None:
+                            self.batch_pool.reclaim()  # buffers let go of or dropped since
                     item = next(iterator)
                     if self.batch_pool is not None:
                         self.batch_pool.track(item)
@@ -340,7 +366,9 @@ class Loader:
                 except StopIteration:
                     return
                 except Exception as exc:
-                    if not watchdog.dead:
+                    # the error may come before the watchdog's next look (e.g. a batch that
+                    # the dead worker shared cannot be fetched): look again before raising it
+                    if not watchdog.dead and not watchdog.check(wait=2 * self.watchdog_interval):
                         raise
                     # DataLoader2 shuts down on the error itself, which can fail in turn on
                     # the dead worker's queue: report the death, not the follow-up error.
@@ -460,15 +488,30 @@ class _Watchdog:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
 
+    def check(self, wait: float) -> bool:
+        """Whether a worker has died (looking for up to ``wait`` s); records the dead ones."""
+        deadline = time.monotonic() + wait
+        while True:
+            entries = _worker_entries(self.service)
+            dead = [e for e in entries if e[0].exitcode not in (None, 0)]
+            if dead:
+                self.dead = self.dead or [(e[0].pid, e[0].exitcode) for e in dead]
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             entries = _worker_entries(self.service)
             dead = [e for e in entries if e[0].exitcode not in (None, 0)]
             if dead and not self._stop.is_set():
                 self.dead = [(e[0].pid, e[0].exitcode) for e in dead]
+                # again at each interval: between epochs DataLoader2 may swallow one report
+                # (discarding a request) and then wait on that queue again
                 for entry in dead:
-                    _report(entry[2], WorkerDiedError(self.message()))
-                return
+                    with contextlib.suppress(ValueError, OSError):  # queue closed by shutdown
+                        _report(entry[2], WorkerDiedError(self.message()))
 
     def message(self) -> str:
         parts = []

@@ -6,7 +6,9 @@ Made once by ``prepare --materialize``; the sampling step reads it instead of th
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,6 +104,7 @@ def materialize(
         raise IndexFileError(f"the sampling index behind {target.name} is empty: nothing to copy")
     n_time = int(pool["n_time_sample"].iloc[0])
     ty, tx = int(pool["y_tile"].iloc[0]), int(pool["x_tile"].iloc[0])
+    _remove_stale_copies(target)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
     arr = root.create_array(
@@ -111,6 +114,7 @@ def materialize(
         dtype="float32",
         compressors=[numcodecs.Zstd(level=3)],
         fill_value=np.nan,
+        config={"write_empty_chunks": True},  # every sample has its chunk, even all-NaN ones
     )
     spec = info.spec
     reader = get_reader(spec.url, spec.var_name, spec.storage_options)
@@ -144,6 +148,31 @@ def materialize(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _remove_stale_copies(target: Path, max_age_s: float = 86400.0) -> None:
+    """Delete the unfinished copies beside ``target`` left by killed runs.
+
+    One is stale when the process that wrote it is gone (same host) or it is older than
+    ``max_age_s`` seconds; a copy being written by a live process stays.
+    """
+    for folder in target.parent.glob(f"{target.name}.tmp-*"):
+        match = re.fullmatch(r".*\.tmp-(\d+)-[0-9a-f]{8}", folder.name)
+        if match is None or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(match[1]), 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except OSError:
+            alive = True
+        try:
+            old = time.time() - folder.stat().st_mtime > max_age_s
+        except OSError:
+            continue
+        if not alive or old:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class TrainingCopy:
@@ -185,7 +214,9 @@ class TrainingCopy:
     def _chunks(self) -> ChunkReader:
         """The copy's chunk reader, opened once per process."""
         if self._chunk_reader is None or self._pid != os.getpid():
-            self._chunk_reader = ChunkReader(zarr.open_group(str(self.path), mode="r")[ARRAY])
+            array = zarr.open_group(str(self.path), mode="r")[ARRAY]
+            # every sample was written: an absent chunk is damage, not "no data"
+            self._chunk_reader = ChunkReader(array, known_absent=())
             self._pid = os.getpid()
         return self._chunk_reader
 

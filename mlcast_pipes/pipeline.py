@@ -18,7 +18,7 @@ from mlcast_pipes.datapipes.sample import BinNormSampler, Sampler
 from mlcast_pipes.datapipes.source import MLCastCatalogDataset, OpenXarrayDataset
 from mlcast_pipes.datapipes.tensor import ToTorchTensor
 from mlcast_pipes.datapipes.tile import TilingSampler
-from mlcast_pipes.errors import ParameterError, PipelineOrderError
+from mlcast_pipes.errors import MLCastPipesError, ParameterError, PipelineOrderError
 
 #: Step names usable in YAML files, with the stage each one gives.
 STEPS: dict[str, Any] = {
@@ -85,7 +85,15 @@ def compose(steps: Sequence[Any]) -> IterDataPipe[Any]:
             raise PipelineOrderError(f"{step!r} is not a pipeline step; use {', '.join(STEPS)}")
         if stage not in _ACCEPTS[provides]:
             raise PipelineOrderError(_order_message(step, provides, stage, previous, made))
-        pipe = step(pipe)
+        try:
+            pipe = step(pipe)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, MLCastPipesError):
+                raise
+            raise ParameterError(
+                f"bad arguments for {step!r}: {exc}; fix: check the argument names and types "
+                "against the step's documentation"
+            ) from exc
         stage, previous = provides, repr(step)
         made.setdefault(stage, previous)
     return pipe

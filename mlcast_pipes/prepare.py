@@ -347,6 +347,7 @@ def prepare_tiling(
     progress: bool = False,
     block_frames: int = 512,
     verify: VerifyMode = "sha256",
+    absent_chunks: Callable[[], list[int]] | None = None,
 ) -> TileIndex:
     """Load the tiling index of ``da`` for ``params``, or compute and write it.
 
@@ -386,6 +387,9 @@ def prepare_tiling(
         Integrity check of an existing index: ``"sha256"`` (default: a hand edit that keeps the
         byte size, e.g. one changed digit of ``t_start``, is caught too; hashing costs about a
         third of parsing the CSV) or ``"size"`` (byte size only, cheaper).
+    absent_chunks
+        Called once the index is computed: the time chunks of the variable absent from the
+        store (recorded in the sidecar, so that a chunk deleted later can be told apart).
 
     Returns
     -------
@@ -571,6 +575,7 @@ def prepare_tiling(
             },
             "dtypes": tiling_dtypes(columns, nan_count_wide=npix >= 2**31),
             "elapsed_s": round(time.perf_counter() - t0, 3),
+            **({} if absent_chunks is None else {"absent_chunks": absent_chunks()}),
         }
 
     written = write_index(csv, frames(), meta, columns=columns)

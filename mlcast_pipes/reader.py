@@ -43,6 +43,28 @@ _FETCH_BATCH = 4
 #: Decode buffers kept for reuse per reader (frames that left the cache).
 _MAX_SPARE = 2 * _FETCH_BATCH
 
+#: Default bound, in seconds, of the time a read may take over all its retries (remote stores).
+READ_DEADLINE = 20.0
+#: Environment variable overriding :data:`READ_DEADLINE` ("0" or "none": no bound).
+READ_DEADLINE_ENV = "MLCAST_PIPES_READ_DEADLINE"
+
+
+def _default_deadline() -> float | None:
+    text = os.environ.get(READ_DEADLINE_ENV, "").strip().lower()
+    if not text:
+        return READ_DEADLINE
+    if text in ("0", "none", "inf"):
+        return None
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise ParameterError(
+            f"${READ_DEADLINE_ENV}={text!r} is not a number of seconds; fix: set it to e.g. 20, "
+            "or to 'none' for no bound"
+        ) from exc
+    return value if math.isfinite(value) and value > 0 else None
+
+
 #: Bytes counted per delivered or decoded pixel in :class:`ReaderStats` (float32 output).
 _OUT_ITEMSIZE = 4
 
@@ -413,6 +435,10 @@ class FrameReader:
         How many times a read failing with a transient (network-like) error is tried again.
     retry_backoff : float
         Seconds to wait before the first retry; doubled at each further retry.
+    read_deadline : float or None
+        Bound, in seconds, of the time a read of remote chunks may take over all its retries
+        (a server that stops answering gives a :class:`ReadError` by then). Default
+        :data:`READ_DEADLINE`, or ``$MLCAST_PIPES_READ_DEADLINE``; None: no bound.
 
     Examples
     --------
@@ -441,6 +467,7 @@ class FrameReader:
         cache_bytes: int = 256 * 2**20,
         retries: int = 3,
         retry_backoff: float = 0.2,
+        read_deadline: float | str | None = "default",
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ParameterError(f"url must be a non-empty path or URL string, got {url!r}.")
@@ -456,6 +483,16 @@ class FrameReader:
         self.cache_bytes = int(cache_bytes)
         self.retries = int(retries)
         self.retry_backoff = float(retry_backoff)
+        if read_deadline == "default":
+            read_deadline = _default_deadline()
+        if read_deadline is not None and (
+            isinstance(read_deadline, str) or not read_deadline > 0  # NaN fails too
+        ):
+            raise ParameterError(
+                f"read_deadline must be a positive number of seconds or None, got "
+                f"{read_deadline!r}."
+            )
+        self.read_deadline: float | None = None if read_deadline is None else float(read_deadline)
         self.stats = ReaderStats()
         self._lock = threading.RLock()
         self._cache = _FrameCache(self.cache_bytes)
@@ -483,6 +520,7 @@ class FrameReader:
             "cache_bytes": self.cache_bytes,
             "retries": self.retries,
             "retry_backoff": self.retry_backoff,
+            "read_deadline": self.read_deadline,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -493,6 +531,7 @@ class FrameReader:
             cache_bytes=state["cache_bytes"],
             retries=state["retries"],
             retry_backoff=state["retry_backoff"],
+            read_deadline=state.get("read_deadline"),
         )
 
     def __repr__(self) -> str:
@@ -799,7 +838,8 @@ class FrameReader:
                 current = pending
                 after = batches[k + 1] if k + 1 < len(batches) else None
                 pending = self._submit(after, cut_chunk) if after is not None else None
-                for t, frame in self._collect(batch, current.result(), reqs, users, cut_chunk):
+                outcomes = current.result()
+                for t, frame in self._collect(batch, outcomes, reqs, users, cut_chunk, current):
                     self._recycle(self._cache.put(t, frame) if cache else [frame])
         finally:
             if pending is not None:
@@ -828,11 +868,13 @@ class FrameReader:
         reqs: list[TileRequest],
         users: dict[int, list[int]],
         then: OnChunk,
+        first: PendingChunks,
     ) -> list[tuple[int, np.ndarray]]:
         """Return the needed frames of the decoded time chunks; retry the transient failures.
 
         ``units`` are (chunk start, chunk stop, needed frames); ``outcomes`` their first fetch;
-        ``then`` is what the fetch ran on each decoded chunk (run again on retried ones).
+        ``then`` is what the fetch ran on each decoded chunk (run again on retried ones);
+        ``first`` is that fetch (its deadline bounds the retries).
         """
         _, h, w = self.shape
         frame_pixels = h * w
@@ -841,7 +883,7 @@ class FrameReader:
         attempt = 0
         while pending:
             if attempt:
-                outcomes = self._submit(pending, then).result()
+                outcomes = self._submit(pending, then, first.deadline).result()
             failed: list[tuple[int, int, list[int]]] = []
             errors: list[_FrameFailedError] = []
             for unit, outcome in zip(pending, outcomes, strict=True):
@@ -861,25 +903,50 @@ class FrameReader:
             if not failed:
                 break
             permanent = [e for e in errors if not _is_transient(e.error)]
-            if permanent or attempt >= self.retries:
-                first = (permanent or errors)[0]
+            wait = self.retry_backoff * 2**attempt
+            late = first.deadline is not None and time.monotonic() + wait >= first.deadline
+            if permanent or attempt >= self.retries or late:
+                failure = (permanent or errors)[0]
                 raise self._read_error(
-                    first, attempt + 1, reqs, users, transient=not permanent
-                ) from first.error
-            time.sleep(self.retry_backoff * 2**attempt)
+                    failure,
+                    attempt + 1,
+                    reqs,
+                    users,
+                    transient=not permanent,
+                    late=late and not permanent,
+                ) from failure.error
+            time.sleep(wait)
             attempt += 1
             pending = failed
         return result
 
-    def _submit(self, units: list[tuple[int, int, list[int]]], then: OnChunk) -> PendingChunks:
-        """Start decoding the time chunks ``units`` concurrently; ``then`` runs on each."""
+    def _submit(
+        self,
+        units: list[tuple[int, int, list[int]]],
+        then: OnChunk,
+        deadline: float | None = None,
+    ) -> PendingChunks:
+        """Start decoding the time chunks ``units`` concurrently; ``then`` runs on each.
+
+        Remote chunks not read by ``deadline`` (``time.monotonic()``; by default
+        :attr:`read_deadline` from now) fail with ``TimeoutError``.
+        """
+        if deadline is None and self.read_deadline is not None:
+            deadline = time.monotonic() + self.read_deadline
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         assert self._chunks is not None
+        self._chunks.known_absent = _KNOWN_ABSENT.get((self.url, self.var_name))
+        self._chunks.warn_missing = os.environ.get(MISSING_CHUNKS_ENV, "").lower() == "warn"
         outs: list[np.ndarray | None] = [None] * len(units)
         if self._tchunk == 1 and self._chunks.direct:
             shape = self._chunks.out_shape(0)
             for k in range(len(units)):
                 outs[k] = self._spare.pop() if self._spare else np.empty(shape, self._chunks.dtype)
-        return self._chunks.submit([c0 // self._tchunk for c0, _, _ in units], outs, then)
+        pending = self._chunks.submit(
+            [c0 // self._tchunk for c0, _, _ in units], outs, then, timeout=timeout
+        )
+        pending.deadline = deadline
+        return pending
 
     def _recycle(self, frames: list[np.ndarray]) -> None:
         """Keep the decode buffers of frames that left the cache for the next decodes."""
@@ -905,6 +972,7 @@ class FrameReader:
         users: dict[int, list[int]],
         *,
         transient: bool,
+        late: bool = False,
     ) -> ReadError:
         frames = range(failure.c0, failure.c1)
         hit = sorted({i for t in frames for i in users.get(t, [])})
@@ -916,10 +984,23 @@ class FrameReader:
             if len(frames) == 1
             else f"frames {failure.c0}..{failure.c1 - 1} (one time chunk)"
         )
-        if transient:
+        if late:
+            fix = (
+                f"It got no answer within the read deadline ({self.read_deadline:g} s over "
+                f"{attempts} attempt(s)): the server is not answering. Check the network "
+                "connection and the server, or raise `read_deadline` "
+                f"(${READ_DEADLINE_ENV})."
+            )
+        elif transient:
             fix = (
                 f"It failed {attempts} times with a transient error; check the network "
                 "connection and storage_options, or raise `retries` / `retry_backoff`."
+            )
+        elif isinstance(failure.error, FileNotFoundError):
+            fix = (
+                "Restore that chunk (re-download the time step), or rebuild the index with "
+                f"recompute=True to accept it as missing (${MISSING_CHUNKS_ENV}=warn reads it "
+                "as no data, with a warning)."
             )
         elif _is_denied(failure.error):
             fix = (
@@ -955,6 +1036,38 @@ _NAIVE: dict[tuple[int, str, str, str], Any] = {}  # naive_read_tile's opened Da
 
 def _options_token(storage_options: dict[str, Any] | None) -> str:
     return json.dumps(storage_options or {}, sort_keys=True, default=repr)
+
+
+#: (url, variable) -> time chunks absent when the archive was indexed (others must be there)
+_KNOWN_ABSENT: dict[tuple[str, str], frozenset[int]] = {}
+#: Environment variable: "warn" reads a chunk missing since indexing as no data, with a warning.
+MISSING_CHUNKS_ENV = "MLCAST_PIPES_MISSING_CHUNKS"
+
+
+def expect_chunks(url: str, var_name: str, absent: Iterable[int]) -> None:
+    """Declare which time chunks of a variable were absent when it was indexed.
+
+    Any other chunk found missing while reading raises :class:`ReadError` (with
+    ``$MLCAST_PIPES_MISSING_CHUNKS=warn``: read as no data, with a ``RuntimeWarning``).
+    Without a declaration a missing chunk reads as the fill value, as zarr does.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> rain = np.ones((3, 2, 2), dtype="float32")
+    >>> _ = xr.Dataset({"rain": (("time", "y", "x"), rain)}).to_zarr(
+    ...     "declared.zarr", mode="w", zarr_format=2, encoding={"rain": {"chunks": (1, 2, 2)}}
+    ... )
+    >>> import os
+    >>> os.remove("declared.zarr/rain/1.0.0")
+    >>> expect_chunks("declared.zarr", "rain", absent=[])
+    >>> FrameReader("declared.zarr", "rain").read_frames(0, 3)
+    Traceback (most recent call last):
+    ...
+    mlcast_pipes.errors.ReadError: Could not read frame 1 of variable 'rain' ...
+
+    """
+    _KNOWN_ABSENT[(url, var_name)] = frozenset(int(i) for i in absent)
 
 
 def get_reader(

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from mlcast_pipes.errors import IndexFileError, ParameterError, StaleIndexError
+from mlcast_pipes.errors import DatasetError, IndexFileError, ParameterError, StaleIndexError
 from mlcast_pipes.index import (
     CSV_SUFFIX,
     SIDECAR_SUFFIX,
@@ -702,6 +702,14 @@ def _tile_ids(table: pd.DataFrame, sampler: str) -> npt.NDArray[Any]:
 def _finite_only(
     ids: npt.NDArray[Any], values: npt.NDArray[np.float64], what: str, sampler: str
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
+    infinite = np.isinf(values)
+    if infinite.any():
+        shown = ", ".join(str(i) for i in ids[infinite][:5])
+        raise DatasetError(
+            f"{sampler}: {int(infinite.sum())} tile(s) have an infinite {what} (tile ids "
+            f"{shown}): the archive holds infinite pixel values; fix: mask them to NaN (or clip "
+            "them) in the archive, then rebuild the index with recompute=True"
+        )
     ok = np.isfinite(values)
     if not ok.all():
         warnings.warn(
@@ -1537,7 +1545,7 @@ def load_sampling_index(
     tiling_table: pd.DataFrame | None = None,
     tiling_meta: Mapping[str, Any] | None = None,
     expected: Mapping[str, Any] | None = None,
-    verify: VerifyMode = "size",
+    verify: VerifyMode = "sha256",
 ) -> SamplingIndex:
     """Load a sampling index and check it against its sidecar, the tiling and the parameters.
 
@@ -1551,9 +1559,9 @@ def load_sampling_index(
     expected : mapping, optional
         Expected settings: any of ``method``, ``seed``, ``n_time_sample``, ``params`` (a dict of
         the sampler's parameters, completed with defaults before comparing).
-    verify : {"size", "sha256"}
-        Check the CSV's byte size against the sidecar (cheap), or also its SHA-256 (reads the
-        whole file once more; catches same-size edits).
+    verify : {"sha256", "size"}
+        Check the CSV's byte size and SHA-256 against the sidecar (catches same-size edits),
+        or only its byte size (cheaper).
 
     Returns
     -------

@@ -11,7 +11,6 @@ import inspect
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1177,17 +1176,13 @@ def write_stats_csv(path: str | os.PathLike[str], stats: Mapping[str, tuple[floa
         if s < 0:
             raise ParameterError(f"std of {variable!r} must not be negative, got {std!r}")
         rows.append((str(variable), repr(m), repr(s)))
+    from mlcast_pipes.index import atomic_write
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(STATS_COLUMNS)
-            writer.writerows(rows)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(target) as fh:  # removes temp files of killed writes, too
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(STATS_COLUMNS)
+        writer.writerows(rows)
     return target
 
 

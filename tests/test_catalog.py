@@ -214,6 +214,7 @@ def test_catalog_as_mapping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_env_and_parameter_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_BUCKET", "bucket-7")
+    monkeypatch.setenv("MLCAST_PIPES_CATALOG_ENV", "OTHER, MY_BUCKET")  # named by the user
     root = write(
         tmp_path / "c.yml",
         """

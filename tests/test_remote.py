@@ -32,9 +32,9 @@ from torchdata.datapipes.iter import IterableWrapper
 import mlcast_pipes as mp
 from mlcast_pipes import tiling
 from mlcast_pipes.dataset import with_timeouts
-from mlcast_pipes.errors import DatasetError, ReadError
+from mlcast_pipes.errors import DatasetError, ParameterError, ReadError
 from mlcast_pipes.indexing import prepare_index
-from mlcast_pipes.reader import FrameReader, close_readers, get_reader
+from mlcast_pipes.reader import READ_DEADLINE, FrameReader, close_readers, get_reader
 from mlcast_pipes.tiling import TilingParams
 
 s3fs = pytest.importorskip("s3fs")
@@ -113,6 +113,9 @@ def _s3_with_faults(app: Callable[..., Any], faults: Faults) -> Callable[..., An
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("REQUEST_METHOD") == "GET":
             status = faults.on_get(str(environ.get("PATH_INFO", "")))
+            if status == HANG:
+                faults.release.wait(20.0)  # bounded: the fixture releases it at teardown
+                return app(environ, start_response)
             if status is not None:
                 code = _S3_CODES[status]
                 body = (
@@ -489,6 +492,33 @@ def test_silent_server_times_out_and_names_the_url(http: Remote) -> None:
     assert time.monotonic() - start < 10
     assert "frame 2" in str(info.value) and http.url in str(info.value)
     assert http.faults.calls[http.chunk(2)] == 2
+
+
+@pytest.mark.parametrize("kind", ["http", "s3"])
+def test_silent_server_is_reported_within_the_read_deadline(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    # default read timeouts (30 s): the deadline over all retries decides
+    remote: Remote = request.getfixturevalue(kind)
+    reader = FrameReader(remote.url, VAR, storage_options=remote.options, read_deadline=2)
+    reader.read_frames(0, 1)  # opened while the server answered
+    remote.faults.fail(remote.chunk(2), -1, HANG)
+    start = time.monotonic()
+    with pytest.raises(ReadError) as info:
+        reader.read_frames(2, 3)
+    assert time.monotonic() - start < 5
+    msg = str(info.value)
+    assert "frame 2" in msg and remote.url in msg and "read deadline (2 s" in msg
+
+
+def test_read_deadline_default_and_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert FrameReader("x.zarr", VAR).read_deadline == READ_DEADLINE < 60
+    monkeypatch.setenv("MLCAST_PIPES_READ_DEADLINE", "5")
+    assert FrameReader("x.zarr", VAR).read_deadline == 5
+    monkeypatch.setenv("MLCAST_PIPES_READ_DEADLINE", "none")
+    assert FrameReader("x.zarr", VAR).read_deadline is None
+    with pytest.raises(ParameterError, match="read_deadline"):
+        FrameReader("x.zarr", VAR, read_deadline=-1)
 
 
 def _read_options(url: str, options: dict | None) -> dict:

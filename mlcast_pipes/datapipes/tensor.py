@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterDataPipe, functional_datapipe
 
+from mlcast_pipes._checks import as_int
 from mlcast_pipes.batchpool import WorkerBuffers
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
 from mlcast_pipes.records import TileSample
@@ -123,8 +124,8 @@ class ToTensorDataPipe(IterDataPipe[Any]):
         drop_last: bool = False,
         allow_nan: bool = False,
     ) -> None:
-        if batch_size is not None and batch_size <= 0:
-            raise ParameterError(f"batch_size must be a positive integer, got {batch_size}")
+        if batch_size is not None:
+            batch_size = as_int("batch_size", batch_size, minimum=1)
         if (n_input is None) != (n_target is None):
             raise ParameterError("give both n_input and n_target to split inputs from targets")
         if n_input is not None and (n_input <= 0 or n_target is None or n_target <= 0):
@@ -175,11 +176,13 @@ class ToTensorDataPipe(IterDataPipe[Any]):
                 f"got {type(sample).__name__}"
             )
         data = np.asarray(sample.load(), dtype=np.float32)
-        if not self.allow_nan and np.isnan(data).any():
+        if not self.allow_nan and not np.isfinite(data).all():
+            what = "infinite values" if np.isinf(data).any() else "NaN"
             raise ParameterError(
                 f"tile {sample.tile_id} of {sample.info.dataset_id} (t={sample.t_start}, "
-                f"y={sample.y_start}, x={sample.x_start}) holds NaN: add .normalize() before "
-                ".to_tensor() (it fills NaN), or pass allow_nan=True to keep them"
+                f"y={sample.y_start}, x={sample.x_start}) holds {what}: add .normalize() before "
+                ".to_tensor() (it fills NaN; mask infinite pixels to NaN in the archive), or "
+                "pass allow_nan=True to keep them"
             )
         if self.n_input is not None and self.n_target is not None:
             _check_split(self.n_input, self.n_target, data.shape[0])

@@ -5,6 +5,7 @@ Yields lazy tile records in time order (or a seeded shuffle of read windows), sh
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.datapipes._sharding import EpochShardMixin
 from mlcast_pipes.epochs import plan_shard
+from mlcast_pipes.errors import ParameterError
 from mlcast_pipes.indexing import TilingPlan, default_index_dir, iter_tables
 from mlcast_pipes.records import TileSample
 from mlcast_pipes.splits import TimeSplit
@@ -82,6 +84,13 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         progress: bool = False,
         **tiling_params: Any,
     ) -> None:
+        known = {f.name for f in dataclasses.fields(TilingParams)}
+        unknown = sorted(set(tiling_params) - known)
+        if unknown:
+            raise ParameterError(
+                f"unknown tiling argument(s) {', '.join(map(repr, unknown))}; fix: use "
+                f"{', '.join(sorted(known | _OWN_ARGS))}"
+            )
         if isinstance(tile_size, int):
             tile_size = (tile_size, tile_size)
         self.n_time_window = n_time_window
@@ -94,8 +103,8 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         self.progress = progress
         params = TilingParams(
             n_time_window=n_time_window,
-            tile_size=tuple(tile_size),  # type: ignore[arg-type]
-            stride=None if stride is None else tuple(stride),  # type: ignore[arg-type]
+            tile_size=_listed(tile_size),
+            stride=None if stride is None else _listed(stride),
             max_nan_fraction=max_nan_fraction,
             **tiling_params,
         )
@@ -117,6 +126,15 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
             for group in groups:
                 for pos in group:
                     yield table.record(int(pos))
+
+
+#: Arguments of ``.tile()`` besides those of TilingParams.
+_OWN_ARGS = {"index_dir", "split", "shuffle_windows", "seed", "recompute", "progress"}
+
+
+def _listed(value: Any) -> Any:
+    """A list (YAML) as a tuple; anything else unchanged, for TilingParams to check."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 class TilingSampler:
