@@ -270,6 +270,8 @@ class Loader:
     sampler : Loader
         This loader itself: trainers that call ``loader.sampler.set_epoch(epoch)`` before each
         epoch (as Lightning does) set its epoch.
+    batch_sampler : None
+        As a ``DataLoader`` built without one (Lightning reads it).
 
     Examples
     --------
@@ -316,6 +318,7 @@ class Loader:
         self.epoch = start_epoch
         self.watchdog_interval = watchdog_interval
         self.sampler = self
+        self.batch_sampler = None
         self._start_batch = start_batch  # where the next iteration of self.epoch starts
         self._batch = start_batch  # batches of self.epoch delivered (or skipped) so far
         self._lengths: dict[int, int] = {}
