@@ -512,7 +512,7 @@ class Loader:
         """Whether ``batch`` batches are the whole of the current epoch (False if unknown)."""
         try:
             return batch >= len(self)
-        except TypeError:
+        except Exception:  # a probe only: len() itself reports why it is unknown
             return False
 
     def __iter__(self) -> Iterator[Any]:

@@ -132,12 +132,14 @@ def test_shuffle_false_ranks_split_one_sequence(tiny_archive, index_dir):
     assert len(parts) == 16 and [p for _, p in parts].count(True) == 1
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_state_dict_resumes_with_exactly_the_remaining_batches(tiny_archive, index_dir, workers):
+@pytest.mark.parametrize(("workers", "shuffle"), [(0, True), (2, True), (2, False)])
+def test_state_dict_resumes_with_exactly_the_remaining_batches(
+    tiny_archive, index_dir, workers, shuffle
+):
     def pipe():
         return _pipe(tiny_archive, index_dir, "binnorm", batch_size=3, n_samples=30)
 
-    loader = mp.make_dataloader(pipe(), num_workers=workers)
+    loader = mp.make_dataloader(pipe(), num_workers=workers, shuffle=shuffle)
     try:
         _batches(loader)  # epoch 0
         taken, state = [], None
@@ -153,7 +155,7 @@ def test_state_dict_resumes_with_exactly_the_remaining_batches(tiny_archive, ind
         assert loader.state_dict()["epoch"] == 2
     finally:
         loader.shutdown()
-    resumed = mp.make_dataloader(pipe(), num_workers=workers)
+    resumed = mp.make_dataloader(pipe(), num_workers=workers, shuffle=shuffle)
     try:
         resumed.load_state_dict(state)
         assert len(resumed) == len(full)  # the whole epoch's length, as Lightning expects
