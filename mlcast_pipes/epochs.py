@@ -223,8 +223,10 @@ def plan_shard(
         groups = [rng.permutation(groups[i]) for i in rng.permutation(len(groups))]
     n = int(sum(len(g) for g in groups))
     n_even = even_size(n, shard.ranks, drop_remainder)
-    if n_even > n:
-        groups = [*groups, np.resize(np.concatenate(groups), n_even - n) + len(keys)]
+    if n_even > n:  # padding copies of the first rows, one group per read window
+        extra = np.resize(np.concatenate(groups), n_even - n)
+        cuts = np.flatnonzero(np.diff(np.asarray(keys)[extra])) + 1
+        groups = [*groups, *(g + len(keys) for g in np.split(extra, cuts))]
     n = n_even
     lo = shard.index * n // shard.count
     hi = (shard.index + 1) * n // shard.count
