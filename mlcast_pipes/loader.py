@@ -317,8 +317,6 @@ class Loader:
         self.drop_remainder = drop_remainder
         self.epoch = start_epoch
         self.watchdog_interval = watchdog_interval
-        self.sampler = self
-        self.batch_sampler = None
         self._start_batch = start_batch  # where the next iteration of self.epoch starts
         self._batch = start_batch  # batches of self.epoch delivered (or skipped) so far
         self._lengths: dict[int, int] = {}
@@ -357,6 +355,13 @@ class Loader:
         elif len(services) > 1:
             service = SequentialReadingService(*services)
         self.dataloader = DataLoader2(pipe, reading_service=service)
+
+    batch_sampler = None
+
+    @property
+    def sampler(self) -> Loader:
+        """The loader itself, so that ``loader.sampler.set_epoch(e)`` (Lightning) sets the epoch."""
+        return self
 
     def _configure(self, pipe: IterDataPipe[Any]) -> None:
         """Tell the epoch-planning steps the plan (ordered or not, batch size, remainder)."""
