@@ -32,6 +32,9 @@ class Shard:
         Number of shares (workers x ranks).
     index : int
         This copy's share, in ``range(count)``.
+    ranks : int
+        How many of the shares' outer level are ranks (``count`` is a multiple of it): every
+        rank gets the same number of records (see :func:`even_size`).
 
     Examples
     --------
@@ -41,18 +44,42 @@ class Shard:
     >>> plan_shard(np.arange(8), seed=0, epoch=0, shard=shard, shuffle=False)
     [array([2]), array([3])]
     >>> Shard()  # the whole epoch
-    Shard(count=1, index=0)
+    Shard(count=1, index=0, ranks=1)
 
     """
 
     count: int = 1
     index: int = 0
+    ranks: int = 1
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
             raise ParameterError(
                 f"invalid shard {self.index} of {self.count}: the index must be in [0, count)"
             )
+        if self.ranks < 1 or self.count % self.ranks:
+            raise ParameterError(
+                f"invalid shard: {self.count} shares cannot be split over {self.ranks} ranks"
+            )
+
+    @property
+    def workers(self) -> int:
+        """Shares per rank."""
+        return self.count // self.ranks
+
+    @property
+    def rank(self) -> int:
+        """The rank of this share."""
+        return self.index // self.workers
+
+    @property
+    def worker(self) -> int:
+        """The worker of this share within its rank."""
+        return self.index % self.workers
+
+    def of_worker(self, worker: int) -> Shard:
+        """The share of worker ``worker`` of the same rank."""
+        return Shard(self.count, self.rank * self.workers + worker, self.ranks)
 
 
 def combine_shards(levels: Mapping[int, tuple[int, int]]) -> Shard:
@@ -67,13 +94,49 @@ def combine_shards(levels: Mapping[int, tuple[int, int]]) -> Shard:
     Examples
     --------
     >>> combine_shards({2: (2, 1), 3: (4, 3)})
-    Shard(count=8, index=7)
+    Shard(count=8, index=7, ranks=2)
 
     """
     count, index = 1, 0
     for _, (n, i) in sorted(levels.items()):
         count, index = count * n, index * n + i
-    return Shard(count, index)
+    ranks = 1
+    for level, (n, _) in levels.items():
+        if level == _DISTRIBUTED:
+            ranks *= n
+    return Shard(count, index, ranks)
+
+
+def even_size(n: int, ranks: int, drop_remainder: bool = False) -> int:
+    """Records an epoch of ``n`` holds once shared evenly by ``ranks`` ranks.
+
+    Like torch's ``DistributedSampler``: padded up to a multiple of ``ranks`` with records of
+    the same epoch (the first ones of its order), or cut down to one with ``drop_remainder``.
+
+    Examples
+    --------
+    >>> even_size(63, 2), even_size(63, 2, drop_remainder=True), even_size(63, 1)
+    (64, 62, 63)
+
+    """
+    if ranks <= 1 or n == 0:
+        return n
+    return n // ranks * ranks if drop_remainder else -(-n // ranks) * ranks
+
+
+def shard_records(n: int, shard: Shard, drop_remainder: bool = False) -> int:
+    """Records ``shard`` delivers of an epoch of ``n`` (after :func:`even_size`).
+
+    Examples
+    --------
+    63 records, 2 ranks of 2 workers: 16 per worker, one of them a padding copy.
+
+    >>> [shard_records(63, Shard(4, i, ranks=2)) for i in range(4)]
+    [16, 16, 16, 16]
+
+    """
+    n = even_size(n, shard.ranks, drop_remainder)
+    return (shard.index + 1) * n // shard.count - shard.index * n // shard.count
 
 
 def group_by_key(keys: np.ndarray) -> list[np.ndarray]:
@@ -109,7 +172,13 @@ def epoch_rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
 
 
 def plan_shard(
-    keys: np.ndarray, *, seed: int, epoch: int, shard: Shard, shuffle: bool = True
+    keys: np.ndarray,
+    *,
+    seed: int,
+    epoch: int,
+    shard: Shard,
+    shuffle: bool = True,
+    drop_remainder: bool = False,
 ) -> list[np.ndarray]:
     """Plan one shard's part of an epoch as groups of row positions sharing a read window.
 
@@ -118,6 +187,9 @@ def plan_shard(
     resulting sequence is cut into ``shard.count`` contiguous slices whose sizes differ by at
     most one, so every worker and rank gets the same number of records (±1) and the union over
     all shards is every row exactly once. A group cut between two shards is read by both.
+    Over several ranks the sequence is first evened out (:func:`even_size`): padding copies
+    of its first rows are added at its end as positions ``len(keys) + row``, so that every
+    rank gets the same number of records.
 
     Parameters
     ----------
@@ -129,11 +201,14 @@ def plan_shard(
         The share to plan.
     shuffle : bool
         Randomise the order of groups and of rows within groups.
+    drop_remainder : bool
+        Even the ranks out by leaving the last rows out instead of padding.
 
     Returns
     -------
     list of numpy.ndarray
-        Row positions, one array per (part of a) group, in delivery order.
+        Row positions, one array per (part of a) group, in delivery order (a position
+        ``p >= len(keys)`` is a padding copy of row ``p - len(keys)``).
 
     Examples
     --------
@@ -147,6 +222,12 @@ def plan_shard(
         rng = epoch_rng(seed, epoch, 0)
         groups = [rng.permutation(groups[i]) for i in rng.permutation(len(groups))]
     n = int(sum(len(g) for g in groups))
+    n_even = even_size(n, shard.ranks, drop_remainder)
+    if n_even > n:  # padding copies of the first rows, one group per read window
+        extra = np.resize(np.concatenate(groups), n_even - n)
+        cuts = np.flatnonzero(np.diff(np.asarray(keys)[extra])) + 1
+        groups = [*groups, *(g + len(keys) for g in np.split(extra, cuts))]
+    n = n_even
     lo = shard.index * n // shard.count
     hi = (shard.index + 1) * n // shard.count
     out: list[np.ndarray] = []
@@ -219,6 +300,97 @@ def mix_blocks(
         yield np.asarray(block, dtype=np.int64)
 
 
+def plan_ordered(
+    keys: Sequence[np.ndarray], *, shard: Shard, batch_size: int, drop_remainder: bool = False
+) -> list[tuple[int, np.ndarray]]:
+    """Plan one shard's part of a fixed, ordered epoch (evaluation) over several tables.
+
+    The epoch is the same whatever the shard count: the rows of every table in key order,
+    table after table, evened out over the ranks (:func:`even_size`, padding positions as in
+    :func:`plan_shard`), cut into one contiguous slice per rank. A rank's slice is cut into
+    batches of ``batch_size`` and worker ``w`` of ``W`` gets batches ``w, w + W, ...``:
+    taking batches from the workers in turn delivers the slice in order.
+
+    Returns
+    -------
+    list of (int, numpy.ndarray)
+        (table, row positions) runs in this shard's delivery order.
+
+    Examples
+    --------
+    Ten rows of one table, one rank, two workers, batches of 2: worker 1 gets batches 1 and 3.
+
+    >>> keys = [np.arange(10)]
+    >>> [(k, p.tolist()) for k, p in plan_ordered(keys, shard=Shard(2, 1), batch_size=2)]
+    [(0, [2, 3, 6, 7])]
+
+    """
+    empty = np.zeros(0, dtype=np.int64)
+    tables = np.concatenate([empty, *(np.full(len(k), i) for i, k in enumerate(keys))])
+    rows = np.concatenate([empty, *(g for k in keys for g in group_by_key(k))])
+    tables, rows = tables.astype(np.int64), rows.astype(np.int64)
+    n = len(rows)
+    n_even = even_size(n, shard.ranks, drop_remainder)
+    if n_even > n:
+        extra = np.resize(np.arange(n), n_even - n)
+        sizes = np.array([len(k) for k in keys], dtype=np.int64)
+        tables = np.concatenate([tables, tables[extra]])
+        rows = np.concatenate([rows, rows[extra] + sizes[tables[extra]]])
+    per_rank = n_even // shard.ranks
+    lo = shard.rank * per_rank
+    step = shard.workers * batch_size
+    picks = [
+        np.arange(lo + s, lo + min(s + batch_size, per_rank))
+        for s in range(shard.worker * batch_size, per_rank, step)
+    ]
+    if not picks:
+        return []
+    pick = np.concatenate(picks)
+    tab, pos = tables[pick], rows[pick]
+    cuts = np.flatnonzero(np.diff(tab)) + 1
+    return [(int(t[0]), p) for t, p in zip(np.split(tab, cuts), np.split(pos, cuts), strict=True)]
+
+
+def ordered_records(n: int, shard: Shard, batch_size: int, drop_remainder: bool = False) -> int:
+    """Records ``shard`` delivers of an ordered epoch of ``n`` (see :func:`plan_ordered`).
+
+    Examples
+    --------
+    >>> [ordered_records(10, Shard(2, w), batch_size=2) for w in range(2)]
+    [6, 4]
+
+    """
+    per_rank = even_size(n, shard.ranks, drop_remainder) // shard.ranks
+    starts = range(shard.worker * batch_size, per_rank, shard.workers * batch_size)
+    return sum(min(batch_size, per_rank - s) for s in starts)
+
+
+def skip_records(
+    sizes: Sequence[int], worker: int, batches: int, batch_size: int, drop_last: bool = False
+) -> int:
+    """Records worker ``worker`` skips so that its rank's epoch resumes at batch ``batches``.
+
+    ``sizes`` are the records of every worker of the rank. DataLoader2 takes batches from
+    its workers in turn (worker 0, 1, ..., 0, 1, ...), skipping workers that have run out;
+    the first ``batches`` batches of that sequence are replayed on the workers' batch counts.
+
+    Examples
+    --------
+    >>> skip_records([5, 5], worker=1, batches=3, batch_size=2)
+    2
+
+    """
+    counts = [n // batch_size if drop_last else -(-n // batch_size) for n in sizes]
+    taken = [0] * len(sizes)
+    left = batches
+    while left > 0 and any(t < c for t, c in zip(taken, counts, strict=True)):
+        for j, c in enumerate(counts):
+            if left > 0 and taken[j] < c:
+                taken[j] += 1
+                left -= 1
+    return min(taken[worker] * batch_size, sizes[worker])
+
+
 def worker_sizes(n_total: int, levels: Mapping[int, tuple[int, int]]) -> tuple[list[int], int]:
     """Records per worker of this copy's rank under :func:`plan_shard`, and this worker's index.
 
@@ -265,12 +437,4 @@ def resume_skip(
 
     """
     sizes, worker = worker_sizes(n_total, levels)
-    counts = [n // batch_size if drop_last else -(-n // batch_size) for n in sizes]
-    taken = [0] * len(sizes)
-    left = batches
-    while left > 0 and any(t < c for t, c in zip(taken, counts, strict=True)):
-        for j, c in enumerate(counts):
-            if left > 0 and taken[j] < c:
-                taken[j] += 1
-                left -= 1
-    return min(taken[worker] * batch_size, sizes[worker])
+    return skip_records(sizes, worker, batches, batch_size, drop_last)

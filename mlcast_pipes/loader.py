@@ -1,4 +1,4 @@
-"""DataLoader2 set-up: reading services for workers and ranks, per-epoch seeding, a watchdog.
+"""DataLoader2 set-up: reading services for workers and ranks, epochs, resumable state, a watchdog.
 
 ``make_dataloader(pipe, num_workers=2)`` is the one call a training loop needs.
 """
@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch.utils.data import IterDataPipe
 from torch.utils.data.graph import traverse_dps
 from torchdata.dataloader2 import (
@@ -27,6 +28,7 @@ from torchdata.dataloader2 import (
 
 from mlcast_pipes._checks import as_int
 from mlcast_pipes.batchpool import BatchPool, sharing_by_fd
+from mlcast_pipes.epochs import Shard, combine_shards
 from mlcast_pipes.errors import MLCastPipesError, ParameterError
 
 #: glibc ``mallopt`` parameters and the values :func:`tune_malloc` sets.
@@ -111,6 +113,43 @@ def _exit_with_parent(interval: float = 0.5) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="mlcast-parent-watch").start()
+
+
+class _EpochControl:
+    """The epoch and resume point of the next iteration, in memory shared with the workers.
+
+    DataLoader2 copies its reading service with ``pickle``: like a
+    :class:`~mlcast_pipes.batchpool.BatchPool`, a copy in this process (or a forked worker)
+    is this very object, and a spawned worker gets the values through shared memory.
+    """
+
+    def __init__(self, values: torch.Tensor | None = None) -> None:
+        if values is None:
+            values = torch.zeros(2, dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
+        self.values = values
+        self.token = id(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        _CONTROLS[self.token] = self
+        return (_attach_control, (self.token, self.values))
+
+
+_CONTROLS: weakref.WeakValueDictionary[int, _EpochControl] = weakref.WeakValueDictionary()
+
+
+def _attach_control(token: int, values: torch.Tensor) -> _EpochControl:
+    """The control ``token`` names where it is known, else one around the shared ``values``."""
+    known = _CONTROLS.get(token)
+    return known if known is not None else _EpochControl(values)
+
+
+def _reset_worker(
+    datapipe: Any, worker_info: Any, seed_generator: Any, control: _EpochControl
+) -> Any:
+    """DataLoader2 per-epoch worker reset: the epoch and resume point the loader set."""
+    set_epoch(datapipe, int(control.values[0]))
+    set_resume(datapipe, int(control.values[1]))
+    return datapipe
 
 
 class WorkerDiedError(MLCastPipesError, RuntimeError):
@@ -250,7 +289,14 @@ def set_epoch(pipe: IterDataPipe[Any], epoch: int) -> None:
 class Loader:
     """Iterate a pipeline with DataLoader2, one epoch per ``iter()``, failing fast if a worker dies.
 
-    Use :func:`make_dataloader` to build one.
+    Use :func:`make_dataloader` to build one. Like a torch ``DataLoader`` with a
+    ``DistributedSampler``: :meth:`set_epoch` chooses the epoch (the draw and the order),
+    ``len()`` is the number of batches of this rank's epoch, and :meth:`state_dict` /
+    :meth:`load_state_dict` resume an epoch where it stopped.
+
+    Iterating again without :meth:`set_epoch` delivers the next epoch only after a completed
+    one: an iteration left early (a ``break``, a sanity check) delivers the same epoch again,
+    from its start.
 
     Attributes
     ----------
@@ -259,6 +305,11 @@ class Loader:
     batch_pool : BatchPool or None
         The workers' recycled batch buffers (None without workers or with
         ``reuse_batch_memory=False``).
+    sampler : Loader
+        This loader itself: trainers that call ``loader.sampler.set_epoch(epoch)`` before each
+        epoch (as Lightning does) set its epoch.
+    batch_sampler : None
+        As a ``DataLoader`` built without one (Lightning reads it).
 
     Examples
     --------
@@ -289,6 +340,8 @@ class Loader:
         watchdog_interval: float = 0.5,
         multiprocessing_context: str | None = None,
         reuse_batch_memory: bool = True,
+        shuffle: bool = True,
+        drop_remainder: bool = False,
     ) -> None:
         num_workers = as_int("num_workers", num_workers, minimum=0)
         start_epoch = as_int("start_epoch", start_epoch, minimum=0)
@@ -298,16 +351,22 @@ class Loader:
         self.num_workers = num_workers
         self.distributed = distributed
         self.seed = seed
+        self.shuffle = shuffle
+        self.drop_remainder = drop_remainder
         self.epoch = start_epoch
         self.watchdog_interval = watchdog_interval
-        set_epoch(pipe, start_epoch)
-        # DataLoader2 takes batches from the workers in turn, starting again at worker 0 each
-        # epoch: the workers skip whole rounds, this loader drops the rest of the last round.
-        rounds = max(num_workers, 1)
-        set_resume(pipe, start_batch - start_batch % rounds)
-        self._drop_first = start_batch % rounds
+        self._start_batch = start_batch  # where the next iteration of self.epoch starts
+        self._batch = start_batch  # batches of self.epoch delivered (or skipped) so far
+        self._lengths: dict[int, int] = {}
+        self.world_size, self.rank = 1, 0
+        if distributed:
+            import torch.distributed as dist
+
+            self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
+        self._configure(pipe)
         services: list[Any] = []
-        if distributed and not _shard_ranks_directly(pipe):
+        self._direct = not distributed or _shard_ranks_directly(pipe)
+        if not self._direct:
             services.append(DistributedReadingService())
         # batch buffers in use per worker: its prefetch, its share of the main process's, the
         # batch being built and the one the training step holds (a mask takes a second one)
@@ -326,6 +385,7 @@ class Loader:
                     worker_init_fn=functools.partial(
                         _init_worker, pool=self.batch_pool, quiet=pipe in _PREPARED
                     ),
+                    worker_reset_fn=functools.partial(_reset_worker, control=self._control),
                 )
             )
         self._mp = services[-1] if num_workers > 0 else None
@@ -336,15 +396,198 @@ class Loader:
             service = SequentialReadingService(*services)
         self.dataloader = DataLoader2(pipe, reading_service=service)
 
-    def __iter__(self) -> Iterator[Any]:
-        drop, self._drop_first = self._drop_first, 0
-        for i, item in enumerate(self._epoch()):
-            if i >= drop:
-                yield item
+    batch_sampler = None
 
-    def _epoch(self) -> Iterator[Any]:
-        self.dataloader.seed(self.seed + self.epoch)
-        self.epoch += 1
+    @property
+    def sampler(self) -> Loader:
+        """The loader itself, so that ``loader.sampler.set_epoch(e)`` (Lightning) sets the epoch."""
+        return self
+
+    def _configure(self, pipe: IterDataPipe[Any]) -> None:
+        """Tell the epoch-planning steps the plan (ordered or not, batch size, remainder)."""
+        from mlcast_pipes.datapipes._sharding import EpochShardMixin
+        from mlcast_pipes.datapipes.mix import MixDataPipe
+
+        dps = _walk(pipe)
+        self._batch_size, self._drop_last = _batching(dps)
+        if not self.shuffle and any(isinstance(dp, MixDataPipe) for dp in dps):
+            raise ParameterError(
+                "shuffle=False cannot fix the order of a mix() of pipelines (its interleaving "
+                "depends on the workers): evaluate each archive with its own loader"
+            )
+        for dp in dps:
+            if isinstance(dp, EpochShardMixin):
+                dp.configure_epochs(
+                    ordered=not self.shuffle,
+                    batch_size=self._batch_size,
+                    drop_remainder=self.drop_remainder,
+                )
+        # the epoch and resume point of the next iteration, read by each worker at its reset
+        self._control = _EpochControl()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration deliver epoch ``epoch`` (its draw and order), from its start.
+
+        Setting the epoch the loader is at already keeps a resume point loaded with
+        :meth:`load_state_dict`. With ``shuffle=False`` every epoch delivers the same batches.
+
+        Examples
+        --------
+        >>> from torchdata.datapipes.iter import IterableWrapper
+        >>> from mlcast_pipes.demo import generate_demo
+        >>> path = generate_demo("set_epoch.zarr", preset="tiny", n_times=24, overwrite=True)
+        >>> tiles = IterableWrapper([str(path)]).open_mlcast().tile(
+        ...     n_time_window=4, tile_size=(64, 64), index_dir="idx"
+        ... )
+        >>> pipe = tiles.uniform_sample(n_samples=6).normalize().to_tensor(batch_size=2)
+        >>> loader = Loader(pipe)
+        >>> loader.set_epoch(3)
+        >>> first = [b.sum().item() for b in loader]
+        >>> loader.set_epoch(3)
+        >>> [b.sum().item() for b in loader] == first, loader.epoch
+        (True, 4)
+
+        """
+        epoch = int(epoch)
+        if epoch != self.epoch:
+            self.epoch, self._start_batch, self._batch = epoch, 0, 0
+
+    def __len__(self) -> int:
+        """Batches this rank delivers in the epoch :attr:`epoch` (from the plan, no pixel read).
+
+        Raises ``TypeError`` when the pipeline holds steps whose output count is not known
+        in advance (a filter, a user's own datapipe).
+        """
+        epoch = self.epoch if self.shuffle else 0
+        if epoch not in self._lengths:
+            self._lengths = {epoch: self._plan_length(epoch)}
+        return self._lengths[epoch]
+
+    def _plan_length(self, epoch: int) -> int:
+        if not self._direct:
+            raise TypeError(
+                "len() is unknown for this pipeline: its ranks are split by "
+                "DistributedReadingService (it holds sharding steps of its own)"
+            )
+        levels: dict[int, tuple[int, int]] = {}
+        if self.world_size > 1:
+            levels[2] = (self.world_size, self.rank)
+        if self.num_workers > 0:
+            levels[3] = (self.num_workers, 0)
+        shard = combine_shards(levels)
+        memo: dict[int, Any] = {}
+        total = 0
+        for w in range(shard.workers):
+            n = _count(self.pipe, epoch, shard.of_worker(w), memo)
+            if n is None:
+                raise TypeError(
+                    "len() is unknown for this pipeline: it holds a step whose number of "
+                    "items is not known in advance (only sampling, tiling, mix, normalize, "
+                    "map and to_tensor steps are counted)"
+                )
+            total += n
+        return total
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: the epoch and the batches of it delivered so far.
+
+        Save it with a checkpoint; :meth:`load_state_dict` on a loader of the same pipeline,
+        ``num_workers`` and ranks resumes with exactly the remaining batches.
+
+        Examples
+        --------
+        >>> from torchdata.datapipes.iter import IterableWrapper
+        >>> from mlcast_pipes.demo import generate_demo
+        >>> path = generate_demo("state.zarr", preset="tiny", n_times=24, overwrite=True)
+        >>> def pipe():
+        ...     tiles = IterableWrapper([str(path)]).open_mlcast().tile(
+        ...         n_time_window=4, tile_size=(64, 64), index_dir="idx"
+        ...     )
+        ...     return tiles.uniform_sample(n_samples=6).normalize().to_tensor(batch_size=2)
+        >>> loader = Loader(pipe())
+        >>> batches = iter(loader)
+        >>> first = next(batches)
+        >>> state = loader.state_dict()
+        >>> state["epoch"], state["batch"]
+        (0, 1)
+        >>> rest = list(batches)
+        >>> resumed = Loader(pipe())
+        >>> resumed.load_state_dict(state)
+        >>> again = list(resumed)
+        >>> len(again), all(bool((a == b).all()) for a, b in zip(again, rest))
+        (2, True)
+
+        """
+        epoch, batch = self.epoch, self._batch
+        if batch and self._completes(batch):
+            epoch, batch = epoch + 1, 0
+        return {
+            "epoch": epoch,
+            "batch": batch,
+            "num_workers": self.num_workers,
+            "world_size": self.world_size,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: the next iteration delivers the remaining batches.
+
+        Examples
+        --------
+        >>> from torchdata.datapipes.iter import IterableWrapper
+        >>> tiles = IterableWrapper(["demo"]).open_mlcast().tile()
+        >>> loader = Loader(tiles.uniform_sample().normalize().to_tensor(batch_size=4))
+        >>> loader.load_state_dict({"epoch": 2, "batch": 5})
+        >>> loader.epoch, loader.state_dict()["batch"]
+        (2, 5)
+
+        """
+        for key, mine in (("num_workers", self.num_workers), ("world_size", self.world_size)):
+            if key in state and int(state[key]) != mine:
+                raise ParameterError(
+                    f"this loader state was saved with {key}={state[key]}, this loader has "
+                    f"{mine}: resume with the same number of workers and ranks (or resume at "
+                    "the start of the epoch with set_epoch)"
+                )
+        self.epoch = int(state["epoch"])
+        self._start_batch = self._batch = int(state.get("batch", 0))
+
+    def _completes(self, batch: int) -> bool:
+        """Whether ``batch`` batches are the whole of the current epoch (False if unknown)."""
+        try:
+            return batch >= len(self)
+        except Exception:  # a probe only: len() itself reports why it is unknown
+            return False
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch, start = self.epoch, self._start_batch
+        # DataLoader2 takes batches from the workers in turn, starting again at worker 0 each
+        # epoch: the workers skip whole rounds, this loader drops the rest of the last round.
+        rounds = max(self.num_workers, 1)
+        drop = start % rounds
+        self._batch = start
+        finished = False
+        try:
+            for i, item in enumerate(self._epoch(epoch, start - drop)):
+                if i < drop:
+                    continue
+                if self.epoch == epoch:
+                    self._start_batch = 0  # a later iteration of this epoch starts afresh
+                    self._batch += 1
+                yield item
+            finished = True
+        finally:
+            if self.epoch == epoch and (finished or self._completes(self._batch)):
+                self.epoch, self._start_batch, self._batch = epoch + 1, 0, 0
+
+    def _epoch(self, epoch: int, skip: int) -> Iterator[Any]:
+        data_epoch = epoch if self.shuffle else 0
+        self._control.values[0], self._control.values[1] = data_epoch, skip
+        if self._mp is None:
+            set_epoch(self.dataloader.datapipe, data_epoch)
+            set_resume(self.dataloader.datapipe, skip)
+        self.dataloader.seed(self.seed + data_epoch)
         if self._mp is None:
             yield from self.dataloader
             return
@@ -433,6 +676,42 @@ def _shard_ranks_directly(pipe: IterDataPipe[Any]) -> bool:
     for dp in shardable:
         dp.apply_sharding(dist.get_world_size(), dist.get_rank(), SHARDING_PRIORITIES.DISTRIBUTED)
     return True
+
+
+def _batching(dps: list[Any]) -> tuple[int, bool]:
+    """Batch size and ``drop_last`` of the batching step of a graph (1, False if none)."""
+    sizes = [dp for dp in dps if hasattr(dp, "batch_size") and hasattr(dp, "drop_last")]
+    if not sizes:
+        return 1, False
+    return int(sizes[0].batch_size or 1), bool(sizes[0].drop_last)
+
+
+def _count(dp: Any, epoch: int, shard: Shard, memo: dict[int, Any]) -> int | None:
+    """Items ``dp`` delivers to one worker in epoch ``epoch`` (None when not known in advance)."""
+    from torch.utils.data.datapipes.iter.callable import MapperIterDataPipe
+
+    from mlcast_pipes.datapipes._sharding import EpochShardMixin
+    from mlcast_pipes.datapipes.mix import MixDataPipe
+    from mlcast_pipes.datapipes.normalize import NormalizeDataPipe
+    from mlcast_pipes.datapipes.tensor import ToTensorDataPipe
+
+    if isinstance(dp, EpochShardMixin):
+        if id(dp) not in memo:
+            memo[id(dp)] = dp._epoch_keys(epoch)
+        return dp._shard_sizes(memo[id(dp)], shard)
+    if isinstance(dp, MixDataPipe):
+        counts = [_count(p, epoch, shard, memo) for p in dp.pipes]
+        return None if any(c is None for c in counts) else sum(c or 0 for c in counts)
+    if isinstance(dp, ToTensorDataPipe):
+        n = _count(dp.source_datapipe, epoch, shard, memo)
+        if n is None or dp.batch_size is None:
+            return n
+        return n // dp.batch_size if dp.drop_last else -(-n // dp.batch_size)
+    if isinstance(dp, NormalizeDataPipe):
+        return _count(dp.source_datapipe, epoch, shard, memo)
+    if isinstance(dp, MapperIterDataPipe):
+        return _count(dp.datapipe, epoch, shard, memo)
+    return None
 
 
 def _worker_entries(service: Any) -> list[tuple[Any, Any, Any]]:
@@ -538,6 +817,8 @@ def make_dataloader(
     prefetch: int = 2,
     prepare: bool = True,
     reuse_batch_memory: bool = True,
+    shuffle: bool = True,
+    drop_remainder: bool = False,
 ) -> Loader:
     """Wrap a pipeline in DataLoader2 with worker processes (and ranks), the right way.
 
@@ -548,13 +829,15 @@ def make_dataloader(
     num_workers : int
         Worker processes (0: iterate in this process).
     distributed : bool
-        Split each epoch across the ranks of the initialised ``torch.distributed`` group:
-        shares are disjoint, complete, and differ by at most one sample (wrap uneven last
-        steps in DDP's ``join()`` or drop the last batch).
+        Split each epoch across the ranks of the initialised ``torch.distributed`` group,
+        as ``DistributedSampler`` does: the shares are disjoint and every rank delivers the
+        same number of batches (with or without ``drop_last``), the short ranks padded with
+        records of the same epoch (``meta["padded"]`` is True for them).
     seed : int
         Base seed given to DataLoader2 each epoch (``seed + epoch``) for any other random step.
     start_epoch : int
-        The first epoch to deliver (to resume a run).
+        The first epoch to deliver (:meth:`Loader.set_epoch` and :meth:`Loader.load_state_dict`
+        are the usual way).
     start_batch : int
         Start that epoch at this batch: the skipped batches' records are dropped before any
         pixel is read, and the batches after them are those the interrupted run would have
@@ -568,6 +851,13 @@ def make_dataloader(
         (:mod:`mlcast_pipes.batchpool`): a batch still referenced is never overwritten, but
         one sent on to a third process must be sent as a copy (``batch.clone()``), or turn
         this off.
+    shuffle : bool
+        False for validation and test: every epoch delivers the same samples (the draw of
+        epoch 0) in the same order, whatever the numbers of workers and ranks (each rank a
+        contiguous part of the sequence).
+    drop_remainder : bool
+        With ``distributed``, even the ranks out by leaving the last records of the epoch out
+        instead of padding (as ``DistributedSampler(drop_last=True)``).
 
     Returns
     -------
@@ -603,4 +893,6 @@ def make_dataloader(
         start_batch=start_batch,
         prefetch=prefetch,
         reuse_batch_memory=reuse_batch_memory,
+        shuffle=shuffle,
+        drop_remainder=drop_remainder,
     )

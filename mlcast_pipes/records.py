@@ -78,6 +78,9 @@ class TileSample:
         True where the source had data, when a normaliser was asked for a mask.
     normalization : str or None
         Name of the normalisation applied to ``data``, if any.
+    padded : bool
+        A copy of a record of the same epoch, added so that every rank of a distributed run
+        gets the same number of samples (leave it out of validation metrics).
 
     Examples
     --------
@@ -102,6 +105,7 @@ class TileSample:
     data: np.ndarray | None = field(default=None, repr=False)
     mask: np.ndarray | None = field(default=None, repr=False)
     normalization: str | None = None
+    padded: bool = False
 
     @property
     def request(self) -> TileRequest:
@@ -155,6 +159,7 @@ class TileSample:
             "y_start": self.y_start,
             "x_start": self.x_start,
             "time_start": self.time_start,
+            "padded": self.padded,
         }
 
 

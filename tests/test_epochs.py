@@ -71,3 +71,66 @@ def test_mix_groups_keeps_every_item_once():
     assert {g for g, _ in out[:9]} == {0, 1, 2}
     with pytest.raises(ParameterError):
         list(mix_groups(iter(groups), 0, random.Random(0)))
+
+
+def test_even_size_pads_or_drops_to_a_multiple_of_the_ranks():
+    from mlcast_pipes.epochs import even_size
+
+    assert [even_size(63, r) for r in (1, 2, 4)] == [63, 64, 64]
+    assert [even_size(63, r, drop_remainder=True) for r in (1, 2, 4)] == [63, 62, 60]
+    assert even_size(0, 4) == 0
+
+
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_plan_shard_gives_every_rank_the_same_count(drop_remainder):
+    from mlcast_pipes.epochs import shard_records
+
+    keys = np.random.default_rng(1).integers(0, 9, size=63)
+    per_rank = {}
+    seen = []
+    for rank in range(2):
+        for worker in range(3):
+            shard = combine_shards({2: (2, rank), 3: (3, worker)})
+            mine = np.concatenate(
+                plan_shard(keys, seed=0, epoch=1, shard=shard, drop_remainder=drop_remainder)
+            )
+            assert len(mine) == shard_records(63, shard, drop_remainder)
+            per_rank.setdefault(rank, []).append(len(mine))
+            seen.extend(mine.tolist())
+    assert per_rank[0] == per_rank[1]  # same worker sizes: same batch counts on both ranks
+    real = [p for p in seen if p < 63]
+    if drop_remainder:
+        assert len(seen) == 62 and len(set(seen)) == 62 and max(seen) < 63
+    else:
+        padded = [p - 63 for p in seen if p >= 63]
+        assert len(seen) == 64 and sorted(real) == list(range(63))
+        assert len(padded) == 1 and 0 <= padded[0] < 63  # one copy of a record of the epoch
+
+
+@pytest.mark.parametrize(("ranks", "workers"), [(1, 1), (1, 3), (2, 2), (3, 1)])
+def test_plan_ordered_is_one_sequence_whatever_the_shards(ranks, workers):
+    from mlcast_pipes.epochs import ordered_records, plan_ordered
+
+    keys = [np.array([3, 1, 3, 2, 1]), np.array([0, 0, 5])]
+    n = 8
+    reference = [(k, int(p)) for k, g in plan_ordered(keys, shard=Shard(), batch_size=2) for p in g]
+    assert [k for k, _ in reference] == [0] * 5 + [1] * 3
+    delivered = []
+    for rank in range(ranks):
+        by_worker = []
+        for worker in range(workers):
+            shard = combine_shards({2: (ranks, rank), 3: (workers, worker)})
+            runs = plan_ordered(keys, shard=shard, batch_size=2)
+            flat = [(k, int(p)) for k, g in runs for p in g]
+            assert len(flat) == ordered_records(n, shard, batch_size=2)
+            by_worker.append([flat[i : i + 2] for i in range(0, len(flat), 2)])
+        # DataLoader2 takes batches from the workers in turn
+        rounds = max(len(b) for b in by_worker)
+        for i in range(rounds):
+            for batches in by_worker:
+                if i < len(batches):
+                    delivered.extend(batches[i])
+    size = {0: 5, 1: 3}
+    real = [(k, p) for k, p in delivered if p < size[k]]
+    assert real == reference  # the same order, whatever the number of ranks and workers
+    assert len(delivered) == -(-n // ranks) * ranks

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from mlcast_pipes.dataset import sanitize_id as dataset_sanitize_id
-from mlcast_pipes.epochs import Shard, combine_shards, plan_shard
+from mlcast_pipes.epochs import Shard, combine_shards, even_size, plan_shard
 from mlcast_pipes.errors import ParameterError
 from mlcast_pipes.index import index_paths
 from mlcast_pipes.index import sanitize_id as index_sanitize_id
@@ -285,14 +285,20 @@ def test_plan_shard_is_exactly_once(
     sizes = []
     for shard in shards:
         groups = plan_shard(arr, seed=seed, epoch=epoch, shard=shard)
-        again = plan_shard(arr, seed=seed, epoch=epoch, shard=Shard(shard.count, shard.index))
+        again = plan_shard(
+            arr, seed=seed, epoch=epoch, shard=Shard(shard.count, shard.index, shard.ranks)
+        )
         assert [g.tolist() for g in groups] == [g.tolist() for g in again]  # deterministic
-        for g in groups:
-            assert g.size > 0 and len(set(arr[g].tolist())) == 1  # one read window per group
+        for g in groups:  # positions >= arr.size: padding copies that even out the ranks
+            assert g.size > 0 and len(set(arr[g % arr.size].tolist())) == 1  # one read window
         rows = [int(r) for g in groups for r in g]
         delivered += rows
         sizes.append(len(rows))
-    assert sorted(delivered) == list(range(arr.size))  # every row exactly once
+    real = [r for r in delivered if r < arr.size]
+    assert sorted(real) == list(range(arr.size))  # every row exactly once
+    assert len(delivered) == even_size(arr.size, n_ranks)  # plus padding to equal ranks
+    per_rank = [sum(sizes[r * n_workers : (r + 1) * n_workers]) for r in range(n_ranks)]
+    assert len(set(per_rank)) == 1  # every rank the same number of records
     if arr.size:
         largest = max(np.bincount(arr).max(), 1)
         assert max(sizes) - min(sizes) <= largest  # balanced up to one read window

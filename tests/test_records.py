@@ -76,6 +76,7 @@ def test_metadata(records: list[TileSample]) -> None:
         "y_start": rec.y_start,
         "x_start": rec.x_start,
         "time_start": rec.time_start,
+        "padded": False,  # True only for the copies that even out distributed ranks
     }
 
 

@@ -1,11 +1,16 @@
 """Sharding and epoch bookkeeping shared by the datapipes that own an epoch's order.
 
-DataLoader2's reading services call ``apply_sharding``; the epoch advances on every ``__iter__``.
+DataLoader2's reading services call ``apply_sharding``; iterated on its own, a datapipe's epoch
+advances on every ``__iter__``; a :class:`~mlcast_pipes.loader.Loader` sets it explicitly.
 """
 
 from __future__ import annotations
 
-from mlcast_pipes.epochs import Shard, combine_shards
+from collections.abc import Sequence
+
+import numpy as np
+
+from mlcast_pipes.epochs import Shard, combine_shards, ordered_records, shard_records
 
 
 class EpochShardMixin:
@@ -13,7 +18,8 @@ class EpochShardMixin:
 
     Every copy of the pipeline (one per worker process and rank) counts its own epochs; the
     copies stay in step because each iterates once per epoch. ``set_epoch`` fixes the next
-    epoch explicitly (for resuming).
+    epoch explicitly (the loader does so before every epoch). ``configure_epochs`` picks the
+    ordered plan of evaluation and how ranks are evened out.
 
     Examples
     --------
@@ -28,7 +34,7 @@ class EpochShardMixin:
     >>> dp = Numbers()
     >>> dp.apply_sharding(2, 1)  # worker 1 of 2
     >>> dp.shard
-    Shard(count=2, index=1)
+    Shard(count=2, index=1, ranks=1)
     >>> list(dp), list(dp)  # epochs 0 and 1
     ([1, 3, 5], [101, 103, 105])
     >>> dp.set_epoch(0)  # replay epoch 0
@@ -39,6 +45,9 @@ class EpochShardMixin:
 
     _shard_levels: dict[int, tuple[int, int]]
     _next_epoch: int
+    _ordered: bool = False
+    _batch_size: int = 1
+    _drop_remainder: bool = False
 
     def _init_epochs(self, start_epoch: int = 0) -> None:
         self._shard_levels = {}
@@ -63,7 +72,39 @@ class EpochShardMixin:
         """Make the next iteration deliver epoch ``epoch`` (e.g. to resume a run)."""
         self._next_epoch = int(epoch)
 
+    def configure_epochs(
+        self, *, ordered: bool = False, batch_size: int = 1, drop_remainder: bool = False
+    ) -> None:
+        """Choose the epoch plan (set by :class:`~mlcast_pipes.loader.Loader`).
+
+        ``ordered`` delivers the records in a fixed order, batch by batch in turn from the
+        workers (the same sequence whatever the numbers of workers and ranks); the ranks are
+        evened out by padding, or by leaving the remainder out with ``drop_remainder``.
+        """
+        self._ordered = bool(ordered)
+        self._batch_size = max(int(batch_size), 1)
+        self._drop_remainder = bool(drop_remainder)
+
     def _start_epoch(self) -> int:
         epoch = self._next_epoch
         self._next_epoch += 1
         return epoch
+
+    def _epoch_keys(self, epoch: int) -> list[np.ndarray]:
+        """The read-group key of every record of epoch ``epoch``, one array per table."""
+        raise NotImplementedError
+
+    def _shard_sizes(self, keys: Sequence[np.ndarray], shard: Shard) -> int:
+        """Records ``shard`` delivers of an epoch with these keys."""
+        if self._ordered:
+            n = sum(len(k) for k in keys)
+            return ordered_records(n, shard, self._batch_size, self._drop_remainder)
+        return sum(shard_records(len(k), shard, self._drop_remainder) for k in keys)
+
+    def _worker_sizes(self, keys: Sequence[np.ndarray], shard: Shard) -> list[int]:
+        """Records of every worker of ``shard``'s rank."""
+        return [self._shard_sizes(keys, shard.of_worker(w)) for w in range(shard.workers)]
+
+    def epoch_records(self, epoch: int, shard: Shard) -> int:
+        """Records ``shard`` delivers in epoch ``epoch`` (from the plan, no pixel read)."""
+        return self._shard_sizes(self._epoch_keys(epoch), shard)

@@ -16,7 +16,14 @@ from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.datapipes._sharding import EpochShardMixin
 from mlcast_pipes.datapipes.tile import TileDataPipe
-from mlcast_pipes.epochs import epoch_rng, group_by_key, mix_blocks, plan_shard, resume_skip
+from mlcast_pipes.epochs import (
+    epoch_rng,
+    group_by_key,
+    mix_blocks,
+    plan_ordered,
+    plan_shard,
+    skip_records,
+)
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
 from mlcast_pipes.indexing import TileTable, iso_time, iter_tables
 from mlcast_pipes.materialize import TrainingCopy, copy_path
@@ -168,9 +175,8 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         """
         self._resume: tuple[int, int, bool] | None = (int(batches), int(batch_size), drop_last)
 
-    def __iter__(self) -> Iterator[TileSample]:
-        epoch = self._start_epoch()
-        shard = self.shard
+    def _epoch_plans(self, epoch: int) -> list[tuple[int, TileTable, Any, np.ndarray, Any]]:
+        """(table number, table, training copy, drawn pool rows, pool columns) per table."""
         plans = []
         for k, table in enumerate(iter_tables(self.plan, iter(self.source_datapipe))):
             sampling = self._pool(table)
@@ -179,27 +185,69 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
             rows = draw_epoch(pool, n_samples=self.n_samples, seed=self.seed, epoch=epoch)
             cols = {name: pool[name].to_numpy() for name in _POOL_COLUMNS}
             plans.append((k, table, copy, rows, cols))
+        return plans
+
+    @staticmethod
+    def _read_keys(copy: TrainingCopy | None, cols: dict[str, np.ndarray], rows: np.ndarray) -> Any:
+        # From the source, a read group is a time window; from a training copy every sample is
+        # its own chunk and the draws are in random order already: groups of a few draws keep
+        # the plan cheap, the workers' shares even and the first read of an epoch short.
+        return cols["t_start"][rows] if copy is None else np.arange(len(rows)) // 4
+
+    def _epoch_keys(self, epoch: int) -> list[np.ndarray]:
+        return [self._read_keys(c, cols, r) for _, _, c, r, cols in self._epoch_plans(epoch)]
+
+    def __iter__(self) -> Iterator[TileSample]:
+        epoch = self._start_epoch()
+        shard = self.shard
+        plans = self._epoch_plans(epoch)
+        keys = [self._read_keys(copy, cols, rows) for _, _, copy, rows, cols in plans]
         skip = 0
         resume: tuple[int, int, bool] | None = getattr(self, "_resume", None)
         self._resume = None
         if resume is not None:
             batches, batch_size, drop_last = resume
-            n_total = sum(len(p[3]) for p in plans)
-            skip = resume_skip(n_total, self._shard_levels, batches, batch_size, drop_last)
-        for k, table, copy, rows, cols in plans:
-            # From the source, a read group is a time window; from a training copy every
-            # sample is its own chunk and the draws are in random order already: groups of
-            # a few draws keep the plan cheap, the workers' shares even and the first read
-            # of an epoch short.
-            keys = cols["t_start"][rows] if copy is None else np.arange(len(rows)) // 4
-            groups = plan_shard(keys, seed=self.seed + k, epoch=epoch, shard=shard)
+            sizes = self._worker_sizes(keys, shard)
+            skip = skip_records(sizes, shard.worker, batches, batch_size, drop_last)
+        for k, block in self._blocks(epoch, shard, keys):
+            _, table, copy, rows, cols = plans[k]
+            if skip >= len(block):
+                skip -= len(block)
+                continue
+            block = block[skip:]
+            skip = 0
+            padded = block >= len(rows)
+            records = self._read_block(table, cols, rows[block % max(len(rows), 1)], copy)
+            for record, pad in zip(records, padded, strict=True):
+                record.padded = bool(pad)
+            yield from records
+
+    def _blocks(
+        self, epoch: int, shard: Any, keys: list[np.ndarray]
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(table, plan positions) blocks this shard reads, in delivery order."""
+        if self._ordered:
+            runs = plan_ordered(
+                keys, shard=shard, batch_size=self._batch_size, drop_remainder=self._drop_remainder
+            )
+            for k, positions in runs:  # one read per window
+                n = len(keys[k])
+                window = keys[k][positions % max(n, 1)]
+                cuts = np.flatnonzero(np.diff(window)) + 1
+                for part in np.split(positions, cuts):
+                    yield k, part
+            return
+        for k, table_keys in enumerate(keys):
+            groups = plan_shard(
+                table_keys,
+                seed=self.seed + k,
+                epoch=epoch,
+                shard=shard,
+                drop_remainder=self._drop_remainder,
+            )
             rng = random.Random(int(epoch_rng(self.seed, epoch, shard.index, k).integers(2**63)))
             for block in mix_blocks(groups, self.mix_groups, rng):
-                if skip >= len(block):
-                    skip -= len(block)
-                    continue
-                yield from self._read_block(table, cols, rows[block[skip:]], copy)
-                skip = 0
+                yield k, block
 
     def training_copy(self, sampling: SamplingIndex) -> TrainingCopy | None:
         """The training copy to read this sampling index from, if any (see ``materialized``)."""

@@ -75,7 +75,9 @@ class ToTensorDataPipe(IterDataPipe[Any]):
       are given;
     * a dict when ``metadata=True`` or the normaliser made a mask: keys ``"data"`` (or
       ``"inputs"``/``"targets"``), ``"mask"`` (bool, same layout) and ``"meta"`` (tile ids,
-      sample ids, positions as int64 tensors; ``time_start`` and ``dataset_id`` as lists).
+      sample ids, positions as int64 tensors; ``padded`` as a bool tensor, True for the
+      copies that even out the ranks of a distributed run; ``time_start`` and
+      ``dataset_id`` as lists).
 
     Parameters
     ----------
@@ -230,6 +232,8 @@ class ToTensorDataPipe(IterDataPipe[Any]):
         for key in _META_INT:
             values = torch.tensor([m[key] for m in metas], dtype=torch.int64)
             meta[key] = values if batched else values[0]
+        padded = torch.tensor([bool(m.get("padded", False)) for m in metas], dtype=torch.bool)
+        meta["padded"] = padded if batched else padded[0]
         for key in ("time_start", "dataset_id"):
             values_list = [m[key] for m in metas]
             meta[key] = values_list if batched else values_list[0]

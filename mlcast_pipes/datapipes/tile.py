@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.datapipes._sharding import EpochShardMixin
-from mlcast_pipes.epochs import plan_shard
+from mlcast_pipes.epochs import plan_ordered, plan_shard
 from mlcast_pipes.errors import ParameterError
 from mlcast_pipes.indexing import TilingPlan, default_index_dir, iter_tables
 from mlcast_pipes.records import TileSample
@@ -115,17 +116,45 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         self.seed = seed
         self._init_epochs()
 
+    def _epoch_keys(self, epoch: int) -> list[np.ndarray]:
+        return [t.column("t_start") for t in iter_tables(self.plan, iter(self.source_datapipe))]
+
     def __iter__(self) -> Iterator[TileSample]:
         epoch = self._start_epoch()
         shard = self.shard
-        for table in iter_tables(self.plan, iter(self.source_datapipe)):
+        tables = list(iter_tables(self.plan, iter(self.source_datapipe)))
+        if self._ordered:
+            runs = plan_ordered(
+                [t.column("t_start") for t in tables],
+                shard=shard,
+                batch_size=self._batch_size,
+                drop_remainder=self._drop_remainder,
+            )
+            for k, positions in runs:
+                yield from _records(tables[k], positions)
+            return
+        for table in tables:
             keys = table.column("t_start")
             groups = plan_shard(
-                keys, seed=self.seed, epoch=epoch, shard=shard, shuffle=self.shuffle_windows
+                keys,
+                seed=self.seed,
+                epoch=epoch,
+                shard=shard,
+                shuffle=self.shuffle_windows,
+                drop_remainder=self._drop_remainder,
             )
             for group in groups:
-                for pos in group:
-                    yield table.record(int(pos))
+                yield from _records(table, group)
+
+
+def _records(table: Any, positions: np.ndarray) -> Iterator[TileSample]:
+    """The records at plan positions (``n + row``: a padding copy of ``row``)."""
+    n = len(table.column("t_start"))
+    for pos in positions:
+        record = table.record(int(pos) % n)
+        if pos >= n:
+            record.padded = True
+        yield record
 
 
 #: Arguments of ``.tile()`` besides those of TilingParams.
