@@ -193,3 +193,36 @@ def test_bench_read_options(
     read = json.loads(out_json.read_text())["read"]
     assert read["fraction_sampled"] == 0.5 and read["epochs"] == 2
     assert len(set(read["samples_checked"])) == 1
+
+
+def test_help_shows_every_default_and_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    from mlcast_pipes.sampling import available_samplers
+
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 12)", "(default: [128])", "(default: 0.05)", "(default: 0)"):
+        assert default in text
+    assert "{" + ",".join(available_samplers()) + "}" in text
+    assert "None: the tile's n_time_window" in text and "None: by CF standard_name" in text
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.1)" in text and "(default: itdpc)" in text and "tiny" in text
+
+
+def test_a_stale_index_asks_for_recompute(
+    tiny_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = tmp_path / "idx"
+    assert _prepare(tiny_archive, index) == 0
+    (side,) = index.glob("*.meta.json")
+    meta = json.loads(side.read_text())
+    meta["dataset_fingerprint"] = "0" * 16  # as if the archive had changed since
+    side.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert _prepare(tiny_archive, index) == 2
+    err = capsys.readouterr().err
+    assert "is stale" in err and "rerun this command with --recompute" in err
+    assert "rerun `mlcast-pipes prepare`" not in err
+    assert _prepare(tiny_archive, index, "--recompute") == 0
