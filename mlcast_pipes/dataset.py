@@ -207,9 +207,10 @@ def open_mlcast(
         Raise :class:`~mlcast_pipes.errors.DatasetError` on any deviation from the MLCast spec
         instead of warning with :class:`MLCastSpecWarning`.
     dataset_id : str, optional
-        Id to use for index files; else the catalog entry's name, else the archive's
-        ``mlcast_dataset_identifier`` (+ ``mlcast_dataset_version``), else the store's name.
-        Always passed through :func:`sanitize_id`.
+        Id to use for index files; else the archive's ``mlcast_dataset_identifier``
+        (+ ``mlcast_dataset_version``), else the store's name, whether the archive was named
+        by catalog id, path or URL (so all three share one index). Always passed through
+        :func:`sanitize_id`.
 
     Returns
     -------
@@ -246,12 +247,9 @@ def open_mlcast(
     target = _resolve_source(source, catalog, storage_options)
     ds = _open_store(target.url, target.storage_options, target.consolidated, {}, target.is_url)
     ds, name, _ = _validated(ds, var_name, strict=strict, hint=target.hint, label=target.url)
-    if dataset_id is not None:
-        did = sanitize_id(str(dataset_id))
-    elif target.entry_name is not None:
-        did = sanitize_id(target.entry_name)
-    else:
-        did = _id_from_store(ds, target.url)
+    # The id comes from the archive itself, so a catalog id, a path and a URL of the same
+    # archive share their index files.
+    did = sanitize_id(str(dataset_id)) if dataset_id is not None else _id_from_store(ds, target.url)
     spec = SourceSpec(
         url=target.url,
         var_name=name,
