@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Radar precipitation archives (MLCast zarr) to training batches.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = {"formatter_class": _HelpFormatter}
+    fmt: dict[str, Any] = {"formatter_class": _HelpFormatter}
 
     demo = sub.add_parser(
         "demo", help="generate the demo archive and run the whole pipeline on it", **fmt
