@@ -270,7 +270,10 @@ def _demo(args: argparse.Namespace) -> int:
     from mlcast_pipes.demo import describe, ensure_demo
 
     path = ensure_demo(
-        demo_cache_dir() / f"demo-{args.preset}-seed{args.seed}.zarr", args.preset, args.seed
+        demo_cache_dir() / f"demo-{args.preset}-seed{args.seed}.zarr",
+        args.preset,
+        args.seed,
+        progress=not args.no_progress,
     )
     print(f"demo archive: {path}")
     print(describe(path))
@@ -286,7 +289,10 @@ def _demo(args: argparse.Namespace) -> int:
             [
                 mp.OpenXarrayDataset(str(path)),
                 mp.TilingSampler(
-                    n_time_window=12, tile_size=(size, size), index_dir=args.index_dir
+                    n_time_window=12,
+                    tile_size=(size, size),
+                    index_dir=args.index_dir,
+                    progress=not args.no_progress,
                 ),
                 mp.BinNormSampler(aggregation="sum", n_scalar_total_bins=10),
                 mp.NormalizeForTraining(),
@@ -412,7 +418,13 @@ def _prepare(args: argparse.Namespace) -> int:
         if args.stats:
             from mlcast_pipes.indexing import sampling_stats
 
-            stats = sampling_stats(table, sampling, seed=args.seed, recompute=args.recompute)
+            stats = sampling_stats(
+                table,
+                sampling,
+                seed=args.seed,
+                recompute=args.recompute,
+                progress=not args.no_progress,
+            )
             print(
                 f"statistics: {stats.path} (mean {stats.mean:.6g}, std {stats.std:.6g} mm/h "
                 f"of {stats.variable}; use .normalize(method='fitted'))"
@@ -457,6 +469,7 @@ def _bench(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         tile_size=_tile_size(args.tile_size),
         n_time_window=args.n_time_window,
+        progress=not args.no_progress,
     )
     print(report)
     return 0

@@ -52,7 +52,8 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
     recompute : bool
         Recompute a stale index instead of raising.
     progress : bool
-        Progress bar while computing the index.
+        Progress bar on stderr while computing the index, once that has taken two seconds
+        (False: none).
     **tiling_params
         Further :class:`~mlcast_pipes.tiling.TilingParams` fields (``wet_threshold``, ...).
 
@@ -79,7 +80,7 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         shuffle_windows: bool = False,
         seed: int = 0,
         recompute: bool = False,
-        progress: bool = False,
+        progress: bool = True,
         **tiling_params: Any,
     ) -> None:
         if isinstance(tile_size, int):
