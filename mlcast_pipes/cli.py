@@ -399,7 +399,9 @@ def _prepare(args: argparse.Namespace) -> int:
             if args.scheduler:
                 client = stack.enter_context(Client(args.scheduler))
             else:
-                cluster = stack.enter_context(LocalCluster(n_workers=args.n_workers))
+                cluster = stack.enter_context(
+                    LocalCluster(n_workers=args.n_workers, dashboard_address=":0")
+                )
                 client = stack.enter_context(Client(cluster))
             print(f"dask cluster: {client.dashboard_link}")
         table = plan.table(da)

@@ -226,3 +226,21 @@ def test_a_stale_index_asks_for_recompute(
     assert "is stale" in err and "rerun this command with --recompute" in err
     assert "rerun `mlcast-pipes prepare`" not in err
     assert _prepare(tiny_archive, index, "--recompute") == 0
+
+
+def test_prepare_on_dask_distributed_writes_the_same_bytes(
+    tiny_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    distributed = pytest.importorskip("distributed")
+    assert _prepare(tiny_archive, tmp_path / "threads") == 0
+    (reference,) = (tmp_path / "threads").glob("*.samples.csv")
+    assert _prepare(tiny_archive, tmp_path / "local", "--n-workers", "2") == 0
+    assert "dask cluster:" in capsys.readouterr().out
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert _prepare(tiny_archive, tmp_path / "remote", "--scheduler", address) == 0
+    for folder in ("local", "remote"):
+        (csv,) = (tmp_path / folder).glob("*.samples.csv")
+        assert csv.name == reference.name and csv.read_bytes() == reference.read_bytes()
