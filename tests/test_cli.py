@@ -245,3 +245,20 @@ def test_prepare_on_dask_distributed_writes_the_same_bytes(
     for folder in ("local", "remote"):
         (csv,) = (tmp_path / folder).glob("*.samples.csv")
         assert csv.name == reference.name and csv.read_bytes() == reference.read_bytes()
+
+
+def test_prepare_with_the_community_sampler(
+    tiny_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = tmp_path / "idx"
+    assert _prepare(tiny_archive, index) == 0
+    (tiling,) = index.glob("*.samples.csv")
+    tiles = pd.read_csv(tiling).iloc[[1, 4, 6]]
+    cubes = tmp_path / "cubes.csv"
+    pd.DataFrame({"t": tiles["t_start"], "x": tiles["y_start"], "y": tiles["x_start"]}).to_csv(
+        cubes, index=False
+    )
+    assert _prepare(tiny_archive, index, "--sampler", "community", "--param", f"csv={cubes}") == 0
+    assert "(3 samples in the pool)" in capsys.readouterr().out
+    (sampling,) = index.glob("*.community.*.samples.csv")
+    assert sorted(pd.read_csv(sampling)["source_tile_id"]) == sorted(tiles["tile_id"])
