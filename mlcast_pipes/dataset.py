@@ -837,7 +837,7 @@ def _open_in_memory(
             name = var_name or STANDARD_NAMES.get(_std(obj), ("rainfall_rate",))[0]
         attrs = dict(obj.attrs)
         gaps = attrs.pop("missing_times", None)  # as open_mlcast gives it: into a variable
-        obj_ds = obj.copy(deep=False).assign_attrs(attrs).to_dataset(name=name)
+        obj_ds = obj.copy(deep=False).to_dataset(name=name)
         obj_ds.attrs = {}
         obj_ds[name].attrs = attrs
         if gaps is not None and np.size(gaps):
@@ -904,6 +904,7 @@ def _basename(url: str) -> str:
 
 def _memory_store(obj: Any, ds: xr.Dataset, name: str) -> str:
     """URL of the zarr copy of ``ds`` in this process's fsspec memory filesystem (made once)."""
+    import dask
     import fsspec
     import numcodecs
 
@@ -924,7 +925,9 @@ def _memory_store(obj: Any, ds: xr.Dataset, name: str) -> str:
     encoding = {name: {"chunks": (1, ny, nx), "compressors": (numcodecs.Zstd(level=1),)}}
     tmp = f"{_MEMORY_ROOT}/tmp-{os.getpid()}-{uuid.uuid4().hex}.zarr"
     try:
-        copy.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
+        # in this process even under a distributed client: its workers have their own memory
+        with dask.config.set(scheduler="threads"):
+            copy.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
         url = f"{_MEMORY_ROOT}/xarray-{_content_hash(copy, name, fs, tmp)}.zarr"
         if fs.exists(f"{url}/.zmetadata"):
             fs.rm(tmp, recursive=True)

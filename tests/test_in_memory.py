@@ -127,3 +127,34 @@ def test_store_of_another_process_is_a_clear_error(loaded: xr.Dataset, tmp_path:
     ).stdout
     assert "made from an in-memory xarray object in another process" in out
     assert "ds.to_zarr(" in out
+
+
+def test_the_user_object_is_left_as_it_was(loaded: xr.Dataset) -> None:
+    mem = mp.open_mlcast(loaded)
+    before = dict(mem.attrs)
+    assert mp.open_mlcast(mem).shape == mem.shape
+    assert mem.attrs.keys() == before.keys() and mem.attrs["missing_times"].size == 2
+    assert loaded["rainfall_rate"].encoding  # the source's encoding is not touched either
+
+
+def test_dask_object_under_a_distributed_client(tiny_archive: Path, tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    lazy = xr.open_zarr(tiny_archive)
+    reference = mp.open_mlcast(tiny_archive)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        mem = mp.open_mlcast(lazy)  # the copy is made here, not in the cluster's worker
+        tiles = list(IterableWrapper([lazy]).open_mlcast().tile(index_dir=tmp_path, **TILES))
+    assert open_source(source_spec(mem)).shape == reference.shape
+    np.testing.assert_array_equal(
+        tiles[0].load(),
+        reference.isel(
+            time=slice(tiles[0].t_start, tiles[0].t_start + 6),
+            y=slice(tiles[0].y_start, tiles[0].y_start + 64),
+            x=slice(tiles[0].x_start, tiles[0].x_start + 64),
+        ).values,
+    )
