@@ -12,7 +12,7 @@ import threading
 import time
 import tracemalloc
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,21 @@ def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, int, Any]:
     return best, peak, out
 
 
+#: The progress bar of the running :func:`run_bench` (None: no bar); each measured stage ticks it.
+_STAGES: Any = None
+
+
+def _stage(name: str) -> None:
+    """Tick the benchmark's progress bar: stage ``name`` is done."""
+    if _STAGES is not None:
+        _STAGES.set_postfix_str(name, refresh=False)
+        _STAGES.update(1)
+
+
+#: Stages of each benchmark, as :func:`_stage` ticks them.
+_N_STAGES = {"prepare": 6, "read": 7}
+
+
 def bench_prepare(
     path_or_da: str | os.PathLike[str] | xr.DataArray,
     *,
@@ -165,6 +180,7 @@ def bench_prepare(
     if warmup:
         dsa.nansum(arr).compute()
     base_s, base_mem, _ = _timed(lambda: dsa.nansum(arr).compute(), repeats)
+    _stage("nansum")
     result: dict[str, Any] = {
         "shape": [int(s) for s in da.shape],
         "frames": n_frames,
@@ -203,6 +219,7 @@ def bench_prepare(
             result["ratio_per_frame"][key] = round((dt / frames_read) / (base_s / n_frames), 3)
             result["n_tiles"][key] = index.n_tiles
             result["peak_rss_mb"][f"prepare_{key}"] = round(mem / 2**20, 1)
+            _stage(f"prepare {key} steps")
 
         # memory against archive length: a quarter, half and all of the frames, in blocks of
         # 128 frames (so that every length spans several blocks). The RSS high-water mark stays
@@ -228,6 +245,7 @@ def bench_prepare(
             finally:
                 tracemalloc.stop()
             by_frames[str(int(part.shape[0]))] = round(traced_peak / 2**20, 1)
+            _stage(f"memory on {part.shape[0]} frames")
         result["peak_traced_mb_by_frames"] = by_frames
     return result
 
@@ -402,6 +420,7 @@ def bench_read(
         naive_amp = (
             float(np.mean(n_time[:k])) * height * width / (float(np.mean(n_time[:k])) * ty * tx)
         )
+        _stage("(a) naive reads")
 
         # the reader called directly on the epoch's read groups, against the sampler alone
         # (no normalize/tensor); alternated twice, best of each, so file caches treat both alike
@@ -426,6 +445,7 @@ def bench_read(
             t0 = time.perf_counter()
             n_sampler = sum(1 for _ in sampler_only)
             sampler_s = min(sampler_s, time.perf_counter() - t0)
+        _stage("reader alone")
 
         # (b) the full chain in this process
         close_readers()
@@ -433,6 +453,7 @@ def bench_read(
         n_b, chain_s = _drain(full)
         stats = get_reader(spec.url, spec.var_name).stats
         chain_amp = stats.bytes_decoded / max(stats.bytes_delivered, 1)
+        _stage("(b) chain")
 
         # distinct read windows per batch (records only, no pixels read)
         windows_per_batch = {}
@@ -441,15 +462,18 @@ def bench_read(
             batches = [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
             distinct = [len(set(b)) for b in batches]
             windows_per_batch[str(n_mix)] = round(float(np.mean(distinct)), 2)
+        _stage("windows per batch")
 
         # (c) under DataLoader2 with worker processes, kept for several epochs
         close_readers()
         loader = mp.make_dataloader(chain(), num_workers=workers)
         rates_c = _drain_epochs(loader, epochs)
+        _stage("(c) DataLoader2")
         # the workers' memory in one more epoch: sampling it (smaps) costs CPU, so not while timed
         with _ChildrenPeakRSS(interval_s=0.05) as mem:
             n_mem, _ = _drain(loader)
         loader.shutdown()
+        _stage("worker memory")
 
         # (d) as (c), on the training copy (one sample per chunk)
         from mlcast_pipes.materialize import copy_path, materialize
@@ -464,6 +488,7 @@ def bench_read(
         loader = mp.make_dataloader(chain(materialized=True), num_workers=workers)
         rates_d = _drain_epochs(loader, epochs)
         loader.shutdown()
+        _stage("(d) training copy")
 
     rate_b = n_b / chain_s
     rate_c, rate_d = rates_c[1], rates_d[1]
@@ -520,6 +545,7 @@ def run_bench(
     epochs: int = 3,
     tile_size: tuple[int, int] = (128, 128),
     n_time_window: int = 12,
+    progress: bool = False,
 ) -> str:
     """Run the benchmarks behind ``mlcast-pipes bench`` and return a printable report.
 
@@ -541,11 +567,14 @@ def run_bench(
     tile_size, n_time_window
         Tile size of both benchmarks; steps per tile of the read benchmark (the prepare
         benchmark times 12 and 24).
+    progress : bool
+        Show a progress bar of the measured stages (and of generating the demo archive) on
+        stderr.
 
     Returns
     -------
     str
-        One ``key: value`` line per figure, under a ``[section]`` line per benchmark.
+        A table per benchmark: one row per figure (a row per key of figures that hold several).
 
     Examples
     --------
@@ -562,12 +591,14 @@ def run_bench(
     >>> print(report)
     archive: rain.zarr
     <BLANKLINE>
-    [prepare]
-      shape: [24, 128, 128]
-      frames: 24
-      ...
-      n_tiles: {'12': 2, '24': 1}
-      ...
+    prepare                        value
+    -----------------------------  --------------
+    shape                          [24, 128, 128]
+    frames                         24
+    ...
+    n_tiles [12]                   2
+    n_tiles [24]                   1
+    ...
     >>> json.loads(Path("bench.json").read_text())["prepare"]["n_tiles"]
     {'12': 2, '24': 1}
 
@@ -584,26 +615,51 @@ def run_bench(
         target = demo_cache_dir() / f"bench-{preset}{suffix}-seed0.zarr"
         if n_times:
             if not target.exists():
-                generate_demo(target, preset=preset, seed=0, n_times=n_times)
+                generate_demo(target, preset=preset, seed=0, n_times=n_times, progress=progress)
             path = target
         else:
-            path = ensure_demo(target, preset, 0)
+            path = ensure_demo(target, preset, 0, progress=progress)
     results: dict[str, Any] = {}
-    if what in ("prepare", "all"):
-        results["prepare"] = bench_prepare(path, tile_size=tile_size)
-    if what in ("read", "all"):
-        results["read"] = bench_read(
-            path,
-            n_time_window=n_time_window,
-            tile_size=tile_size,
-            fraction=fraction,
-            workers=workers,
-            epochs=epochs,
-        )
+    sections = ("prepare", "read") if what == "all" else (what,)
+    from mlcast_pipes.progress import progress_bar
+
+    global _STAGES
+    with progress_bar(
+        sum(_N_STAGES[s] for s in sections), "bench", unit="stages", enabled=progress, delay=0
+    ) as bar:
+        _STAGES = bar
+        try:
+            if "prepare" in sections:
+                results["prepare"] = bench_prepare(path, tile_size=tile_size)
+            if "read" in sections:
+                results["read"] = bench_read(
+                    path,
+                    n_time_window=n_time_window,
+                    tile_size=tile_size,
+                    fraction=fraction,
+                    workers=workers,
+                    epochs=epochs,
+                )
+        finally:
+            _STAGES = None
     if json_path is not None:
         Path(json_path).write_text(json.dumps(results, indent=2))
     lines = [f"archive: {path}"]
     for section, figures in results.items():
-        lines.append(f"\n[{section}]")
-        lines.extend(f"  {key}: {value}" for key, value in figures.items())
+        lines.extend(["", _table(section, figures)])
     return "\n".join(lines)
+
+
+def _table(section: str, figures: Mapping[str, Any]) -> str:
+    """The figures of one benchmark as a two-column text table (nested figures one row each)."""
+    rows: list[tuple[str, str]] = []
+    for key, value in figures.items():
+        if isinstance(value, Mapping) and value:
+            rows.extend((f"{key} [{k}]", str(v)) for k, v in value.items())
+        else:
+            rows.append((key, str(value)))
+    w1 = max(len(section), *(len(r[0]) for r in rows))
+    w2 = max(len("value"), *(len(r[1]) for r in rows))
+    out = [f"{section:<{w1}}  value", f"{'-' * w1}  {'-' * w2}"]
+    out.extend(f"{k:<{w1}}  {v}" for k, v in rows)
+    return "\n".join(out)

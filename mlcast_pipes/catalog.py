@@ -5,6 +5,7 @@ Ids such as ``demo`` or ``precipitation.dmi_10_minutes`` become zarr URLs here, 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import pathlib
@@ -23,6 +24,7 @@ __all__ = [
     "CACHE_ENV",
     "CatalogEntry",
     "CatalogLike",
+    "community_catalog",
     "demo_cache_dir",
     "demo_store_name",
     "load_catalog",
@@ -32,6 +34,9 @@ __all__ = [
 
 #: The catalog shipped with the package (root file; ``precipitation.yml`` sits beside it).
 BUNDLED_CATALOG = pathlib.Path(__file__).parent / "data" / "catalog.yml"
+
+#: The community's catalog package; when installed, its catalog replaces the bundled mirror.
+COMMUNITY_PACKAGE = "mlcast_datasets"
 
 #: Environment variable naming the cache folder (demo archives, default index folder).
 CACHE_ENV = "MLCAST_PIPES_CACHE"
@@ -181,7 +186,10 @@ def load_catalog(catalog: CatalogLike = None) -> dict[str, CatalogEntry]:
     ----------
     catalog : str, os.PathLike, mapping or None
         A catalog file (path or URL), an already parsed catalog mapping (relative paths then
-        refer to the working directory) or None for the catalog bundled with mlcast-pipes.
+        refer to the working directory) or None for the catalog bundled with mlcast-pipes. With
+        None and the ``mlcast-datasets`` package installed, the community entries come from that
+        package's catalog (:func:`community_catalog`); ``demo`` and the variable hints of the
+        bundled mirror are kept.
 
     Returns
     -------
@@ -203,7 +211,11 @@ def load_catalog(catalog: CatalogLike = None) -> dict[str, CatalogEntry]:
     """
     entries: dict[str, CatalogEntry] = {}
     if catalog is None:
-        catalog = BUNDLED_CATALOG
+        _read_file(_as_location(BUNDLED_CATALOG), "", entries, (), referrer=None)
+        community = community_catalog()
+        if community is not None:
+            _use_community_entries(entries, load_catalog(community))
+        return entries
     if isinstance(catalog, Mapping):
         _read_sources(catalog, "<catalog mapping>", os.getcwd(), "", entries, ())
         return entries
@@ -214,6 +226,56 @@ def load_catalog(catalog: CatalogLike = None) -> dict[str, CatalogEntry]:
         )
     _read_file(_as_location(catalog), "", entries, (), referrer=None)
     return entries
+
+
+def community_catalog() -> pathlib.Path | None:
+    """The root catalog file of the installed ``mlcast-datasets`` package, if it is installed.
+
+    The file is found without importing the package (which would import intake).
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``mlcast_datasets/catalog/catalog.yml`` of the installed package; None when the package
+        is not installed (the bundled mirror of its catalog is used then).
+
+    Examples
+    --------
+    >>> path = community_catalog()
+    >>> path is None or path.name == "catalog.yml"
+    True
+
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(COMMUNITY_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = pathlib.Path(folder) / "catalog" / "catalog.yml"
+        if path.is_file():
+            return path
+    return None
+
+
+def _use_community_entries(
+    entries: dict[str, CatalogEntry], community: Mapping[str, CatalogEntry]
+) -> None:
+    """Replace the mirrored community entries by the installed package's, keeping our hints."""
+    mirrored = {fid: e for fid, e in entries.items() if e.driver != DEMO_DRIVER}
+    for fid in mirrored:
+        del entries[fid]
+    for fid, entry in community.items():
+        old = mirrored.get(fid)
+        if old is not None:
+            metadata = {**old.metadata, **entry.metadata}
+            entry = dataclasses.replace(
+                entry, metadata=metadata, var_name=entry.var_name or old.var_name
+            )
+        entries[fid] = entry
 
 
 def resolve_entry(dataset_id: str, catalog: CatalogLike = None) -> CatalogEntry:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mlcast_pipes.errors import MLCastPipesError, ParameterError
+from mlcast_pipes.errors import IndexFileError, MLCastPipesError, ParameterError
 
 
 def _key_values(items: Sequence[str] | None) -> dict[str, Any]:
@@ -36,26 +36,64 @@ def _tile_size(values: Sequence[int]) -> tuple[int, int]:
     raise ParameterError(f"--tile-size takes one or two numbers (y x), got {list(values)}")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; a help text that says what None means keeps its own."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or "(None:" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.option_strings and not isinstance(action.const, bool):
+            return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+        return text
+
+
+def _sampler_choices() -> list[str]:
+    from mlcast_pipes.sampling import available_samplers
+
+    return available_samplers()
+
+
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "dataset", help="catalog id (e.g. demo, precipitation.dmi_10_minutes), path or URL"
     )
-    p.add_argument("--var-name", default=None, help="data variable (default: by CF standard_name)")
-    p.add_argument("--catalog", default=None, help="your own intake catalog YAML file")
+    p.add_argument("--var-name", default=None, help="data variable (None: by CF standard_name)")
+    p.add_argument(
+        "--catalog",
+        default=None,
+        help="your own intake catalog YAML file (None: the bundled catalog, or that of the "
+        "installed mlcast-datasets package)",
+    )
     p.add_argument(
         "--storage-option",
         action="append",
         metavar="KEY=VALUE",
-        help="fsspec option for URLs, repeatable (e.g. anon=true endpoint_url=https://...)",
+        help="fsspec option for URLs, repeatable (e.g. anon=true endpoint_url=https://...; "
+        "None: the catalog's)",
     )
 
 
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-time-window", type=int, default=12, help="steps per tile (default 12)")
+    p.add_argument("--n-time-window", type=int, default=12, help="steps per tile")
     p.add_argument("--tile-size", type=int, nargs="+", default=[128], help="tile size: N or Y X")
-    p.add_argument("--stride", type=int, nargs=3, default=None, metavar=("T", "Y", "X"))
-    p.add_argument("--max-nan-fraction", type=float, default=0.05)
-    p.add_argument("--index-dir", default=None, help="folder of index files")
+    p.add_argument(
+        "--stride",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("T", "Y", "X"),
+        help="steps between tiles (None: n_time_window x tile size, non-overlapping)",
+    )
+    p.add_argument(
+        "--max-nan-fraction", type=float, default=0.05, help="drop tiles with more NaN than this"
+    )
+    p.add_argument(
+        "--index-dir",
+        default=None,
+        help="folder of index files (None: $MLCAST_PIPES_INDEX_DIR, else "
+        "~/.cache/mlcast-pipes/index)",
+    )
     p.add_argument("--recompute", action="store_true", help="recompute a stale index")
 
 
@@ -74,36 +112,70 @@ def build_parser() -> argparse.ArgumentParser:
         description="Radar precipitation archives (MLCast zarr) to training batches.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    fmt: dict[str, Any] = {"formatter_class": _HelpFormatter}
 
-    demo = sub.add_parser("demo", help="generate the demo archive and run the whole pipeline on it")
-    demo.add_argument("--preset", default="small", help="demo size: tiny, small or itdpc")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser(
+        "demo", help="generate the demo archive and run the whole pipeline on it", **fmt
+    )
+    demo.add_argument(
+        "--preset", default="small", choices=_demo_presets(), help="demo archive size"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the demo archive")
     demo.add_argument("--workers", type=int, default=2, help="DataLoader2 worker processes")
     demo.add_argument("--batches", type=int, default=4, help="batches to draw")
-    demo.add_argument("--batch-size", type=int, default=8)
+    demo.add_argument("--batch-size", type=int, default=8, help="samples per batch")
     demo.add_argument(
         "--tile-size",
         type=int,
         default=None,
-        help="tile size in pixels (default: 128, or 64 for archives smaller than 512 pixels)",
+        help="tile size in pixels (None: 128, or 64 for archives smaller than 512 pixels)",
     )
     demo.add_argument("--out", default="mlcast_out", help="folder for the sample figure")
-    demo.add_argument("--config", default=None, help="a pipeline YAML file to run instead")
-    demo.add_argument("--index-dir", default=None, help="folder of index files")
+    demo.add_argument(
+        "--config", default=None, help="a pipeline YAML file to run (None: the built-in chain)"
+    )
+    demo.add_argument(
+        "--index-dir", default=None, help="folder of index files (None: the default folder)"
+    )
     demo.add_argument("--summary-only", action="store_true", help="only describe the archive")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
     prep = sub.add_parser(
-        "prepare", help="compute the tiling (and sampling) index ahead of training"
+        "prepare", help="compute the tiling (and sampling) index ahead of training", **fmt
     )
     _add_dataset_args(prep)
     _add_tiling_args(prep)
-    prep.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler")
-    prep.add_argument("--n-workers", type=int, default=None, help="start a local dask cluster")
-    prep.add_argument("--sampler", default=None, help="also build this sampler's index")
-    prep.add_argument("--n-time-sample", type=int, default=None)
-    prep.add_argument("--seed", type=int, default=0)
     prep.add_argument(
-        "--param", action="append", metavar="KEY=VALUE", help="sampler parameter, repeatable"
+        "--scheduler",
+        default=None,
+        help="address of a running dask.distributed scheduler to run the pass on",
+    )
+    prep.add_argument(
+        "--n-workers",
+        type=int,
+        default=None,
+        help="start a local dask.distributed cluster of this many worker processes (None: "
+        "dask's threads in this process)",
+    )
+    prep.add_argument(
+        "--sampler",
+        default=None,
+        choices=_sampler_choices(),
+        help="also build this sampler's index",
+    )
+    prep.add_argument(
+        "--n-time-sample",
+        type=int,
+        default=None,
+        help="steps per sample (None: the tile's n_time_window)",
+    )
+    prep.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    prep.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="sampler parameter, repeatable (e.g. n_scalar_total_bins=10; community: "
+        "csv=cubes.csv; None: the sampler's defaults)",
     )
     prep.add_argument(
         "--materialize",
@@ -117,27 +189,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="also compute the sampled tiles' mean/std for normalize(method='fitted') "
         "({sampling_id}.stats.csv; needs --sampler)",
     )
-    prep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    prep.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
-    insp = sub.add_parser("inspect", help="summarise an index file and draw diagnostic figures")
-    insp.add_argument("index", help="a {tiling_id}.samples.csv or {sampling_id}.samples.csv file")
-    insp.add_argument(
-        "--out", default=None, help="folder for PNG figures (default: beside the index)"
+    insp = sub.add_parser(
+        "inspect", help="summarise an index file and draw diagnostic figures", **fmt
     )
-    insp.add_argument("--seed", type=int, default=0)
-    insp.add_argument("--epoch", type=int, default=0)
+    insp.add_argument("index", help="a {tiling_id}.samples.csv or {sampling_id}.samples.csv file")
+    insp.add_argument("--out", default=None, help="folder for PNG figures (None: beside the index)")
+    insp.add_argument("--seed", type=int, default=0, help="seed of the epoch drawn for figures")
+    insp.add_argument("--epoch", type=int, default=0, help="epoch drawn for the figures")
     insp.add_argument(
         "--archive",
         default=None,
         help="the archive, to outline its radar coverage (default: the path prepare recorded)",
     )
 
-    bench = sub.add_parser("bench", help="measure prepare and training-read throughput")
-    bench.add_argument("--what", choices=("prepare", "read", "all"), default="all")
-    bench.add_argument("--preset", default="itdpc", help="demo archive to measure on")
-    bench.add_argument("--path", default=None, help="measure on this archive instead")
-    bench.add_argument("--n-times", type=int, default=None, help="frames of the demo archive")
-    bench.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    bench = sub.add_parser("bench", help="measure prepare and training-read throughput", **fmt)
+    bench.add_argument(
+        "--what", choices=("prepare", "read", "all"), default="all", help="what to measure"
+    )
+    bench.add_argument(
+        "--preset", default="itdpc", choices=_demo_presets(), help="demo archive to measure on"
+    )
+    bench.add_argument(
+        "--path", default=None, help="measure on this archive (None: the demo archive)"
+    )
+    bench.add_argument(
+        "--n-times", type=int, default=None, help="frames of the demo archive (None: the preset's)"
+    )
+    bench.add_argument(
+        "--json", default=None, help="also write the figures to this JSON file (None: no file)"
+    )
     bench.add_argument(
         "--fraction", type=float, default=0.1, help="share of the valid tiles sampled (read)"
     )
@@ -151,7 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--epochs", type=int, default=3, help="epochs per loader; the first one is start-up"
     )
+    bench.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
+
+
+def _demo_presets() -> list[str]:
+    from mlcast_pipes.demo import PRESETS
+
+    return sorted(PRESETS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,8 +257,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"demo": _demo, "prepare": _prepare, "inspect": _inspect, "bench": _bench}
         return handler[args.command](args)
     except MLCastPipesError as exc:
-        print(f"mlcast-pipes {args.command}: error: {exc}", file=sys.stderr)
+        message = _command_line_fix(str(exc)) if isinstance(exc, IndexFileError) else str(exc)
+        print(f"mlcast-pipes {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _command_line_fix(message: str) -> str:
+    """Word a damaged or stale index's fix for the command line (``--recompute``)."""
+    head, sep, fix = message.rpartition("fix:")
+    if not sep or "recompute" not in fix:
+        return message
+    return f"{head}fix: rerun this command with --recompute to rebuild the index"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -187,7 +285,10 @@ def _demo(args: argparse.Namespace) -> int:
             return 0
     else:
         path = ensure_demo(
-            demo_cache_dir() / f"demo-{args.preset}-seed{args.seed}.zarr", args.preset, args.seed
+            demo_cache_dir() / f"demo-{args.preset}-seed{args.seed}.zarr",
+            args.preset,
+            args.seed,
+            progress=not args.no_progress,
         )
         print(f"demo archive: {path}")
         print(describe(path))
@@ -198,7 +299,10 @@ def _demo(args: argparse.Namespace) -> int:
             [
                 mp.OpenXarrayDataset(str(path)),
                 mp.TilingSampler(
-                    n_time_window=12, tile_size=(size, size), index_dir=args.index_dir
+                    n_time_window=12,
+                    tile_size=(size, size),
+                    index_dir=args.index_dir,
+                    progress=not args.no_progress,
                 ),
                 mp.BinNormSampler(aggregation="sum", n_scalar_total_bins=10),
                 mp.NormalizeForTraining(),
@@ -318,7 +422,9 @@ def _prepare(args: argparse.Namespace) -> int:
             if args.scheduler:
                 client = stack.enter_context(Client(args.scheduler))
             else:
-                cluster = stack.enter_context(LocalCluster(n_workers=args.n_workers))
+                cluster = stack.enter_context(
+                    LocalCluster(n_workers=args.n_workers, dashboard_address=":0")
+                )
                 client = stack.enter_context(Client(cluster))
             print(f"dask cluster: {client.dashboard_link}")
         table = plan.table(da)
@@ -337,7 +443,13 @@ def _prepare(args: argparse.Namespace) -> int:
         if args.stats:
             from mlcast_pipes.indexing import sampling_stats
 
-            stats = sampling_stats(table, sampling, seed=args.seed, recompute=args.recompute)
+            stats = sampling_stats(
+                table,
+                sampling,
+                seed=args.seed,
+                recompute=args.recompute,
+                progress=not args.no_progress,
+            )
             print(
                 f"statistics: {stats.path} (mean {stats.mean:.6g}, std {stats.std:.6g} mm/h "
                 f"of {stats.variable}; use .normalize(method='fitted'))"
@@ -384,6 +496,7 @@ def _bench(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         tile_size=_tile_size(args.tile_size),
         n_time_window=args.n_time_window,
+        progress=not args.no_progress,
     )
     print(report)
     return 0

@@ -5,12 +5,15 @@ Every pipeline starts here: ids, paths and URLs become DataArrays with a reopena
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import re
+import uuid
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,7 +184,7 @@ class _Target:
 
 
 def open_mlcast(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | xr.Dataset | xr.DataArray,
     var_name: str | None = None,
     *,
     catalog: CatalogLike = None,
@@ -193,10 +196,16 @@ def open_mlcast(
 
     Parameters
     ----------
-    source : str or os.PathLike
+    source : str, os.PathLike, xarray.Dataset or xarray.DataArray
         A catalog id (``"demo"``, ``"precipitation.dmi_10_minutes"`` or the short
-        ``"dmi_10_minutes"``), a local zarr path or an fsspec URL (``s3://``, ``https://``,
-        ``memory://``, ...).
+        ``"dmi_10_minutes"``), a local zarr path, an fsspec URL (``s3://``, ``https://``,
+        ``memory://``, ...), or an in-memory xarray object (numpy- or dask-backed). An
+        object is checked like a store, then copied once per process into an in-memory zarr
+        store (one zstd chunk per frame: a full pass over its pixels, and memory for the
+        compressed copy) that the training reads decode; its dataset id is
+        ``xarray-<content hash>`` unless ``dataset_id`` is given, so indexes are keyed by the
+        object's content. Worker processes receive the object by pickling and make their own
+        copy.
     var_name : str, optional
         Data variable to use. When None it is picked by CF ``standard_name`` (see
         :data:`STANDARD_NAMES`); when several qualify the catalog's ``variable`` hint decides.
@@ -209,9 +218,10 @@ def open_mlcast(
         Raise :class:`~mlcast_pipes.errors.DatasetError` on any deviation from the MLCast spec
         instead of warning with :class:`MLCastSpecWarning`.
     dataset_id : str, optional
-        Id to use for index files; else the catalog entry's name, else the archive's
-        ``mlcast_dataset_identifier`` (+ ``mlcast_dataset_version``), else the store's name.
-        Always passed through :func:`sanitize_id`.
+        Id to use for index files; else the archive's ``mlcast_dataset_identifier``
+        (+ ``mlcast_dataset_version``), else the store's name, whether the archive was named
+        by catalog id, path or URL (so all three share one index). Always passed through
+        :func:`sanitize_id`.
 
     Returns
     -------
@@ -244,16 +254,21 @@ def open_mlcast(
     >>> open_mlcast(path, dataset_id="my radar/v2").attrs["dataset_id"]
     'my_radar_v2'
 
+    An in-memory object gets an id from its content:
+
+    >>> mem = open_mlcast(xr.open_zarr(path).load())
+    >>> mem.attrs["dataset_id"].startswith("xarray-"), mem.shape
+    (True, (130, 256, 256))
+
     """
+    if isinstance(source, xr.Dataset | xr.DataArray):
+        return _open_in_memory(source, var_name, strict=strict, dataset_id=dataset_id)
     target = _resolve_source(source, catalog, storage_options)
     ds = _open_store(target.url, target.storage_options, target.consolidated, {}, target.is_url)
     ds, name, _ = _validated(ds, var_name, strict=strict, hint=target.hint, label=target.url)
-    if dataset_id is not None:
-        did = sanitize_id(str(dataset_id))
-    elif target.entry_name is not None:
-        did = sanitize_id(target.entry_name)
-    else:
-        did = _id_from_store(ds, target.url)
+    # The id comes from the archive itself, so a catalog id, a path and a URL of the same
+    # archive share their index files.
+    did = sanitize_id(str(dataset_id)) if dataset_id is not None else _id_from_store(ds, target.url)
     spec = SourceSpec(
         url=target.url,
         var_name=name,
@@ -303,6 +318,7 @@ def open_source(spec: SourceSpec, *, chunks: Any = _ON_DISK) -> xr.DataArray:
             f"open_source needs a SourceSpec, got {type(spec).__name__}; get one with "
             "source_spec(da) from a DataArray opened by open_mlcast."
         )
+    _check_in_memory_here(spec.url)
     is_url = _is_url(spec.url)
     if is_url and spec.url.startswith("file://"):
         is_url = False
@@ -580,6 +596,8 @@ def fingerprint(da: xr.DataArray, *, chunks: bool | None = None) -> str:
         "standard_name": str(da.attrs.get("standard_name", "")),
         "units": str(da.attrs.get("units", "")),
     }
+    if isinstance(spec, SourceSpec) and _is_in_memory_url(spec.url):
+        header["content"] = spec.url  # an in-memory object: its URL holds its content hash
     digest.update(json.dumps(header, sort_keys=True).encode())
     for dim in da.dims:
         values = np.asarray(da[dim].values)
@@ -870,6 +888,137 @@ def _resolve_source(
         hint=entry.var_name,
         entry_name=entry.name,
     )
+
+
+#: fsspec memory-filesystem folder of the stores made from in-memory xarray objects.
+_MEMORY_ROOT = "memory://mlcast-pipes"
+#: id(object) -> (weak reference to it, its store's URL), per process.
+_IN_MEMORY: dict[int, tuple[Any, str]] = {}
+_IN_MEMORY_LABEL = "the in-memory xarray object"
+
+
+def _is_in_memory_url(url: str) -> bool:
+    return url.startswith(_MEMORY_ROOT + "/")
+
+
+def _open_in_memory(
+    obj: xr.Dataset | xr.DataArray,
+    var_name: str | None,
+    *,
+    strict: bool,
+    dataset_id: str | None,
+) -> xr.DataArray:
+    """Check an in-memory object, copy it into a content-addressed memory store, wrap it."""
+    if isinstance(obj, xr.DataArray):
+        if obj.name is not None:
+            name = str(obj.name)
+        else:
+            name = var_name or STANDARD_NAMES.get(_std(obj), ("rainfall_rate",))[0]
+        attrs = dict(obj.attrs)
+        gaps = attrs.pop("missing_times", None)  # as open_mlcast gives it: into a variable
+        obj_ds = obj.copy(deep=False).to_dataset(name=name)
+        obj_ds.attrs = {}
+        obj_ds[name].attrs = attrs
+        if gaps is not None and np.size(gaps):
+            obj_ds["missing_times"] = ("missing_time", np.asarray(gaps).ravel())
+        var_name = var_name or name
+    else:
+        obj_ds = obj
+    ds, name, _ = _validated(obj_ds, var_name, strict=strict, hint=None, label=_IN_MEMORY_LABEL)
+    url = _memory_store(obj, ds, name)
+    spec = SourceSpec(
+        url=url,
+        var_name=name,
+        dataset_id=sanitize_id(str(dataset_id) if dataset_id is not None else _basename(url)),
+        consolidated=True,
+    )
+    # the DataArray keeps the object's own data (dask passes, e.g. on a distributed cluster,
+    # carry it); the training reads decode the memory store, which holds the same values
+    return _finish(ds, name, spec)
+
+
+def _content_hash(ds: xr.Dataset, name: str, fs: Any, store: str) -> str:
+    """Hash of the variable's values (its stored chunks), attributes and coordinate values.
+
+    Stored metadata is left out: xarray encodes times differently for numpy and dask values.
+    """
+    digest = hashlib.sha256()
+    attrs = json.dumps(dict(ds[name].attrs), sort_keys=True, default=str)
+    digest.update(f"{name}|{ds[name].dtype}|{ds[name].shape}|{attrs}".encode())
+    for coord in ("time", "y", "x", "missing_times"):
+        if coord not in ds.variables:
+            continue
+        values = np.asarray(ds.variables[coord].values)
+        if np.issubdtype(values.dtype, np.datetime64):
+            values = values.astype("datetime64[ns]").view(np.int64)
+        digest.update(f"|{coord}:{values.size}|".encode())
+        digest.update(np.ascontiguousarray(values.astype(np.float64)).tobytes())
+    folder = f"{store}/{name}/"
+    for path in sorted(fs.find(folder)):
+        if not path.rsplit("/", 1)[-1].startswith("."):
+            digest.update(path[len(folder) :].encode())
+            digest.update(fs.cat_file(path))
+    return digest.hexdigest()[:16]
+
+
+def _check_in_memory_here(url: str) -> None:
+    """Raise a clear error when a store made from an in-memory object is not in this process."""
+    if not _is_in_memory_url(url):
+        return
+    import fsspec
+
+    if not fsspec.filesystem("memory").exists(f"{url}/.zmetadata"):
+        raise DatasetError(
+            f"{url} was made from an in-memory xarray object in another process and does not "
+            "exist here. Pass the object itself to open_mlcast / .open_mlcast() in this process "
+            "(it travels to worker processes by pickling), or save it once with "
+            "ds.to_zarr('radar.zarr') and pass that path."
+        )
+
+
+def _basename(url: str) -> str:
+    base = url.rstrip("/").rsplit("/", 1)[-1]
+    return base[: -len(".zarr")] if base.endswith(".zarr") else base
+
+
+def _memory_store(obj: Any, ds: xr.Dataset, name: str) -> str:
+    """URL of the zarr copy of ``ds`` in this process's fsspec memory filesystem (made once)."""
+    import dask
+    import fsspec
+    import numcodecs
+
+    known = _IN_MEMORY.get(id(obj))
+    fs = fsspec.filesystem("memory")
+    if known is not None and known[0]() is obj and fs.exists(f"{known[1]}/.zmetadata"):
+        return known[1]
+    keep = [name, *(v for v in ("missing_times",) if v in ds.variables)]
+    grid_mapping = ds[name].attrs.get("grid_mapping")
+    if grid_mapping and str(grid_mapping) in ds.variables:
+        keep.append(str(grid_mapping))
+    copy = ds[keep].copy(deep=False)
+    for var in copy.variables.values():
+        var.encoding = {}  # values as they are: no packing, fill values or chunks of a source
+    _, ny, nx = (int(n) for n in copy[name].shape)
+    if copy[name].chunks is not None:
+        copy[name] = copy[name].chunk({"time": 1, "y": -1, "x": -1})
+    encoding = {name: {"chunks": (1, ny, nx), "compressors": (numcodecs.Zstd(level=1),)}}
+    tmp = f"{_MEMORY_ROOT}/tmp-{os.getpid()}-{uuid.uuid4().hex}.zarr"
+    try:
+        # in this process even under a distributed client: its workers have their own memory
+        with dask.config.set(scheduler="threads"):
+            copy.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
+        url = f"{_MEMORY_ROOT}/xarray-{_content_hash(copy, name, fs, tmp)}.zarr"
+        if fs.exists(f"{url}/.zmetadata"):
+            fs.rm(tmp, recursive=True)
+        else:
+            fs.mv(tmp, url, recursive=True)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+        raise
+    with contextlib.suppress(TypeError):  # objects without weak references are not remembered
+        _IN_MEMORY[id(obj)] = (weakref.ref(obj), url)
+    return url
 
 
 def _local_target(path_text: str) -> _Target:

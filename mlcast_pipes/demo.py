@@ -11,8 +11,6 @@ import math
 import os
 import pathlib
 import shutil
-import sys
-import time as _time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -757,7 +755,6 @@ def _write_store(
     """Generate the archive into ``store`` (which must not exist)."""
     import zarr
 
-    started = _time.perf_counter()
     events = _layout_events(preset, n_times, seed)
     times, which, minutes, missing = _frame_plan(events)
     step_start: np.datetime64 | None = None
@@ -774,8 +771,10 @@ def _write_store(
     model: _EventModel | None = None
     model_index = -1
     total = len(times)
-    next_report = 0.0
     buffer = np.empty((block, ny, nx), dtype=np.float32)
+    from mlcast_pipes.progress import progress_bar
+
+    bar = progress_bar(total, f"demo archive {preset.name}", enabled=progress)
     for start in range(0, total, block):
         stop = min(total, start + block)
         out = buffer[: stop - start]
@@ -796,16 +795,8 @@ def _write_store(
             frame[outside] = np.nan
             out[k - start] = frame
         array[start:stop] = out
-        if progress:
-            done = stop / total
-            if done >= next_report or stop == total:
-                elapsed = _time.perf_counter() - started
-                print(
-                    f"demo {preset.name}: {stop}/{total} frames ({done:.0%}, {elapsed:.1f} s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                next_report = done + 0.1
+        bar.update(stop - start)
+    bar.close()
 
 
 def generate_demo(
@@ -842,7 +833,7 @@ def generate_demo(
     overwrite : bool
         Replace an existing zarr store at ``path``. Without it an existing path is an error.
     progress : bool
-        Print progress lines to stderr.
+        Show a progress bar on stderr, once generating has taken two seconds.
 
     Returns
     -------
@@ -960,7 +951,11 @@ def _matches(attrs: dict[str, Any] | None, preset: DemoPreset, seed: int) -> boo
 
 
 def ensure_demo(
-    path: str | os.PathLike[str], preset: str | DemoPreset = "small", seed: int = 0
+    path: str | os.PathLike[str],
+    preset: str | DemoPreset = "small",
+    seed: int = 0,
+    *,
+    progress: bool = True,
 ) -> pathlib.Path:
     """Return a demo archive at ``path``, generating it only when absent (safe across processes).
 
@@ -977,6 +972,8 @@ def ensure_demo(
         Preset name from :data:`PRESETS`, or a custom :class:`DemoPreset`.
     seed : int
         Non-negative seed.
+    progress : bool
+        Show a progress bar on stderr while generating, once that has taken two seconds.
 
     Returns
     -------
@@ -1019,7 +1016,7 @@ def ensure_demo(
         _raise_if_foreign(target, attrs, resolved, seed)
     tmp = _temp_beside(target)
     try:
-        _write_store(tmp, resolved, seed, resolved.n_times, resolved.shape, progress=False)
+        _write_store(tmp, resolved, seed, resolved.n_times, resolved.shape, progress)
         for _ in range(10):
             try:
                 os.rename(tmp, target)

@@ -472,6 +472,7 @@ def compute_sampling_stats(
     weighting: StatsWeighting = "epoch",
     max_tiles: int | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> tuple[float, float]:
     """Mean and standard deviation of the sampled tiles, as the ``fitted`` normaliser sees them.
 
@@ -497,6 +498,8 @@ def compute_sampling_stats(
         Use a seeded random subset of at most this many pool rows (None: all).
     seed : int
         Seed of that subset.
+    progress : bool
+        Show a progress bar on stderr, once the pass has taken two seconds.
 
     Returns
     -------
@@ -543,8 +546,14 @@ def compute_sampling_stats(
     reader = get_reader(info.spec.url, info.spec.var_name, info.spec.storage_options)
     total_w = total_mean = total_m2 = 0.0
     starts = col["t_start"][rows]
+    from mlcast_pipes.progress import progress_bar
+
+    bar = progress_bar(
+        rows.size, f"statistics {sampling_index.sampling_id}", unit="samples", enabled=progress
+    )
     for key in np.unique(starts):
         group = rows[starts == key]
+        bar.update(group.size)
         requests = [
             TileRequest(
                 int(col["t_start"][r]) + int(col["t_offset"][r]),
@@ -572,6 +581,7 @@ def compute_sampling_stats(
             total_mean += delta * w / new_w
             total_m2 += m2 + delta * delta * total_w * w / new_w
             total_w = new_w
+    bar.close()
     if total_w <= 0:
         raise ParameterError(
             f"cannot fit mean/std for {sampling_index.sampling_id}: its sampled tiles hold no "
@@ -593,6 +603,7 @@ def sampling_stats(
     max_tiles: int | None = None,
     seed: int = 0,
     recompute: bool = False,
+    progress: bool = False,
 ) -> SamplingStats:
     """Load or compute the statistics file ``{sampling_id}.stats.csv`` of a sampling index.
 
@@ -614,6 +625,8 @@ def sampling_stats(
         As for :func:`compute_sampling_stats`.
     recompute : bool
         Compute and rewrite the file even if a current one exists.
+    progress : bool
+        Show a progress bar while computing, once that has taken two seconds.
 
     Returns
     -------
@@ -671,6 +684,7 @@ def sampling_stats(
             weighting=weighting,
             max_tiles=max_tiles,
             seed=seed,
+            progress=progress,
         )
         meta_path.unlink(missing_ok=True)  # never pair new numbers with old parameters
         write_stats_csv(path, {variable: (mean, std)})

@@ -66,7 +66,7 @@ def materialize(
     path : str or path
         Target store, usually :func:`copy_path`.
     progress : bool
-        Print one line per 10% written.
+        Show a progress bar on stderr, once writing has taken two seconds.
 
     Returns
     -------
@@ -120,7 +120,9 @@ def materialize(
     reader = get_reader(spec.url, spec.var_name, spec.storage_options)
     starts = pool["t_start"].to_numpy() + pool["t_offset"].to_numpy()
     ys, xs = pool["y_start"].to_numpy(), pool["x_start"].to_numpy()
-    done, step = 0, max(1, len(pool) // 10)
+    from mlcast_pipes.progress import progress_bar
+
+    bar = progress_bar(len(pool), f"training copy {target.name}", unit="samples", enabled=progress)
     try:
         for group in group_by_key(pool["t_start"].to_numpy()):
             requests = [
@@ -128,9 +130,7 @@ def materialize(
             ]
             for i, data in zip(group, reader.read_tiles(requests, cache=False), strict=True):
                 arr[int(i)] = data
-            done += len(group)
-            if progress and done // step != (done - len(group)) // step:
-                print(f"materialize: {done}/{len(pool)} samples", flush=True)
+            bar.update(len(group))
         root.attrs.update(
             {
                 "sampling_id": str(meta.get("sampling_id", "")),
@@ -147,6 +147,8 @@ def materialize(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     return target
 
 

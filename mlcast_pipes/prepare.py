@@ -207,54 +207,30 @@ class TileIndex:
 # progress
 # ------------------------------------------------------------------------------------------------
 class _ProgressBar:
-    """A single text progress bar on stderr, in frames, throttled."""
+    """The pass's progress bar (:func:`~mlcast_pipes.progress.progress_bar`), in frames read."""
 
     def __init__(self, total: int, label: str, stream: IO[str] | None = None) -> None:
+        from mlcast_pipes.progress import progress_bar
+
         self.total = max(int(total), 1)
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
         self.done = 0
-        self.t0 = time.perf_counter()
-        self._last = 0.0
-        self._shown = -1
         self._lock = threading.Lock()
+        self._bar = progress_bar(self.total, label, file=stream or sys.stderr)
 
     def advance(self, k: int) -> None:
         with self._lock:
-            self.done = min(self.done + int(k), self.total)
-        self._draw()
+            step = min(self.done + int(k), self.total) - self.done
+            self.done += step
+            self._bar.update(step)
 
     def set(self, done: int) -> None:
         with self._lock:
-            self.done = max(self.done, min(int(done), self.total))
-        self._draw(force=True)
-
-    def _draw(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        if self.done == self._shown and self._shown >= 0:
-            return
-        if not force and now - self._last < 0.2 and self.done < self.total:
-            return
-        self._last = now
-        self._shown = self.done
-        frac = self.done / self.total
-        width = 30
-        filled = int(frac * width)
-        elapsed = now - self.t0
-        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
-        bar = "#" * filled + "-" * (width - filled)
-        text = (
-            f"\r{self.label} |{bar}| {100 * frac:5.1f}% {self.done}/{self.total} frames "
-            f"{elapsed:6.1f}s eta {eta:6.1f}s"
-        )
-        self.stream.write(text)
-        self.stream.flush()
+            step = max(self.done, min(int(done), self.total)) - self.done
+            self.done += step
+            self._bar.update(step)
 
     def close(self) -> None:
-        self._shown = -1
-        self._draw(force=True)
-        self.stream.write("\n")
-        self.stream.flush()
+        self._bar.close()
 
 
 class _FrameCallback(Callback):  # type: ignore[misc]
@@ -380,7 +356,8 @@ def prepare_tiling(
     on_stale
         ``"raise"`` (default) or ``"recompute"`` when the existing index is stale.
     progress
-        Show one progress bar (frames read) on stderr for the whole pass.
+        Show one progress bar (frames read) on stderr for the whole pass, once it has run
+        for two seconds.
     block_frames
         Frames per dask compute; memory is bounded by this, not by the archive length.
     verify

@@ -24,6 +24,7 @@ COMMUNITY_IDS = {
     "precipitation.dmi_10_minutes",
     "precipitation.it_dpc_sri_5min",
     "precipitation.uk_metoffice_5min",
+    "precipitation.be_rmi_radclim_mfb_5min",  # new in mlcast-datasets 0.3.0
 }
 
 
@@ -108,6 +109,72 @@ def test_bundled_catalog_lists_community_archives_and_demo() -> None:
     demo = entries["demo"]
     assert demo.driver == "mlcast_demo"
     assert demo.args["preset"] == "small" and demo.args["seed"] == 0
+
+
+def test_bundled_mirror_has_the_current_community_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cat, "community_catalog", lambda: None)  # the mirror, installed or not
+    entry = resolve_entry("be_rmi_radclim_mfb_5min")
+    assert entry.id == "precipitation.be_rmi_radclim_mfb_5min"
+    assert entry.urlpath == (
+        "s3://mlcast-source-datasets/radar_precipitation/BE-RMI-radclim-mfb/v0.1.1/5_minutes.zarr/"
+    )
+    assert COMMUNITY_IDS | {"demo"} == set(load_catalog())
+
+
+def fake_community_package(site: Path) -> Path:
+    """An installed-looking mlcast_datasets package whose import would fail (needs intake)."""
+    write(site / "mlcast_datasets" / "__init__.py", "import intake_is_not_installed_here\n")
+    write(
+        site / "mlcast_datasets" / "catalog" / "catalog.yml",
+        """
+        sources:
+          precipitation:
+            driver: intake.catalog.local.YAMLFileCatalog
+            args:
+              path: "{{ CATALOG_DIR }}/precipitation/catalog.yml"
+        """,
+    )
+    write(
+        site / "mlcast_datasets" / "catalog" / "precipitation" / "catalog.yml",
+        """
+        sources:
+          dmi_10_minutes:
+            driver: zarr
+            args:
+              urlpath: "s3://mlcast-source-datasets/dmi/v0.2.0/dmi_10_minutes.zarr/"
+              consolidated: true
+              storage_options: {anon: true}
+          fr_meteofrance_5min:
+            driver: zarr
+            args:
+              urlpath: "s3://mlcast-source-datasets/fr/v0.1.0/5_minutes.zarr/"
+        """,
+    )
+    return site / "mlcast_datasets" / "catalog" / "catalog.yml"
+
+
+def test_installed_community_package_catalog_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    root = fake_community_package(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert cat.community_catalog() == root
+    entries = load_catalog()
+    # its entries replace the mirror's; the demo stays; the mirror's variable hint is kept
+    assert set(entries) == {
+        "demo",
+        "precipitation.dmi_10_minutes",
+        "precipitation.fr_meteofrance_5min",
+    }
+    dmi = resolve_entry("dmi_10_minutes")
+    assert dmi.urlpath == "s3://mlcast-source-datasets/dmi/v0.2.0/dmi_10_minutes.zarr/"
+    assert dmi.var_name == "dbz"
+    assert resolve_entry("fr_meteofrance_5min").urlpath.endswith("fr/v0.1.0/5_minutes.zarr/")
+    assert "mlcast_datasets" not in sys.modules  # found without importing it
+    # a user catalog is read as given
+    assert "demo" not in load_catalog(root)
 
 
 def test_bundled_catalog_is_package_data() -> None:

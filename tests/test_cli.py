@@ -189,7 +189,8 @@ def test_bench_read_options(
     args = ["bench", "--what", "read", "--path", str(tiny_archive), "--json", str(out_json)]
     args += ["--tile-size", "32", "--n-time-window", "4"]
     assert main([*args, "--fraction", "0.5", "--workers", "0", "--epochs", "2"]) == 0
-    assert "c_workers: 0" in capsys.readouterr().out
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["c_workers", "0"] in rows  # bench prints a table
     read = json.loads(out_json.read_text())["read"]
     assert read["fraction_sampled"] == 0.5 and read["epochs"] == 2
     assert len(set(read["samples_checked"])) == 1
@@ -209,3 +210,71 @@ def test_demo_config_describes_the_configured_archive(
     assert f"configured archive: {tiny_archive.resolve()}" in text
     assert "demo archive:" not in text
     assert "(demo preset tiny, seed 0)" in text and "130 x 256 x 256" in text
+
+
+def test_help_shows_every_default_and_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    from mlcast_pipes.sampling import available_samplers
+
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 12)", "(default: [128])", "(default: 0.05)", "(default: 0)"):
+        assert default in text
+    assert "{" + ",".join(available_samplers()) + "}" in text
+    assert "None: the tile's n_time_window" in text and "None: by CF standard_name" in text
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.1)" in text and "(default: itdpc)" in text and "tiny" in text
+
+
+def test_a_stale_index_asks_for_recompute(
+    tiny_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = tmp_path / "idx"
+    assert _prepare(tiny_archive, index) == 0
+    (side,) = index.glob("*.meta.json")
+    meta = json.loads(side.read_text())
+    meta["dataset_fingerprint"] = "0" * 16  # as if the archive had changed since
+    side.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert _prepare(tiny_archive, index) == 2
+    err = capsys.readouterr().err
+    assert "is stale" in err and "rerun this command with --recompute" in err
+    assert "rerun `mlcast-pipes prepare`" not in err
+    assert _prepare(tiny_archive, index, "--recompute") == 0
+
+
+def test_prepare_on_dask_distributed_writes_the_same_bytes(
+    tiny_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    distributed = pytest.importorskip("distributed")
+    assert _prepare(tiny_archive, tmp_path / "threads") == 0
+    (reference,) = (tmp_path / "threads").glob("*.samples.csv")
+    assert _prepare(tiny_archive, tmp_path / "local", "--n-workers", "2") == 0
+    assert "dask cluster:" in capsys.readouterr().out
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert _prepare(tiny_archive, tmp_path / "remote", "--scheduler", address) == 0
+    for folder in ("local", "remote"):
+        (csv,) = (tmp_path / folder).glob("*.samples.csv")
+        assert csv.name == reference.name and csv.read_bytes() == reference.read_bytes()
+
+
+def test_prepare_with_the_community_sampler(
+    tiny_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = tmp_path / "idx"
+    assert _prepare(tiny_archive, index) == 0
+    (tiling,) = index.glob("*.samples.csv")
+    tiles = pd.read_csv(tiling).iloc[[1, 4, 6]]
+    cubes = tmp_path / "cubes.csv"
+    pd.DataFrame({"t": tiles["t_start"], "x": tiles["y_start"], "y": tiles["x_start"]}).to_csv(
+        cubes, index=False
+    )
+    assert _prepare(tiny_archive, index, "--sampler", "community", "--param", f"csv={cubes}") == 0
+    assert "(3 samples in the pool)" in capsys.readouterr().out
+    (sampling,) = index.glob("*.community.*.samples.csv")
+    assert sorted(pd.read_csv(sampling)["source_tile_id"]) == sorted(tiles["tile_id"])

@@ -5,6 +5,7 @@ Issues covered: Foundation (open), Tiling, Sampling, Normalize/tensor, Splits.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def test_open_with_own_catalog_file(tiny_archive: Path, tmp_path: Path) -> None:
     )
     (da,) = list(mp.MLCastCatalogDataset("mytiny", catalog=catalog))
     assert da.dims == ("time", "y", "x")
-    assert da.attrs["dataset_id"] == "mytiny"
+    # the archive's own id, as when opened by path (one index whichever way it is named)
+    assert da.attrs["dataset_id"] == mp.open_mlcast(tiny_archive).attrs["dataset_id"]
     (again,) = list(IterableWrapper(["mytiny"]).open_mlcast(catalog=str(catalog)))
     assert again.shape == da.shape
 
@@ -116,8 +118,26 @@ def test_catalog_demo_generated_on_first_use() -> None:
     (da,) = list(mp.MLCastCatalogDataset("demo"))
     assert da.dims == ("time", "y", "x")
     assert min(da.sizes["y"], da.sizes["x"]) >= 256
-    assert da.attrs["dataset_id"] == "demo"
+    assert da.attrs["dataset_id"] == "zz-mlcastpipes-demo-small-seed0-v1.0.0"
     assert any(p.name.startswith("demo-small") for p in demo_cache_dir().iterdir())
+
+
+def test_catalog_id_and_path_share_one_index(tmp_path: Path) -> None:
+    from mlcast_pipes.catalog import demo_cache_dir, demo_store_name
+
+    path = demo_cache_dir() / demo_store_name("small", 0)
+    index = tmp_path / "index"
+    counts = []
+    for source in ("demo", str(path)):
+        tiles = (
+            IterableWrapper([source])
+            .open_mlcast()
+            .tile(n_time_window=12, tile_size=(128, 128), index_dir=index)
+        )
+        counts.append(sum(1 for _ in itertools.islice(tiles, 5)))
+    assert counts == [5, 5]
+    (csv,) = index.glob("*.samples.csv")  # the second source loaded the first one's index
+    assert csv.name.startswith("zz-mlcastpipes-demo-small-seed0-v1.0.0.128x128.12")
 
 
 # --------------------------------------------------------------------------------------------

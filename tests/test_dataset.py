@@ -355,7 +355,9 @@ def test_user_catalog_with_nested_file(tmp_path: Path) -> None:
     full = open_quiet("precipitation.it_sri", catalog=root)
     short = open_quiet("it_sri", catalog=str(root))
     assert full.name == short.name == "RR"
-    assert full.attrs["dataset_id"] == "it_sri"  # the catalog entry's name wins
+    # the id comes from the archive's identifier, whichever way it was named
+    assert full.attrs["dataset_id"] == open_quiet(path).attrs["dataset_id"]
+    assert full.attrs["dataset_id"] == "zz-test-rainrate-v0.3.1"
     assert source_spec(full).url == str(path)
     assert source_spec(full).consolidated is True
     assert open_quiet("it_sri", catalog=root, dataset_id="custom").attrs["dataset_id"] == "custom"
@@ -369,8 +371,12 @@ def test_demo_via_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     )
     da = open_quiet("demo", catalog=root)
     assert da.dims == ("time", "y", "x")
-    assert da.attrs["dataset_id"] == "demo"
-    assert source_spec(da).url == str(tmp_path / "cache" / "demo-tiny-seed0.zarr")
+    store = tmp_path / "cache" / "demo-tiny-seed0.zarr"
+    # the archive's own identifier, as for its path: one index for both
+    assert da.attrs["dataset_id"] == "zz-mlcastpipes-demo-tiny-seed0-v1.0.0"
+    assert open_quiet(store).attrs["dataset_id"] == da.attrs["dataset_id"]
+    assert fingerprint(open_quiet(store)) == fingerprint(da)
+    assert source_spec(da).url == str(store)
     assert missing_times(da).size > 0
 
 

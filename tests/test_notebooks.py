@@ -88,12 +88,14 @@ def test_your_own_archive_runs(tmp_path: Path) -> None:
     assert (work / "catalog" / "catalog.yml").is_file()
     assert (work / "catalog" / "precipitation" / "catalog.yml").is_file()
     index = work / "index"
-    assert (index / "my_radar.64x64.12.samples.csv").is_file()  # named after the catalog entry
-    (sampling,) = index.glob("my_radar.64x64.12.12.binnorm.*.samples.csv")
+    # named after the archive's own id (its identifier), as when it is opened by path
+    did = "zz-mlcastpipes-demo-tiny-seed0-v1.0.0"
+    assert (index / f"{did}.64x64.12.samples.csv").is_file()
+    (sampling,) = index.glob(f"{did}.64x64.12.12.binnorm.*.samples.csv")
     stem = sampling.name.removesuffix(".samples.csv")
     for kind in ("scalar_histogram", "sample_density", "samples_over_time"):
         assert (work / "figures" / f"{stem}.{kind}.png").stat().st_size > 10_000
-    assert (work / "figures" / "my_radar.64x64.12.sample_density.png").is_file()
+    assert (work / "figures" / f"{did}.64x64.12.sample_density.png").is_file()
     text = _text(nb)
     assert "using precipitation.my_radar" in text  # the id resolved through the catalog
     assert "0 warning(s) while opening" in text

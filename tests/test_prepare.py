@@ -409,16 +409,22 @@ def test_to_rate_applied(tmp_path: Path) -> None:
     _check_against_naive(idx, naive, params)
 
 
-def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     times = pd.date_range("2022-01-01", periods=12, freq="5min").values
     da = _dataarray(_data(12), times)
     params = TilingParams(n_time_window=3, tile_size=(10, 12), max_nan_fraction=0.3)
     prepare_tiling(
         da, params, tmp_path, dataset_id="d", fingerprint="f", progress=True, block_frames=4
     )
+    assert capsys.readouterr().err == ""  # a pass shorter than two seconds shows no bar
+    monkeypatch.setattr("mlcast_pipes.progress.DELAY_S", 0.0)
+    prepare_tiling(da, params, tmp_path / "again", dataset_id="d", fingerprint="f", progress=True)
     err = capsys.readouterr().err
-    assert "100.0% 12/12 frames" in err and err.endswith("\n")
-    assert "d.10x12.3.nan0.3" in err
+    # the tqdm style of every pass
+    assert "prepare d.10x12.3.nan0.3: 100%" in err and "12/12 [" in err and "frames/s]" in err
+    assert err.endswith("\n")
 
 
 def test_distributed_client(tmp_path: Path) -> None:

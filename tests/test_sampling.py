@@ -896,3 +896,73 @@ def test_sub_window_samples_warn_that_bins_come_from_the_whole_window(tmp_path: 
         build_sampling_index(  # uniform does not choose by statistics
             table, meta, method="uniform", index_dir=tmp_path, seed=0, n_time_sample=4
         )
+
+
+# --------------------------------------------------------------------------------------------
+# The community sampler's t,x,y CSV as a sampling pool in a chain
+# --------------------------------------------------------------------------------------------
+
+
+def _community_cubes(tiles: pd.DataFrame, rows: list[int], path: Path) -> Path:
+    """Write the tiles at ``rows`` as the community tool does: t, x (= our rows), y (= columns)."""
+    picked = tiles.iloc[rows]
+    frame = pd.DataFrame({"t": picked["t_start"], "x": picked["y_start"], "y": picked["x_start"]})
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_community_csv_is_a_pool_in_a_chain(
+    tiny_archive: Path, tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    import mlcast_pipes as mp
+    from mlcast_pipes.datapipes.sample import SampleDataPipe
+
+    tiles = mp.OpenXarrayDataset(str(tiny_archive)).tile(
+        n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.3, index_dir=tmp_path / "idx"
+    )
+    table = tiles.plan.table(next(iter(tiles.source_datapipe))).rows
+    picked = [0, 3, 5, 8, 13]
+    csv = _community_cubes(table, picked, tmp_path / "cubes.csv")
+    sampler = tiles.community_sample(csv=str(csv), seed=2)
+    assert isinstance(sampler, SampleDataPipe)
+    want = set(table["tile_id"].iloc[picked].tolist())
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        got = [(s.tile_id, s.t_start, s.y_start, s.x_start) for s in sampler]
+        epochs.append([g[0] for g in got])
+        assert sorted(epochs[-1]) == sorted(want)  # each cube exactly once per epoch
+    assert epochs[0] != epochs[1] or len(want) < 3
+    # the sampling id covers the file's content: an edited file gets a new index
+    (first,) = sampler.sampling_indexes()
+    assert first.meta["params"]["csv_sha256"]
+    _community_cubes(table, picked[:3], csv)
+    again = tiles.community_sample(csv=str(csv), seed=2)
+    (second,) = again.sampling_indexes()
+    assert second.sampling_id != first.sampling_id and len(second.table) == 3
+
+
+def test_community_cubes_off_the_tiling_are_reported(tmp_path: Path) -> None:
+    tiles = pd.DataFrame(
+        {
+            "tile_id": [0, 1],
+            "t_start": [0, 4],
+            "y_start": [0, 0],
+            "x_start": [0, 32],
+            "n_time_window": 4,
+            "y_tile": 32,
+            "x_tile": 32,
+        }
+    )
+    csv = tmp_path / "cubes.csv"
+    pd.DataFrame({"t": [4, 1], "x": [0, 0], "y": [32, 0]}).to_csv(csv, index=False)
+    with pytest.warns(SamplingWarning, match="1 of the 2 cubes"):
+        pool = run_sampler("community", tiles, seed=0, csv=str(csv))
+    assert pool["source_tile_id"].tolist() == [1]
+    pd.DataFrame({"t": [2], "x": [0], "y": [0]}).to_csv(csv, index=False)
+    with pytest.raises(ParameterError, match=r"stride=\(3, 16, 16\)"):
+        run_sampler("community", tiles, seed=0, csv=str(csv))
+    with pytest.raises(ParameterError, match="is not a file"):
+        run_sampler("community", tiles, seed=0, csv=str(tmp_path / "none.csv"))
+    with pytest.raises(ParameterError, match="changed since"):
+        run_sampler("community", tiles, seed=0, csv=str(csv), csv_sha256="0" * 64)

@@ -110,7 +110,8 @@ class NormalizeDataPipe(IterDataPipe[TileSample]):
                     clip_max=self.params.get("clip_max", DEFAULT_CLIP_MAX),
                     dbz_floor=self.params.get("dbz_floor", DEFAULT_DBZ_FLOOR),
                     seed=int(getattr(sampler, "seed", 0)),
-                    **self.stats_options,
+                    # the chain's progress setting, that of .tile()
+                    **{"progress": sampler.plan.progress, **self.stats_options},
                 )
         return self._stats
 

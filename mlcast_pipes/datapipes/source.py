@@ -15,6 +15,8 @@ from torch.utils.data import IterDataPipe, functional_datapipe
 from mlcast_pipes.dataset import metadata_stamp, open_mlcast
 
 CatalogArg = str | os.PathLike[str] | None
+#: What a source datapipe opens: a catalog id, a path, a URL or an in-memory xarray object.
+Source = str | os.PathLike[str] | xr.Dataset | xr.DataArray
 
 
 @functional_datapipe("open_mlcast")
@@ -28,8 +30,10 @@ class MLCastOpener(IterDataPipe[xr.DataArray]):
 
     Parameters
     ----------
-    source_datapipe : IterDataPipe of str
-        Catalog ids (``"demo"``, ``"precipitation.dmi_10_minutes"``), local paths or fsspec URLs.
+    source_datapipe : IterDataPipe of str, xarray.Dataset or xarray.DataArray
+        Catalog ids (``"demo"``, ``"precipitation.dmi_10_minutes"``), local paths, fsspec URLs
+        or in-memory xarray objects (see :func:`~mlcast_pipes.dataset.open_mlcast`; worker
+        processes receive such an object by pickling and copy it into their own memory).
     var_name : str, optional
         Data variable; picked by CF standard_name when None.
     catalog : str or path, optional
@@ -65,10 +69,19 @@ class MLCastOpener(IterDataPipe[xr.DataArray]):
         self._opened: dict[str, tuple[Any, xr.DataArray]] = {}
         self._pid = os.getpid()
 
-    def open(self, source: str | os.PathLike[str]) -> xr.DataArray:
+    def open(self, source: Source) -> xr.DataArray:
         """Open one source with this datapipe's options (again only if it changed)."""
         if self._pid != os.getpid():  # a forked worker opens its own handles
             self._opened, self._pid = {}, os.getpid()
+        if isinstance(source, xr.Dataset | xr.DataArray):
+            # an in-memory object: opened once per process while it is the same object
+            key = f"<in-memory object {id(source)}>"
+            known = self._opened.get(key)
+            if known is not None and known[0] is source:
+                return known[1]
+            da = open_mlcast(source, self.var_name, strict=self.strict)
+            self._opened[key] = (source, da)
+            return da
         key = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
         known = self._opened.get(key)
         if known is not None and known[0] == metadata_stamp(known[1]):
@@ -102,7 +115,7 @@ class _SingleSource(IterDataPipe[xr.DataArray]):
 
     def __init__(
         self,
-        source: str | os.PathLike[str],
+        source: Source,
         var_name: str | None = None,
         *,
         catalog: CatalogArg = None,
@@ -169,8 +182,9 @@ class OpenXarrayDataset(_SingleSource):
 
     Parameters
     ----------
-    url : str or path
-        Local path or fsspec URL (``s3://``, ``https://``, ...) of a zarr store.
+    url : str, path, xarray.Dataset or xarray.DataArray
+        Local path or fsspec URL (``s3://``, ``https://``, ...) of a zarr store, or an
+        in-memory xarray object.
     var_name : str, optional
         Data variable; picked by CF standard_name when None.
     storage_options : mapping, optional
@@ -186,7 +200,7 @@ class OpenXarrayDataset(_SingleSource):
 
     def __init__(
         self,
-        url: str | os.PathLike[str],
+        url: Source,
         var_name: str | None = None,
         *,
         storage_options: Mapping[str, Any] | None = None,

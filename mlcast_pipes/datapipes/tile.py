@@ -55,7 +55,8 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
     recompute : bool
         Recompute a stale index instead of raising.
     progress : bool
-        Progress bar while computing the index.
+        Progress bar on stderr while computing the index, once that has taken two seconds
+        (False: none).
     **tiling_params
         Further :class:`~mlcast_pipes.tiling.TilingParams` fields (``wet_threshold``, ...).
 
@@ -82,7 +83,7 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         shuffle_windows: bool = False,
         seed: int = 0,
         recompute: bool = False,
-        progress: bool = False,
+        progress: bool = True,
         **tiling_params: Any,
     ) -> None:
         known = {f.name for f in dataclasses.fields(TilingParams)}

@@ -1,0 +1,55 @@
+"""The one progress-bar style of every long pass (prepare, demo, statistics, copies, bench).
+
+A tqdm bar on stderr that appears only once a pass has run for :data:`DELAY_S` seconds, so short
+passes stay silent; ``progress=False`` (CLI ``--no-progress``, or ``TQDM_DISABLE=1``) hides it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DELAY_S", "progress_bar"]
+
+#: Seconds a pass runs before its bar appears.
+DELAY_S = 2.0
+
+
+def progress_bar(
+    total: int | None, desc: str, *, unit: str = "frames", enabled: bool = True, **kw: Any
+) -> Any:
+    """A tqdm progress bar on stderr, shown once the pass has run :data:`DELAY_S` seconds.
+
+    Parameters
+    ----------
+    total : int or None
+        Units of work in the pass (None: unknown, a counter is shown).
+    desc : str
+        What the pass does (e.g. ``"prepare demo.128x128.12"``).
+    unit : str
+        Name of one unit of work.
+    enabled : bool
+        False returns a bar that draws nothing (``progress=False``).
+    **kw
+        Other :class:`tqdm.tqdm` arguments (``delay=0`` shows it at once).
+
+    Returns
+    -------
+    tqdm.tqdm
+        Use it as a context manager and call ``update(n)``.
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> with progress_bar(3, "decode", file=out, delay=0) as bar:
+    ...     for _ in range(3):
+    ...         _ = bar.update(1)
+    >>> "decode: 100%" in out.getvalue(), "3/3" in out.getvalue()
+    (True, True)
+
+    """
+    from tqdm.auto import tqdm
+
+    kw.setdefault("delay", DELAY_S)
+    kw.setdefault("dynamic_ncols", True)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, **kw)
