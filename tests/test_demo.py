@@ -18,6 +18,7 @@ import pytest
 import xarray as xr
 
 import mlcast_pipes.demo as demo
+import mlcast_pipes.demo_events as demo_events
 from mlcast_pipes.demo import PRESETS, DemoPreset, describe, ensure_demo, generate_demo
 from mlcast_pipes.errors import ParameterError
 
@@ -239,9 +240,11 @@ def test_rain_moves_between_consecutive_frames(tiny_ds: xr.Dataset) -> None:
 
 
 def test_cells_grow_and_decay() -> None:
-    model = demo._EventModel(seed=0, index=0, shape=(96, 96), duration_min=120.0, density=1.0)
+    model = demo_events._EventModel(
+        seed=0, index=0, shape=(96, 96), duration_min=120.0, density=1.0
+    )
     one = lambda v: np.array([v], dtype=np.float64)  # noqa: E731
-    model.cells = demo._Cells(
+    model.cells = demo_events._Cells(
         birth=one(0.0),
         life=one(100.0),
         y0=one(48.0),
