@@ -75,9 +75,8 @@ _CHUNK_SAMPLE = 16
 def fingerprint(da: xr.DataArray, *, chunks: bool | None = None) -> str:
     """Hash an archive's metadata and a sample of its chunks (16 hex digits), to detect other data.
 
-    Covers name, shape, dtype, standard_name, units, the time/y/x values, ``missing_times`` and
-    the stored sizes of 16 time chunks (no pixel is read); ``chunks`` (default: on unless
-    ``$MLCAST_PIPES_FINGERPRINT_CHUNKS`` is ``0``) includes that sample.
+    Covers name, shape, dtype, units, coordinates, ``missing_times`` and, with ``chunks`` (default
+    unless ``$MLCAST_PIPES_FINGERPRINT_CHUNKS=0``), the stored sizes of 16 time chunks.
 
     Examples
     --------

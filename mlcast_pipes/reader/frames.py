@@ -31,9 +31,7 @@ __all__ = ["MISSING_CHUNKS_ENV", "FrameReader", "expect_chunks"]
 
 
 #: Time chunks given to the chunk reader at a time; the next batch decodes while the current one
-#: goes to the cache. Measured with :class:`~mlcast_pipes.chunkio.ChunkReader` on 2 shared cores,
-#: 1400 x 1200 float32 zstd frames into reused buffers: one at a time 1.3-1.5 ms/frame, 2 at a
-#: time 0.68, 4 at a time 0.71, 12 at a time 0.89 (more buffers in flight than the caches hold).
+#: goes to the cache (larger batches keep more buffers in flight than the CPU caches hold).
 _FETCH_BATCH = 4
 #: Decode buffers kept for reuse per reader (frames that left the cache).
 _MAX_SPARE = 2 * _FETCH_BATCH

@@ -49,8 +49,6 @@ _HIST_HI = np.concatenate([[0.0], HIST_LOG_EDGES, [np.inf]])
 def hist_bin(values: npt.ArrayLike) -> npt.NDArray[np.intp]:
     """Histogram bin of rain rates (mm/h): 0 for R <= 0, 1 below 0.01, 2..101 log bins, 102 >= 1000.
 
-    Bin ``b`` in 2..101 is ``[HIST_LOG_EDGES[b-2], HIST_LOG_EDGES[b-1])``; NaN is not allowed.
-
     Examples
     --------
     >>> hist_bin([0.0, 0.005, 0.01, 1.0, 5000.0]).tolist()
@@ -75,12 +73,10 @@ class KernelSpec:
 
     Cells are ``cy x cx`` pixels, ``ncy x ncx`` of them from the top-left corner; ``to_rate``
     converts native values to mm/h (None: already mm/h); rates above ``clip_max`` are capped.
-
-    Examples
+    See :func:`frame_partials` for an example.
     --------
-    >>> spec = KernelSpec(4, 6, cy=2, cx=3, ncy=2, ncx=2, wet_threshold=0.1, to_rate=None)
-    >>> frame_partials(np.ones((1, 4, 6), dtype=np.float32), spec)["sum"].tolist()
-    [[6.0, 6.0, 6.0, 6.0]]
+    >>> KernelSpec(4, 6, cy=2, cx=3, ncy=2, ncx=2, wet_threshold=0.1, to_rate=None).cy
+    2
 
     """
 
@@ -98,8 +94,7 @@ class KernelSpec:
 def partials_dtype(n_cells: int) -> np.dtype[Any]:
     """Structured dtype of the per-frame partial statistics of ``n_cells`` cells.
 
-    Per cell: ``nan`` count, ``sum`` and ``max`` of positive rates, ``wet`` and ``clip`` counts,
-    and ``hist`` (:data:`N_BINS` counts of positive rates; bin 0 is derived later).
+    Per cell: ``nan``, ``sum``, ``max``, ``wet`` and ``clip`` and ``hist`` (:data:`N_BINS` counts).
 
     Examples
     --------
@@ -235,10 +230,9 @@ def frame_partials(block: np.ndarray, spec: KernelSpec) -> np.ndarray:
     >>> spec = KernelSpec(4, 4, cy=2, cx=2, ncy=2, ncx=2, wet_threshold=0.1, to_rate=None)
     >>> block = np.zeros((1, 4, 4), dtype=np.float32)
     >>> block[0, 0, :2] = [2.0, 0.0625]  # top-left cell: one wet and one drizzle pixel
-    >>> block[0, 3, 3] = np.nan  # bottom-right cell: one missing pixel
     >>> out = frame_partials(block, spec)
-    >>> out["nan"][0].tolist(), out["sum"][0].tolist(), out["wet"][0].tolist()
-    ([0, 0, 0, 1], [2.0625, 0.0, 0.0, 0.0], [1, 0, 0, 0])
+    >>> out["sum"][0].tolist(), out["wet"][0].tolist()
+    ([2.0625, 0.0, 0.0, 0.0], [1, 0, 0, 0])
 
     """
     dtype = partials_dtype(spec.ncy * spec.ncx)
@@ -341,10 +335,7 @@ def window_max(a: np.ndarray, starts: np.ndarray, k: int, axis: int = 0) -> np.n
 def hist_quantiles(
     hist: np.ndarray, vmax: np.ndarray, quantiles: Sequence[float]
 ) -> npt.NDArray[np.float64]:
-    """Quantiles of rain rate from fixed-bin histograms ``(M, N_BINS)``; NaN for an empty row.
-
-    The rank ``q * (N - 1)`` is interpolated inside its bin (geometrically in the log bins); the
-    result never exceeds the row's ``vmax``.
+    """Rain-rate quantiles from histograms ``(M, N_BINS)``, at most ``vmax``; NaN for an empty row.
 
     Examples
     --------
