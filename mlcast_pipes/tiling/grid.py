@@ -240,7 +240,9 @@ class TileGrid:
 
 
 def tile_grid(height: int, width: int, params: TilingParams) -> TileGrid:
-    """Tile grid ``range(0, H - ty + 1, sy) x range(0, W - tx + 1, sx)`` (ParameterError: no fit).
+    """Tile grid ``range(0, H - ty + 1, sy) x range(0, W - tx + 1, sx)``.
+
+    Raises ParameterError if the tile does not fit the domain or the cells get too small.
 
     Examples
     --------

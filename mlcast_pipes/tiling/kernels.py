@@ -73,10 +73,13 @@ class KernelSpec:
 
     Cells are ``cy x cx`` pixels, ``ncy x ncx`` of them from the top-left corner; ``to_rate``
     converts native values to mm/h (None: already mm/h); rates above ``clip_max`` are capped.
-    See :func:`frame_partials` for an example.
+
+    Examples
     --------
-    >>> KernelSpec(4, 6, cy=2, cx=3, ncy=2, ncx=2, wet_threshold=0.1, to_rate=None).cy
-    2
+    >>> import pickle
+    >>> spec = KernelSpec(4, 6, cy=2, cx=3, ncy=2, ncx=2, wet_threshold=0.1, to_rate=None)
+    >>> pickle.loads(pickle.dumps(spec)) == spec  # can be sent to dask workers
+    True
 
     """
 
@@ -94,7 +97,7 @@ class KernelSpec:
 def partials_dtype(n_cells: int) -> np.dtype[Any]:
     """Structured dtype of the per-frame partial statistics of ``n_cells`` cells.
 
-    Per cell: ``nan``, ``sum``, ``max``, ``wet`` and ``clip`` and ``hist`` (:data:`N_BINS` counts).
+    Per cell: ``nan``/``wet``/``clip`` counts, ``sum``/``max`` of rates, ``hist`` (:data:`N_BINS`).
 
     Examples
     --------
@@ -223,7 +226,7 @@ def frame_partials(block: np.ndarray, spec: KernelSpec) -> np.ndarray:
     """Partial statistics per frame and cell of a ``(k, H, W)`` block (dask ``map_blocks`` kernel).
 
     Rates are taken after ``spec.to_rate`` and capped at ``spec.clip_max``; negative rates count
-    as 0 (dry), NaN as missing. Returns ``k`` records of :func:`partials_dtype`.
+    as 0 (dry), NaN as missing; ``k`` records of :func:`partials_dtype` come back.
 
     Examples
     --------
