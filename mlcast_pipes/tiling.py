@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mlcast_pipes.errors import DatasetError, MLCastPipesError, ParameterError, ReadError
-from mlcast_pipes.index import (
+from mlcast_pipes.indexes.format import (
     format_number,
     importance_column,
     quantile_column,

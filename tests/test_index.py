@@ -15,23 +15,21 @@ import pandas as pd
 import pytest
 
 from mlcast_pipes.errors import IndexFileError, ParameterError, StaleIndexError
-from mlcast_pipes.index import (
+from mlcast_pipes.indexes.format import (
     atomic_write,
     cleanup_stale_temps,
     ensure_writable_dir,
     importance_column,
     index_paths,
-    load_index,
     quantile_column,
     read_sidecar,
     sanitize_id,
     sidecar_path,
     tiling_columns,
     tiling_dtypes,
-    validate_index,
-    write_index,
     write_sidecar,
 )
+from mlcast_pipes.indexes.index_csv import load_index, validate_index, write_index
 
 COLUMNS = tiling_columns((0.5, 0.99), (1.0,))
 PARAMS = {"n_time_window": 4, "tile_size": [8, 8], "stride": [4, 8, 8], "max_nan_fraction": 0.05}
@@ -252,7 +250,7 @@ def test_kill_mid_write_leaves_no_complete_index(tmp_path: Path) -> None:
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_index import _chunk, _meta, COLUMNS
-        from mlcast_pipes.index import write_index
+        from mlcast_pipes.indexes.index_csv import write_index
         def chunks():
             yield _chunk(0, 20)
             print("started", flush=True)

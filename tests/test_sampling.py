@@ -12,24 +12,22 @@ import pytest
 import xarray as xr
 
 from mlcast_pipes.errors import IndexFileError, ParameterError, StaleIndexError
-from mlcast_pipes.index import sidecar_path
+from mlcast_pipes.indexes.format import sidecar_path
+from mlcast_pipes.indexes.sampling import build_sampling_index, load_sampling_index, sampling_id
 from mlcast_pipes.sampling import (
     LDCAST_BIN_EDGES,
     SAMPLES_COLUMNS,
     SamplingWarning,
     assign_time_offsets,
     available_samplers,
-    build_sampling_index,
     draw_epoch,
     epoch_shares,
     get_sampler,
     load_community_csv,
     load_community_stats,
-    load_sampling_index,
     per_tile_uniform,
     resolve_sampler_params,
     run_sampler,
-    sampling_id,
 )
 
 
@@ -114,7 +112,8 @@ def test_register_taken_name_fails() -> None:
 
 
 def test_new_sampler_is_one_function() -> None:
-    from mlcast_pipes.sampling import _ALIASES, _REGISTRY, register_sampler
+    from mlcast_pipes.sampling import register_sampler
+    from mlcast_pipes.sampling.registry import _ALIASES, _REGISTRY
 
     def define(default_step: int) -> None:  # like a notebook cell, run twice
         @register_sampler("test_every_other")
@@ -758,7 +757,8 @@ def test_community_parquet_without_pyarrow_says_so(tmp_path: Path) -> None:
 
 def test_build_from_tiling_index_read_back(tmp_path: Path) -> None:
     """Tiling tables as index.py reads them (int32 positions, float32 stats, datetime64 times)."""
-    from mlcast_pipes.index import load_index, tiling_dtypes, write_index
+    from mlcast_pipes.indexes.format import tiling_dtypes
+    from mlcast_pipes.indexes.index_csv import load_index, write_index
 
     t = make_table(distributions()["mostly_dry"])
     cols = list(t.columns)
@@ -805,7 +805,7 @@ def _radar_archive(clutter: bool = True) -> xr.DataArray:
 
 
 def test_clutter_is_capped_counted_and_reported(tmp_path: Path) -> None:
-    from mlcast_pipes.prepare import prepare_tiling
+    from mlcast_pipes.indexes.tiling import prepare_tiling
     from mlcast_pipes.tiling import TilingParams
 
     da = _radar_archive()

@@ -1,6 +1,6 @@
-"""The offline preparation pass: per-tile statistics with dask, written to a checked index.
+"""The tiling index: one dask pass over the archive that writes per-tile statistics to a CSV.
 
-Orchestration layer: loads a matching tiling index or computes it (progress bar, distributed-ready).
+:func:`prepare_tiling` writes it (the ``prepare`` command); :class:`TileIndex` reads it back.
 """
 
 from __future__ import annotations
@@ -20,18 +20,20 @@ import pandas as pd
 import xarray as xr
 from dask.callbacks import Callback
 
-from mlcast_pipes import __version__
 from mlcast_pipes.errors import DatasetError, IndexFileError, ParameterError, StaleIndexError
-from mlcast_pipes.index import (
+from mlcast_pipes.indexes.format import (
     FORMAT_VERSION,
     VerifyMode,
     ensure_writable_dir,
     index_paths,
-    read_index_table,
-    resolve_csv_path,
+    package_version,
     sidecar_path,
     tiling_dtypes,
     utc_now_iso,
+)
+from mlcast_pipes.indexes.index_csv import (
+    read_index_table,
+    resolve_csv_path,
     validate_index,
     write_index,
 )
@@ -47,7 +49,11 @@ from mlcast_pipes.tiling import (
     time_windows,
 )
 
-__all__ = ["TileIndex", "prepare_tiling"]
+__all__ = [
+    "TileIndex",
+    "prepare_tiling",
+]
+
 
 _RERUN = "rerun `mlcast-pipes prepare` for this dataset"
 
@@ -203,9 +209,6 @@ class TileIndex:
         return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------
-# progress
-# ------------------------------------------------------------------------------------------------
 class _ProgressBar:
     """The pass's progress bar (:func:`~mlcast_pipes.progress.progress_bar`), in frames read."""
 
@@ -254,9 +257,6 @@ class _FrameCallback(Callback):  # type: ignore[misc]
             self._bar.advance(len(result))
 
 
-# ------------------------------------------------------------------------------------------------
-# prepare
-# ------------------------------------------------------------------------------------------------
 def _check_dataarray(da: Any) -> xr.DataArray:
     if not isinstance(da, xr.DataArray):
         raise DatasetError(
@@ -517,7 +517,7 @@ def prepare_tiling(
         return {
             "kind": "tiling",
             "format_version": FORMAT_VERSION,
-            "mlcast_pipes_version": __version__,
+            "mlcast_pipes_version": package_version(),
             "created": utc_now_iso(),
             "tiling_id": tid,
             "dataset_id": dataset_id,

@@ -1,6 +1,6 @@
-"""Training copies: the sampled tiles of a sampling index in a zarr store, one sample per chunk.
+"""Training copies: an epoch's tiles materialized into one local zarr array, read by row.
 
-Made once by ``prepare --materialize``; the sampling step reads it instead of the source.
+Optional; makes epochs after the first read local files instead of the source archive.
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ from mlcast_pipes.epochs import group_by_key
 from mlcast_pipes.errors import IndexFileError, ReadError
 from mlcast_pipes.reader import TileRequest, get_reader
 from mlcast_pipes.records import DatasetInfo
+
+__all__ = [
+    "ARRAY",
+    "TrainingCopy",
+    "copy_path",
+    "materialize",
+]
+
 
 #: Name of the array in a training copy.
 ARRAY = "samples"
@@ -79,7 +87,7 @@ def materialize(
 
     >>> from torchdata.datapipes.iter import IterableWrapper
     >>> from mlcast_pipes.demo import generate_demo
-    >>> from mlcast_pipes.indexing import dataset_info
+    >>> from mlcast_pipes.indexes.plan import dataset_info
     >>> path = generate_demo("copy.zarr", preset="tiny", n_times=24, overwrite=True)
     >>> sampler = (
     ...     IterableWrapper([str(path)])
