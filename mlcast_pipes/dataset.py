@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import pathlib
-import re
 import uuid
 import warnings
 import weakref
@@ -29,6 +28,7 @@ from mlcast_pipes.catalog import (
     resolve_urlpath,
 )
 from mlcast_pipes.errors import CatalogError, DatasetError
+from mlcast_pipes.indexes.format import sanitize_id
 from mlcast_pipes.transforms import canonical_units, known_units, units_kind
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
     "nominal_time_step",
     "open_mlcast",
     "open_source",
-    "sanitize_id",
     "select_variable",
     "source_spec",
     "validate",
@@ -91,7 +90,6 @@ _MAX_RESOLUTION_M = 1000.0
 _ZARR_MARKERS = (".zgroup", ".zarray", "zarr.json", ".zmetadata")
 _ON_DISK = "auto-on-disk"
 _KEEP_COORDS = frozenset({"time", "y", "x", "lat", "lon"})
-_MAX_ID_LEN = 120
 
 _TIME_NAMES = ("time", "t", "valid_time", "datetime")
 _X_NAMES = ("x", "easting", "projection_x_coordinate")
@@ -788,42 +786,6 @@ def nominal_time_step(times: np.ndarray, consistent_timestep_start: Any = None) 
             "strictly increasing."
         )
     return np.timedelta64(int(diffs.min().astype(np.int64)), "ns")
-
-
-def sanitize_id(text: str) -> str:
-    """Make an id filename-safe: only ``[A-Za-z0-9_.-]``, no ``..``, no leading dot.
-
-    Each run of other characters and ``..`` (path separators included) becomes one ``_``,
-    leading and trailing ``.``, ``_`` and ``-`` are stripped, and ids longer than 120
-    characters are shortened with a hash suffix. Applying it twice changes nothing.
-
-    Parameters
-    ----------
-    text : str
-        Any id, name or path.
-
-    Returns
-    -------
-    str
-        A non-empty, filename-safe id (``"dataset"`` if nothing is left).
-
-    Examples
-    --------
-    >>> sanitize_id("../../etc/passwd")
-    'etc_passwd'
-    >>> sanitize_id("precipitation.dmi_10_minutes")
-    'precipitation.dmi_10_minutes'
-
-    """
-    raw = str(text)
-    out = re.sub(r"(?:[^A-Za-z0-9_.\-]|\.{2,})+", "_", raw.strip())
-    out = out.strip("._-")
-    if not out:
-        return "dataset"
-    if len(out) > _MAX_ID_LEN:
-        suffix = hashlib.sha256(raw.encode()).hexdigest()[:16]
-        out = out[: _MAX_ID_LEN - 17].rstrip("._-") + "-" + suffix
-    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,45 +103,52 @@ _TMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)
 _STALE_TMP_AGE_S = 24 * 3600.0
 
 
-_ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_ID_BAD_CHARS = re.compile(r"(?:[^A-Za-z0-9_.\-]|\.{2,})+")
+_MAX_ID_LEN = 120
 
 
 VerifyMode = Literal["size", "sha256"]
 
 
-def sanitize_id(text: str) -> str:
-    """Make ``text`` safe as (part of) a file name.
+def sanitize_id(text: str, *, fallback: str | None = "dataset") -> str:
+    """Make an id filename-safe: only ``[A-Za-z0-9_.-]``, no ``..``, no leading dot.
+
+    Each run of other characters and ``..`` (path separators included) becomes one ``_``;
+    leading and trailing ``.``, ``_`` and ``-`` are stripped; ids longer than 120 characters
+    are shortened with a hash suffix. Applying it twice changes nothing.
 
     Parameters
     ----------
     text
-        Any identifier, e.g. a dataset id such as ``"precipitation.it_dpc_sri_5min"``.
-
-    Returns
-    -------
-    str
-        ``text`` with every run of characters outside ``[A-Za-z0-9._-]`` replaced by ``_`` and
-        leading dots removed (no hidden files).
-
-    Raises
-    ------
-    ParameterError
-        If nothing usable is left.
+        Any id, name or path.
+    fallback
+        Returned when nothing usable is left; None raises :class:`ParameterError` instead.
 
     Examples
     --------
+    >>> sanitize_id("../../etc/passwd")
+    'etc_passwd'
     >>> sanitize_id("precipitation/it dpc:5min")
     'precipitation_it_dpc_5min'
-    >>> sanitize_id("..hidden")
-    'hidden'
+    >>> sanitize_id("..", fallback=None)
+    Traceback (most recent call last):
+    ...
+    mlcast_pipes.errors.ParameterError: identifier '..' gives no usable file name; ...
 
     """
-    cleaned = _ID_BAD_CHARS.sub("_", str(text)).lstrip(".")
-    if not cleaned or cleaned in {".", ".."}:
-        raise ParameterError(
-            f"identifier {text!r} gives no usable file name; fix: use an id with letters or digits"
-        )
-    return cleaned
+    raw = str(text)
+    out = _ID_BAD_CHARS.sub("_", raw.strip()).strip("._-")
+    if not out:
+        if fallback is None:
+            raise ParameterError(
+                f"identifier {text!r} gives no usable file name; fix: use an id with letters "
+                "or digits"
+            )
+        return fallback
+    if len(out) > _MAX_ID_LEN:
+        suffix = hashlib.sha256(raw.encode()).hexdigest()[:16]
+        out = out[: _MAX_ID_LEN - 17].rstrip("._-") + "-" + suffix
+    return out
 
 
 def format_number(value: float) -> str:

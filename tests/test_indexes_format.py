@@ -91,7 +91,7 @@ def test_names_and_ids() -> None:
     assert importance_column(1.0) == "imp_s1" and importance_column(0.5) == "imp_s0_5"
     assert sanitize_id("precipitation.it dpc/5min") == "precipitation.it_dpc_5min"
     with pytest.raises(ParameterError):
-        sanitize_id("...")
+        sanitize_id("...", fallback=None)
     assert sidecar_path("/a/x.samples.csv") == Path("/a/x.meta.json")
 
 
@@ -249,7 +249,7 @@ def test_kill_mid_write_leaves_no_complete_index(tmp_path: Path) -> None:
         f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_index import _chunk, _meta, COLUMNS
+        from test_indexes_format import _chunk, _meta, COLUMNS
         from mlcast_pipes.indexes.index_csv import write_index
         def chunks():
             yield _chunk(0, 20)

@@ -13,7 +13,7 @@ import xarray as xr
 from torchdata.datapipes.iter import IterableWrapper
 
 import mlcast_pipes as mp
-import mlcast_pipes.indexes.sampling_stats as indexing
+import mlcast_pipes.indexes.sampling_stats as sampling_stats_mod
 from mlcast_pipes.cli import main
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
 from mlcast_pipes.indexes.plan import TilingPlan, iso_time, iter_tables
@@ -92,7 +92,7 @@ def test_sampling_stats_values_file_and_reload(
     def no_compute(*args, **kwargs):
         raise AssertionError("statistics recomputed")
 
-    monkeypatch.setattr(indexing, "compute_sampling_stats", no_compute)
+    monkeypatch.setattr(sampling_stats_mod, "compute_sampling_stats", no_compute)
     again = sampling_stats(table, pool)
     assert again == stats and stats.path.stat().st_mtime_ns == stamp
     # a sampling CSV newer than the statistics (a rebuilt pool) makes them stale
