@@ -42,19 +42,10 @@ DEFAULT_CLIP_MAX = 300.0
 
 @dataclass
 class MeanStdAccumulator:
-    """Streaming, NaN-aware mean and variance (Welford/Chan combination of chunks).
+    """Streaming, NaN-aware mean and variance; parts combine with :meth:`merge` (Chan's formula).
 
-    Chunks are reduced with numpy in float64 and merged with Chan's parallel formula, so
-    accumulators built on separate parts of the data can be combined with :meth:`merge`.
-
-    Attributes
-    ----------
-    count : int
-        Number of non-NaN values seen.
-    mean : float
-        Their mean (NaN while ``count`` is 0).
-    m2 : float
-        Sum of squared deviations from the mean.
+    ``count`` is the number of non-NaN values, ``mean`` their mean, ``m2`` the sum of squared
+    deviations.
 
     Examples
     --------
@@ -101,31 +92,12 @@ class MeanStdAccumulator:
 
 
 def fit_mean_std(values_iter: Iterable[npt.ArrayLike], *, ddof: int = 0) -> tuple[float, float]:
-    """Mean and standard deviation of all non-NaN values of a stream of arrays.
+    """``(mean, std)`` of all non-NaN values of a stream of arrays, without holding them all.
 
-    Equals ``np.nanmean`` / ``np.nanstd`` of the concatenated arrays without holding them
-    all in memory.
-
-    Parameters
-    ----------
-    values_iter : iterable of array_like
-        Chunks of values (any shapes), e.g. rain-rate frames in mm/h.
-    ddof : int
-        Delta degrees of freedom of the standard deviation.
-
-    Returns
-    -------
-    (float, float)
-        ``(mean, std)``.
-
-    Raises
-    ------
-    ParameterError
-        No non-NaN value in the stream.
+    Raises ParameterError if the stream has no non-NaN value.
 
     Examples
     --------
-    >>> import numpy as np
     >>> fit_mean_std([np.array([1.0, np.nan]), np.array([3.0])])
     (2.0, 1.0)
 
@@ -143,29 +115,10 @@ def fit_mean_std(values_iter: Iterable[npt.ArrayLike], *, ddof: int = 0) -> tupl
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Unit conversion + clutter clipping + a transform + NaN policy for one archive.
+    """Unit conversion, clutter clipping, a transform and a NaN policy for one archive.
 
-    Build it with :func:`make_normalizer`. Calling it maps native values (any shape, NaN =
-    no data) to float32 model inputs; :meth:`inverse` maps model outputs back to mm/h.
-    Picklable.
-
-    Attributes
-    ----------
-    transform : Transform
-        The scaling, reading values of kind ``transform.kind`` (the working kind).
-    kind : str
-        What the archive stores (``"rate"``, ``"reflectivity"`` or ``"amount"``).
-    to_work, from_work : callable or None
-        Native values to the transform's input and back (``None``: no conversion).
-    to_rate : callable or None
-        Transform input to mm/h (``None``: already mm/h or not possible without time_step).
-    clip_low, clip_high : float or None
-        Bounds applied to the transform's input (from ``clip_max`` in mm/h; rates and
-        amounts are also kept >= 0).
-    fill_nan : float or None
-        Output value of NaN inputs; ``None`` keeps NaN.
-    mask : bool
-        Whether :meth:`__call__` also returns the validity mask.
+    Built by :func:`make_normalizer`. Calling it maps native values (NaN = no data) to float32
+    model inputs (and a validity mask when ``mask``); :meth:`inverse` maps them back. Picklable.
 
     Examples
     --------
@@ -201,20 +154,7 @@ class Normalizer:
         return self.transform.kind
 
     def __call__(self, x: npt.ArrayLike) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Normalise native values.
-
-        Parameters
-        ----------
-        x : array_like
-            Values in the archive's units, any shape; NaN = no data.
-
-        Returns
-        -------
-        numpy.ndarray or (numpy.ndarray, numpy.ndarray)
-            float32 values of the same shape, NaN-free unless ``fill_nan`` is None; with
-            ``mask=True`` also a bool array, True where ``x`` had data.
-
-        """
+        """Normalise native values (NaN = no data) to float32; with ``mask`` also the mask."""
         arr = _as_float(x)
         work = self.to_work(arr) if self.to_work is not None else arr
         if self.clip_low is not None or self.clip_high is not None:
@@ -239,27 +179,10 @@ class Normalizer:
         return out
 
     def inverse(self, y: npt.ArrayLike, *, native: bool = False) -> np.ndarray:
-        """Map model-space values back to rain rate in mm/h (or to native units).
+        """Map model-space values back to mm/h (``native=True``: the archive's units).
 
-        Only the transform's invertible domain is restored (see each transform); filled
-        NaN pixels come back as "no rain", clipped clutter as the clip value.
-
-        Parameters
-        ----------
-        y : array_like
-            Model-space values (e.g. a model's output), any shape.
-        native : bool
-            Return the archive's units (dBZ, mm per step, ...) instead of mm/h.
-
-        Returns
-        -------
-        numpy.ndarray
-            float32 array of the same shape.
-
-        Raises
-        ------
-        ParameterError
-            mm/h asked for an amount archive whose time step is unknown.
+        Filled NaN pixels come back as no rain, clipped clutter as the clip value. Raises
+        ParameterError for mm/h of an amount archive whose time step is unknown.
 
         """
         work = self.transform.inverse(_as_float(y))
@@ -286,51 +209,35 @@ def make_normalizer(
 ) -> Normalizer:
     """Build the :class:`Normalizer` of a variable.
 
-    The transform reads the archive's values directly when it accepts their kind (after
-    rates are brought to mm/h); otherwise the values are converted to rain rate in mm/h
-    (Marshall-Palmer for dBZ, division by the step for amounts).
+    The transform reads the archive's values when it accepts their kind; otherwise they are
+    converted to mm/h first (Marshall-Palmer for dBZ, division by the step for amounts).
 
     Parameters
     ----------
-    method : str
-        ``"auto"`` (``ldcast`` for rates and amounts, ``mlcast_dbz`` for reflectivity) or a
-        name from :func:`available_transforms`.
-    standard_name, units : str or None
-        CF attributes of the variable (see :func:`variable_kind`).
-    time_step : numpy.timedelta64, datetime.timedelta, str or None
-        Nominal step of the archive; needed to turn amounts into rates.
-    clip_max : float or None
-        Clutter clip in mm/h (default 300): larger rates (or the equivalent dBZ / amount per
-        step) are set to it before scaling; negative rates and amounts become 0. ``None``
-        disables clipping.
-    fill_nan : float, "auto" or None
-        Output value for NaN input; ``"auto"`` uses ``transform.fill_value`` (the image of no
-        rain); ``None`` keeps NaN.
-    mask : bool
-        Also return a bool validity mask (True where the input had data).
-    dbz_floor : float
-        Reflectivity (dBZ) at or below which there is no rain, for dBZ <-> mm/h conversion.
+    method
+        ``"auto"`` (``ldcast`` for rates and amounts, ``mlcast_dbz`` for reflectivity) or a name
+        from :func:`available_transforms`.
+    standard_name, units, time_step
+        The variable's CF attributes and nominal step (needed to turn amounts into rates).
+    clip_max
+        Clutter clip in mm/h (None: off); negative rates and amounts become 0.
+    fill_nan
+        Output for NaN input: a number, ``"auto"`` (the transform's image of no rain) or None.
+    mask
+        Also return a validity mask (True where the input had data).
+    dbz_floor
+        dBZ at or below which there is no rain.
     **params
         The transform's parameters (e.g. ``mean``/``std`` for ``fitted``).
 
-    Returns
-    -------
-    Normalizer
-
-    Raises
-    ------
-    ParameterError
-        Unknown method or units, bad parameters, or a method that cannot read the variable
-        (e.g. a rain-rate transform on amounts without ``time_step``).
+    Raises ParameterError for unknown methods or units, bad parameters, or a method that cannot
+    read the variable.
 
     Examples
     --------
-    >>> import numpy as np
     >>> norm = make_normalizer(standard_name="rainfall_flux", units="mm h-1")
-    >>> norm.name
-    'ldcast'
-    >>> norm(np.array([np.nan, 10.0])).round(3)
-    array([-3.121,  1.991], dtype=float32)
+    >>> norm.name, norm(np.array([np.nan, 10.0])).round(3)
+    ('ldcast', array([-3.121,  1.991], dtype=float32))
 
     """
     kind = variable_kind(standard_name, units)
@@ -435,33 +342,13 @@ def denormalize(
     native: bool = False,
     **params: Any,
 ) -> np.ndarray:
-    """Map normalised values (e.g. model outputs) back to rain rate in mm/h.
+    """Map normalised values (e.g. model outputs) back to mm/h, or native units with ``native``.
 
-    Takes the same arguments as :func:`make_normalizer`; clipping and NaN options do not
-    matter for the inverse. With neither ``standard_name`` nor ``units`` the data are taken
-    to be rain rates in mm/h.
-
-    Parameters
-    ----------
-    y : array_like
-        Normalised values, any shape.
-    method : str
-        The method used to normalise (``"auto"`` picks as :func:`make_normalizer` does).
-    standard_name, units, time_step
-        Describe the archive the values were normalised from.
-    native : bool
-        Return the archive's units instead of mm/h.
-    **params
-        The transform's parameters, as given when normalising.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 rain rate in mm/h (or native values).
+    Takes the arguments given to :func:`make_normalizer`; without ``standard_name`` and
+    ``units`` the values are taken to be rain rates in mm/h.
 
     Examples
     --------
-    >>> import numpy as np
     >>> denormalize(np.array([-1.0, 0.0]), "mlcast_dbz").round(2)
     array([0.  , 2.73], dtype=float32)
 

@@ -81,19 +81,7 @@ def _as_float(x: npt.ArrayLike) -> ArrayF:
 def rate_to_dbz(
     r: npt.ArrayLike, a: float = MARSHALL_PALMER_A, b: float = MARSHALL_PALMER_B
 ) -> ArrayF:
-    """Reflectivity in dBZ of a rain rate by ``Z = a R^b``: ``dBZ = 10 log10(a R^b)``.
-
-    Parameters
-    ----------
-    r : array_like
-        Rain rate in mm/h. Zero gives ``-inf``, negative values NaN, NaN stays NaN.
-    a, b : float
-        Z-R coefficients (Marshall-Palmer by default).
-
-    Returns
-    -------
-    numpy.ndarray
-        Reflectivity in dBZ (float, at least float32).
+    """Reflectivity ``dBZ = 10 log10(a R^b)`` of rain rate R in mm/h (0 gives -inf, negative NaN).
 
     Examples
     --------
@@ -109,21 +97,7 @@ def rate_to_dbz(
 def dbz_to_rate(
     dbz: npt.ArrayLike, a: float = MARSHALL_PALMER_A, b: float = MARSHALL_PALMER_B
 ) -> ArrayF:
-    """Rain rate in mm/h of a reflectivity by ``Z = a R^b``: ``R = (10**(dBZ/10) / a)**(1/b)``.
-
-    No floor is applied (see :func:`to_rain_rate_fn` for the "no rain" floor).
-
-    Parameters
-    ----------
-    dbz : array_like
-        Reflectivity in dBZ; NaN stays NaN.
-    a, b : float
-        Z-R coefficients (Marshall-Palmer by default).
-
-    Returns
-    -------
-    numpy.ndarray
-        Rain rate in mm/h (float, at least float32).
+    """Rain rate ``R = (10**(dBZ/10) / a)**(1/b)`` in mm/h, without a no-rain floor.
 
     Examples
     --------
@@ -168,44 +142,17 @@ def to_rain_rate_fn(
     b: float = MARSHALL_PALMER_B,
     dbz_floor: float = DEFAULT_DBZ_FLOOR,
 ) -> Callable[[np.ndarray], np.ndarray] | None:
-    """Return a numpy function converting the native variable to rain rate in mm/h.
+    """A picklable numpy function from the variable's values to mm/h, or None if already mm/h.
 
-    * rates: multiplied by 3600 for ``kg m-2 s-1`` / ``mm s-1``; ``None`` when already mm/h;
-    * reflectivity (dBZ): Marshall-Palmer ``R = (10**(dBZ/10)/a)**(1/b)``, and values at or
-      below ``dbz_floor`` (the "no rain" reflectivity) become 0;
-    * amounts per time step (mm, kg m-2): divided by the step length in hours.
-
-    NaN stays NaN. The function is picklable (it can be sent to worker processes).
-
-    Parameters
-    ----------
-    standard_name, units : str or None
-        CF attributes of the variable (see :func:`variable_kind`).
-    time_step : numpy.timedelta64, datetime.timedelta, str or None
-        Nominal time step of the archive; required for amounts.
-    a, b : float
-        Z-R coefficients for reflectivity.
-    dbz_floor : float
-        Reflectivity (dBZ) at or below which there is no rain.
-
-    Returns
-    -------
-    callable or None
-        ``f(native) -> rate``, or ``None`` when the values are already in mm/h.
-
-    Raises
-    ------
-    ParameterError
-        Unknown units, or an amount archive without ``time_step``.
+    Rates per second are multiplied by 3600; dBZ use Marshall-Palmer (``a``, ``b``) and values at or
+    below ``dbz_floor`` become 0; amounts are divided by ``time_step`` in hours. Raises
+    ParameterError for unknown units or an amount archive without ``time_step``.
 
     Examples
     --------
-    >>> import numpy as np
     >>> f = to_rain_rate_fn("precipitation_amount", "mm", np.timedelta64(5, "m"))
     >>> f(np.array([1.0]))
     array([12.])
-    >>> to_rain_rate_fn("rainfall_flux", "mm h-1", None) is None
-    True
 
     """
     kind = variable_kind(standard_name, units)
@@ -227,24 +174,12 @@ def from_rain_rate_fn(
     b: float = MARSHALL_PALMER_B,
     dbz_floor: float = DEFAULT_DBZ_FLOOR,
 ) -> Callable[[np.ndarray], np.ndarray] | None:
-    """Return the inverse of :func:`to_rain_rate_fn`: rain rate in mm/h to native units.
+    """The inverse of :func:`to_rain_rate_fn`: mm/h to native units (None if already mm/h).
 
-    For reflectivity, rates whose dBZ lies at or below ``dbz_floor`` (zero rain included)
-    come back as ``dbz_floor``; the round trip is exact above the floor.
-
-    Parameters
-    ----------
-    standard_name, units, time_step, a, b, dbz_floor
-        As for :func:`to_rain_rate_fn`.
-
-    Returns
-    -------
-    callable or None
-        ``f(rate) -> native``, or ``None`` when the native values are already in mm/h.
+    For dBZ, rates at or below the floor come back as ``dbz_floor``.
 
     Examples
     --------
-    >>> import numpy as np
     >>> f = from_rain_rate_fn("equivalent_reflectivity_factor", "dBZ", None)
     >>> f(np.array([0.0, 1.0])).round(3)
     array([ 0.  , 23.01])

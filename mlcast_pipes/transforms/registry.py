@@ -34,27 +34,16 @@ __all__ = [
 class Transform:
     """An invertible scaling of precipitation values, registered by name.
 
-    Subclasses set the class attributes and implement :meth:`forward` and :meth:`inverse`;
-    both take and return numpy float arrays of any shape, keep NaN as NaN and never modify
-    their input.
-
-    Attributes
-    ----------
-    name : str
-        The registry name (set by :func:`register_transform`).
-    accepts : frozenset of {"rate", "reflectivity", "amount"}
-        Kinds of values :meth:`forward` can read. A :class:`Normalizer` converts other
-        variables to rain rate (mm/h) first when ``"rate"`` is accepted.
-    kind : str
-        The kind this instance reads (one of ``accepts``; ``"rate"`` means mm/h).
-    fill_value : float
-        The output value that stands for NaN input (by default the image of "no rain").
+    Subclasses implement :meth:`forward` and :meth:`inverse` (float arrays, NaN kept, input
+    untouched) and set ``accepts`` (kinds ``forward`` can read; others are converted to mm/h
+    first when ``"rate"`` is accepted), ``kind`` (what this instance reads) and ``fill_value``
+    (the output standing for NaN input, by default the image of no rain).
 
     Examples
     --------
     >>> t = get_transform("log1p")
-    >>> isinstance(t, Transform), t.kind, t.fill_value
-    (True, 'rate', 0.0)
+    >>> t.kind, t.fill_value
+    ('rate', 0.0)
 
     """
 
@@ -103,28 +92,10 @@ _REGISTRY: dict[str, TransformFactory] = {}
 
 
 def register_transform(name: str) -> Callable[[TransformFactory], TransformFactory]:
-    """Register a :class:`Transform` subclass (or a factory returning one) under ``name``.
+    """Decorator registering a :class:`Transform` subclass (or a factory) under ``name``.
 
-    Parameters
-    ----------
-    name : str
-        Registry name, used by :func:`get_transform` and ``make_normalizer(method=name)``.
-
-    Returns
-    -------
-    callable
-        A decorator that registers its argument and returns it unchanged (a class gets its
-        ``name`` attribute set).
-
-    Raises
-    ------
-    ParameterError
-        ``name`` is empty, ``"auto"``, or already taken by another transform.
-
-    Notes
-    -----
-    A transform accepting several kinds (``accepts``) must take a keyword ``kind``: the
-    :class:`Normalizer` passes the kind it feeds the transform.
+    A transform accepting several kinds must take a keyword ``kind``. Raises ParameterError for an
+    empty name, ``"auto"`` or a name taken by another transform.
 
     Examples
     --------
@@ -164,10 +135,6 @@ def _origin(factory: TransformFactory) -> tuple[str, str]:
 def available_transforms() -> list[str]:
     """Names of the registered transforms, sorted.
 
-    Returns
-    -------
-    list of str
-
     Examples
     --------
     >>> {"fitted", "ldcast", "log1p", "mlcast_dbz", "scale"} <= set(available_transforms())
@@ -178,23 +145,7 @@ def available_transforms() -> list[str]:
 
 
 def get_transform(name: str, **params: Any) -> Transform:
-    """Build a registered transform.
-
-    Parameters
-    ----------
-    name : str
-        A name from :func:`available_transforms`.
-    **params
-        The transform's parameters (e.g. ``offset``/``scale`` for ``"scale"``).
-
-    Returns
-    -------
-    Transform
-
-    Raises
-    ------
-    ParameterError
-        Unknown name (the message lists the known ones) or parameters the transform rejects.
+    """Build a registered transform; ParameterError for unknown names or rejected parameters.
 
     Examples
     --------
@@ -261,18 +212,15 @@ _LDCAST_STD = 0.528
 class LDCastTransform(Transform):
     """LDCast's log rain rate: ``R < 0.1 -> 0.02``, ``x = (log10(R) + 0.051) / 0.528``.
 
-    Inverse: ``R = 10**(0.528 x - 0.051)``, values below 0.1 mm/h set to 0. Invertible for
-    R >= 0.1 mm/h; rates below 0.1 (no or negligible rain) all map to ``fill_value``
-    ``(log10(0.02) + 0.051) / 0.528`` (about -3.12) and come back as 0. Reads rain rate in mm/h.
+    Invertible for R >= 0.1 mm/h; lower rates map to ``fill_value`` (about -3.12) and come back
+    as 0.
 
     Examples
     --------
     >>> t = LDCastTransform()
     >>> x = t.forward(np.array([0.0, 1.0, 10.0]))
-    >>> x.round(3)
-    array([-3.121,  0.097,  1.991])
-    >>> t.inverse(x).round(3)
-    array([ 0.,  1., 10.])
+    >>> x.round(3), t.inverse(x).round(3)
+    (array([-3.121,  0.097,  1.991]), array([ 0.,  1., 10.]))
 
     """
 
@@ -308,23 +256,11 @@ _DBZ_MAX = 60.0
 class MLCastDBZTransform(Transform):
     """The MLCast community reflectivity scaling: ``x = clip(dBZ, 0, 60) / 30 - 1``.
 
-    From rain rate, ``dBZ = 10 log10(200 R^1.6)`` (Marshall-Palmer, R <= 0 gives 0 dBZ); a
-    reflectivity archive is read directly (``kind="reflectivity"``). The clipping is lossy:
-    :meth:`inverse` restores values inside the clip range (0 < dBZ < 60, i.e. about
-    0.036 < R < 205 mm/h); anything at or below 0 dBZ comes back as 0 mm/h (or 0 dBZ), and
-    anything above as 60 dBZ (about 205 mm/h). Model outputs outside [-1, 1] are clipped
-    the same way. ``fill_value`` is -1 (0 dBZ), as in the community loader.
-
-    Parameters
-    ----------
-    kind : {"rate", "reflectivity"}
-        Whether :meth:`forward` reads mm/h or dBZ (and :meth:`inverse` returns it).
+    Rates are converted with Marshall-Palmer; ``kind="reflectivity"`` reads dBZ directly. Lossy
+    outside 0-60 dBZ (about 0.036-205 mm/h); ``fill_value`` is -1 (0 dBZ).
 
     Examples
     --------
-    >>> t = MLCastDBZTransform()
-    >>> t.forward(np.array([0.0, 1.0])).round(3)
-    array([-1.   , -0.233])
     >>> MLCastDBZTransform(kind="reflectivity").forward(np.array([30.0, 70.0]))
     array([0., 1.])
 
@@ -352,14 +288,7 @@ class MLCastDBZTransform(Transform):
 
 @register_transform("log1p")
 class Log1pTransform(Transform):
-    """``x = log1p(R) / scale``; inverse ``R = expm1(scale x)`` (negative results set to 0).
-
-    Exactly invertible for R >= 0. Reads rain rate in mm/h; ``fill_value`` is 0.
-
-    Parameters
-    ----------
-    scale : float
-        Positive divisor of ``log1p(R)`` (default 1).
+    """``x = log1p(R) / scale``, exactly invertible for R >= 0; ``fill_value`` 0.
 
     Examples
     --------
@@ -395,17 +324,7 @@ class Log1pTransform(Transform):
 
 @register_transform("scale")
 class ScaleTransform(Transform):
-    """Affine scaling ``x = (v - offset) / scale``, exactly invertible.
-
-    Reads any kind: rain rate (mm/h), dBZ, or amounts, as chosen by the :class:`Normalizer`
-    (the archive's own kind). ``fill_value`` is the image of 0: ``-offset / scale``.
-
-    Parameters
-    ----------
-    offset : float
-        Subtracted first (default 0).
-    scale : float
-        Non-zero divisor (default 1).
+    """Affine ``x = (v - offset) / scale`` of any kind; ``fill_value`` is the image of 0.
 
     Examples
     --------
@@ -441,9 +360,7 @@ class ScaleTransform(Transform):
 
 @register_transform("identity")
 class IdentityTransform(ScaleTransform):
-    """No scaling: values pass through (NaN filling and clipping still apply in a Normalizer).
-
-    Reads any kind; ``fill_value`` is 0.
+    """No scaling (NaN filling and clipping still apply in a Normalizer); ``fill_value`` 0.
 
     Examples
     --------
@@ -461,21 +378,10 @@ class IdentityTransform(ScaleTransform):
 
 @register_transform("fitted")
 class FittedTransform(ScaleTransform):
-    """Standardisation ``x = (R - mean) / std`` with statistics of the training data.
+    """Standardisation ``x = (R - mean) / std`` with statistics of the training data (mm/h).
 
-    ``mean`` and ``std`` are in rain rate mm/h (as computed at prepare time by
-    :func:`fit_mean_std` and stored with :func:`write_stats_csv`). Give them directly, or
-    give ``stats_file`` (a ``{sampling_id}.stats.csv``) and, when it holds several rows,
-    ``variable``. Exactly invertible; ``fill_value`` is ``-mean / std`` (no rain).
-
-    Parameters
-    ----------
-    mean, std : float, optional
-        The statistics (std > 0).
-    stats_file : str or Path, optional
-        Read ``mean``/``std`` from this file instead.
-    variable : str, optional
-        Row of ``stats_file`` to use.
+    Give ``mean`` and ``std``, or ``stats_file`` (a ``{sampling_id}.stats.csv``) and, when it has
+    several rows, ``variable``. ``fill_value`` is ``-mean / std`` (no rain).
 
     Examples
     --------
