@@ -106,48 +106,18 @@ def load_community_csv(
 ) -> pd.DataFrame:
     """Read the MLCast community sampler's ``t,x,y`` CSV as a tiling table and unbinned pool.
 
-    In that tool arrays are ordered ``(t, x, y)`` and ``x`` indexes axis 1; in an MLCast archive
-    ``(time, y, x)`` axis 1 is ``y`` (rows). With ``x_is_axis=1`` (default) their ``x`` becomes
-    our ``y_start`` and their ``y`` our ``x_start``; ``x_is_axis=2`` maps them by name.
-
-    Parameters
-    ----------
-    path : str or path
-        CSV with columns ``t,x,y`` (absolute indices of a cube's first step and top-left corner).
-    n_time_window : int
-        Steps per cube (24 in the community tool).
-    tile_size : (int, int)
-        Cube size as (rows, columns) = (``y_tile``, ``x_tile``).
-    times : array_like of datetime64, optional
-        The archive's time coordinate; fills ``time_start`` (datetime64, NaT without it).
-    x_is_axis : {1, 2}
-        Which array axis their ``x`` indexes.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Tiling columns (``tile_id`` = row number, ``time_start``, ``t_start``, ``y_start``,
-        ``x_start``, ``n_time_window``, ``y_tile``, ``x_tile``) plus pool columns
-        (``source_tile_id``, ``scalar_value`` = NaN, ``bin_id`` = -1, ``weight`` = 1), usable by
-        :func:`draw_epoch`.
-
-    Raises
-    ------
-    IndexFileError
-        Unreadable file or missing/invalid columns.
-    ParameterError
-        Bad ``x_is_axis``, ``tile_size``, ``n_time_window`` or too short ``times``.
+    That tool orders arrays ``(t, x, y)``: with ``x_is_axis=1`` (default) its ``x`` is our
+    ``y_start`` (rows) and its ``y`` our ``x_start``; ``x_is_axis=2`` maps them by name.
+    ``times`` (the archive's time coordinate) fills ``time_start``. The result works with the
+    samplers and :func:`draw_epoch`. Raises IndexFileError for bad files, ParameterError for bad
+    options.
 
     Examples
     --------
-    >>> from mlcast_pipes.sampling import draw_epoch
-    >>> cubes = pd.DataFrame({"t": [0, 24], "x": [0, 256], "y": [256, 0]})
-    >>> cubes.to_csv("cubes.csv", index=False)
+    >>> pd.DataFrame({"t": [0, 24], "x": [0, 256], "y": [256, 0]}).to_csv("cubes.csv", index=False)
     >>> table = load_community_csv("cubes.csv", n_time_window=24, tile_size=(256, 256))
     >>> table[["tile_id", "t_start", "y_start", "x_start"]].to_numpy().tolist()
     [[0, 0, 0, 256], [1, 24, 256, 0]]
-    >>> sorted(draw_epoch(table, n_samples=2, seed=0, epoch=0).tolist())
-    [0, 1]
 
     """
     p = Path(path)
@@ -177,42 +147,18 @@ def load_community_stats(
 ) -> pd.DataFrame:
     """Read the community per-cube statistics (``t,x,y,nan_count,sum,mean,frac_wet``).
 
-    Parquet (``.parquet``/``.pq``, needs pyarrow) or CSV with the same columns. The result is
-    what :func:`load_community_csv` returns plus the statistics and ``nan_fraction``; it can be
-    passed to the samplers (e.g. ``binnorm`` with ``aggregation="mean"``) or to :func:`draw_epoch`.
-
-    Parameters
-    ----------
-    path : str or path
-        Statistics file.
-    n_time_window, tile_size, times, x_is_axis
-        As for :func:`load_community_csv`.
-    scalar : str
-        Statistic copied to ``scalar_value``.
-
-    Returns
-    -------
-    pandas.DataFrame
-
-    Raises
-    ------
-    IndexFileError
-        Unreadable file, parquet without pyarrow, missing columns.
+    Parquet (needs pyarrow) or CSV; returns :func:`load_community_csv`'s table plus the
+    statistics and ``nan_fraction``, with ``scalar`` copied to ``scalar_value``.
 
     Examples
     --------
-    >>> from mlcast_pipes.sampling import run_sampler
-    >>> cubes = pd.DataFrame({
+    >>> pd.DataFrame({
     ...     "t": [0, 0, 2], "x": [0, 0, 4], "y": [0, 4, 0], "nan_count": [0, 8, 0],
     ...     "sum": [0.0, 16.0, 64.0], "mean": [0.0, 0.5, 2.0], "frac_wet": [0.0, 0.25, 0.75],
-    ... })
-    >>> cubes.to_csv("stats.csv", index=False)
+    ... }).to_csv("stats.csv", index=False)
     >>> stats = load_community_stats("stats.csv", n_time_window=2, tile_size=(4, 4))
     >>> stats["scalar_value"].tolist(), stats["nan_fraction"].tolist()
     ([0.0, 0.5, 2.0], [0.0, 0.25, 0.0])
-    >>> pool = run_sampler("binnorm", stats, seed=0, aggregation="mean", n_scalar_total_bins=2)
-    >>> pool["bin_id"].tolist()
-    [0, 1, 1]
 
     """
     p = Path(path)

@@ -46,44 +46,19 @@ def write_index(
     columns: Sequence[str],
     float_format: str = "%.6g",
 ) -> dict[str, Any]:
-    """Stream an index CSV to disk block by block, then write its sidecar; atomic as a whole.
+    """Stream an index CSV to disk chunk by chunk, then its sidecar; atomic as a whole.
 
-    Order of operations: rows go to a temporary file (fsynced); any old sidecar is deleted; the
-    temporary file replaces the CSV; the sidecar (with row count, byte size and sha256 of the CSV)
-    is written atomically last. An exception or a kill at any point leaves no index that looks
-    complete (a CSV without sidecar is "incomplete").
-
-    Parameters
-    ----------
-    csv_path
-        Final CSV path (``{index_dir}/{index_id}.samples.csv``).
-    chunks
-        DataFrames with exactly ``columns`` (in that order), written as they come; they may be
-        produced lazily so that memory stays bounded.
-    meta
-        Metadata to store, or a function returning it (called after the last chunk, so it can
-        report counts gathered while streaming); ``n_rows``, ``csv_file``, ``csv_bytes``,
-        ``csv_sha256``, ``columns`` and ``format_version`` are added.
-    columns
-        Column names in file order.
-    float_format
-        printf format of float columns.
-
-    Returns
-    -------
-    dict
-        The metadata as written to the sidecar.
+    Rows go to an fsynced temp file, any old sidecar is removed, the temp file replaces the CSV and
+    the sidecar (row count, size, sha256) is written last: an interrupted write never leaves an
+    index that looks complete. ``chunks`` are DataFrames with exactly ``columns`` (may be lazy);
+    ``meta`` is a mapping or a function called after the last chunk. Returns the sidecar.
 
     Examples
     --------
     >>> rows = pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]})
     >>> meta = write_index("wi/demo.samples.csv", [rows], {"kind": "demo"}, columns=["a", "b"])
-    >>> meta["n_rows"], meta["csv_bytes"], meta["columns"]
-    (2, 17, ['a', 'b'])
-    >>> sorted(p.name for p in Path("wi").iterdir())
-    ['demo.meta.json', 'demo.samples.csv']
-    >>> Path("wi/demo.samples.csv").read_text().splitlines()
-    ['a,b', '1,0.5', '2,0.25']
+    >>> meta["n_rows"], sorted(p.name for p in Path("wi").iterdir())
+    (2, ['demo.meta.json', 'demo.samples.csv'])
 
     """
     csv = Path(csv_path)
@@ -131,19 +106,12 @@ def write_index(
 
 
 def resolve_csv_path(path: str | os.PathLike[str], index_id: str | None = None) -> Path:
-    """Return the index CSV named by a CSV path, a sidecar path, or a folder plus an index id.
-
-    Raises
-    ------
-    ParameterError
-        If ``path`` is a folder and no ``index_id`` is given.
+    """The index CSV named by a CSV path, a sidecar path, or a folder plus an index id.
 
     Examples
     --------
-    >>> resolve_csv_path("idx", "radar").as_posix()
-    'idx/radar.samples.csv'
-    >>> resolve_csv_path("idx/radar.meta.json").as_posix()
-    'idx/radar.samples.csv'
+    >>> resolve_csv_path("idx", "radar").as_posix(), resolve_csv_path("idx/radar.meta.json").name
+    ('idx/radar.samples.csv', 'radar.samples.csv')
 
     """
     p = Path(path)
@@ -176,45 +144,15 @@ def validate_index(
 ) -> dict[str, Any]:
     """Check that an index is complete, intact and made for the expected parameters and data.
 
-    Parameters
-    ----------
-    path
-        The index CSV (or its sidecar), or the index folder when ``index_id`` is given.
-    index_id
-        Index id (file name without ``.samples.csv``) inside folder ``path``.
-    kind
-        Expected ``kind`` in the sidecar (``"tiling"``, ``"sampling"``), if any.
-    expected_params
-        Parameters the caller wants; each differing entry of ``meta["params"]`` is reported.
-    expected_fingerprint
-        Fingerprint of the dataset as it is now.
-    verify
-        ``"size"`` compares the CSV byte size with the sidecar (cheap); ``"sha256"`` also hashes
-        the whole CSV (detects same-size edits).
-    rerun_hint
-        How to rebuild the index, used in messages.
-
-    Returns
-    -------
-    dict
-        The sidecar metadata.
-
-    Raises
-    ------
-    IndexFileError
-        Missing CSV, missing sidecar (interrupted write), size/hash/columns mismatch.
-    StaleIndexError
-        Another format version, other parameters, or another dataset fingerprint.
+    ``path`` is the CSV or sidecar, or the folder with ``index_id``. ``verify="size"`` compares
+    the CSV size with the sidecar, ``"sha256"`` also hashes it. Returns the sidecar. Raises
+    IndexFileError (missing, incomplete or edited files) or StaleIndexError (other format
+    version, ``expected_params`` or ``expected_fingerprint``), with ``rerun_hint`` as the fix.
 
     Examples
     --------
-    >>> rows = pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]})
-    >>> _ = write_index(
-    ...     "vi/x.samples.csv", [rows], {"kind": "demo", "params": {"size": 64}}, columns=["a", "b"]
-    ... )
-    >>> meta = validate_index("vi", "x", kind="demo", expected_params={"size": 64}, verify="sha256")
-    >>> meta["n_rows"]
-    2
+    >>> rows = pd.DataFrame({"a": [1, 2]})
+    >>> _ = write_index("vi/x.samples.csv", [rows], {"params": {"size": 64}}, columns=["a"])
     >>> try:
     ...     validate_index("vi", "x", expected_params={"size": 32})
     ... except StaleIndexError as exc:
@@ -296,43 +234,18 @@ def read_index_table(
     *,
     columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Read an (already validated) index CSV with compact dtypes.
+    """Read a validated index CSV with the sidecar's compact dtypes (``columns``: a subset).
 
-    Parameters
-    ----------
-    path
-        Index CSV.
-    meta
-        Its sidecar metadata (``columns`` and optional ``dtypes``).
-    columns
-        Subset of columns to read (file order is kept); None reads all.
-
-    Returns
-    -------
-    pandas.DataFrame
-        int32 positions, float32 statistics, ``time_start`` as datetime64.
-
-    Raises
-    ------
-    ParameterError
-        If ``columns`` names a column the index does not have.
-    IndexFileError
-        If the CSV cannot be parsed.
+    Raises ParameterError for an unknown column, IndexFileError if the CSV cannot be parsed.
 
     Examples
     --------
     >>> from mlcast_pipes.indexes.format import tiling_dtypes
-    >>> rows = pd.DataFrame(
-    ...     {"t_start": [0, 4], "time_start": ["2024-05-01T00:00:00"] * 2, "mean": [0.5, 1.25]}
-    ... )
-    >>> cols = list(rows.columns)
-    >>> meta = {"dtypes": tiling_dtypes(cols)}  # stored in the sidecar by the tiling pass
-    >>> meta = write_index("ri/x.samples.csv", [rows], meta, columns=cols)
-    >>> table = read_index_table("ri/x.samples.csv", meta)
-    >>> table.dtypes.astype(str).to_dict()
-    {'t_start': 'int32', 'time_start': 'datetime64[ns]', 'mean': 'float32'}
-    >>> read_index_table("ri/x.samples.csv", meta, columns=["mean"])["mean"].tolist()
-    [0.5, 1.25]
+    >>> rows = pd.DataFrame({"t_start": [0, 4], "mean": [0.5, 1.25]})
+    >>> meta = {"dtypes": tiling_dtypes(["t_start", "mean"])}
+    >>> meta = write_index("ri/x.samples.csv", [rows], meta, columns=["t_start", "mean"])
+    >>> read_index_table("ri/x.samples.csv", meta).dtypes.astype(str).to_dict()
+    {'t_start': 'int32', 'mean': 'float32'}
 
     """
     all_cols = list(meta.get("columns", []))
@@ -376,34 +289,12 @@ def load_index(
     verify: VerifyMode = "size",
     columns: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Validate and read an index: ``(table, meta)``.
-
-    Parameters
-    ----------
-    path
-        The index CSV (or its sidecar), or the folder when ``index_id`` is given.
-    index_id
-        Index id inside folder ``path``.
-    kind
-        Expected index kind, if any.
-    expected_params
-        Parameters the caller wants (a changed one raises :class:`StaleIndexError` naming it).
-    expected_fingerprint
-        Current dataset fingerprint (a change raises :class:`StaleIndexError`).
-    verify
-        ``"size"`` or ``"sha256"``, see :func:`validate_index`.
-    columns
-        Columns to read (None: all).
-
-    Returns
-    -------
-    tuple
-        ``(table, meta)``.
+    """Validate (see :func:`validate_index`) and read an index: ``(table, meta)``.
 
     Examples
     --------
-    >>> rows = pd.DataFrame({"a": [1, 2, 3], "b": [0.5, 0.25, 0.125]})
-    >>> _ = write_index("li/x.samples.csv", [rows], {"kind": "demo"}, columns=["a", "b"])
+    >>> rows = pd.DataFrame({"a": [1, 2, 3]})
+    >>> _ = write_index("li/x.samples.csv", [rows], {"kind": "demo"}, columns=["a"])
     >>> table, meta = load_index("li", "x", kind="demo")
     >>> table["a"].tolist(), meta["n_rows"]
     ([1, 2, 3], 3)

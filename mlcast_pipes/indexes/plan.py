@@ -50,8 +50,8 @@ def dataset_info(da: xr.DataArray) -> DatasetInfo:
     >>> archive = ensure_demo(Path(tempfile.gettempdir()) / "mlcast-doctest-tiny.zarr", "tiny")
     >>> da = mp.open_mlcast(archive)
     >>> info = dataset_info(da)
-    >>> info.standard_name, info.units, info.time_step.astype("timedelta64[m]")
-    ('rainfall_flux', 'mm h-1', np.timedelta64(5,'m'))
+    >>> info.standard_name, info.units
+    ('rainfall_flux', 'mm h-1')
 
     """
     times = np.asarray(da["time"].values)
@@ -66,20 +66,9 @@ def dataset_info(da: xr.DataArray) -> DatasetInfo:
 
 @dataclass
 class TilingPlan:
-    """How to tile archives: parameters, index folder, split. Picklable; no datapipe inside.
+    """How to tile archives: ``params``, ``index_dir``, optional ``split``; picklable.
 
-    Attributes
-    ----------
-    params : TilingParams
-        Window length, tile size, strides, NaN threshold, statistics.
-    index_dir : pathlib.Path
-        Folder of the index files.
-    split : TimeSplit, optional
-        Keep only tiles whose frames all lie in this split.
-    recompute : bool
-        Recompute a stale index instead of raising.
-    progress : bool
-        Show a progress bar while computing statistics.
+    ``recompute`` recomputes a stale index instead of raising; ``progress`` shows a bar.
 
     Examples
     --------
@@ -164,22 +153,8 @@ def prepare_index(
 ) -> TileIndex:
     """Load the tiling index of an opened archive, or compute it, under a file lock.
 
-    Parameters
-    ----------
-    da : xarray.DataArray
-        An archive opened with :func:`mlcast_pipes.dataset.open_mlcast`.
-    params : TilingParams
-        Tiling parameters.
-    index_dir : str or path, optional
-        Folder of the index files (:func:`default_index_dir` when None).
-    recompute : bool
-        Recompute a stale index instead of raising :class:`~mlcast_pipes.errors.StaleIndexError`.
-    progress : bool
-        Show a progress bar while computing.
-
-    Returns
-    -------
-    TileIndex
+    ``index_dir`` defaults to :func:`default_index_dir`; ``recompute`` rebuilds a stale index
+    instead of raising StaleIndexError.
 
     Examples
     --------
@@ -246,18 +221,9 @@ def _ensure_folder(folder: Path) -> Path:
 
 @dataclass
 class TileTable:
-    """The tiles of one archive usable in this run: index rows plus the archive's description.
+    """The tiles of one archive usable in this run: ``info``, ``index``, kept ``rows``, ``name``.
 
-    Attributes
-    ----------
-    info : DatasetInfo
-        The archive.
-    index : TileIndex
-        The full tiling index (file, sidecar, table).
-    rows : pandas.DataFrame
-        Rows of the index kept for this run (all, or those of one split).
-    name : str
-        The tiling id, plus the split's token when a split is applied.
+    ``name`` is the tiling id plus the split's token when a split is applied.
 
     Examples
     --------
@@ -271,8 +237,8 @@ class TileTable:
     >>> table = plan.table(da)
     >>> pool = table.sampling_index("uniform", {}, n_time_sample=6, seed=0,
     ...                             index_dir=plan.index_dir)
-    >>> len(pool.table) == len(table.rows), int(pool.table["n_time_sample"].iloc[0])
-    (True, 6)
+    >>> len(pool.table) == len(table.rows)
+    True
 
     """
 

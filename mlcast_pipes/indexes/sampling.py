@@ -51,42 +51,17 @@ __all__ = [
 def sampling_id(
     tiling_id: str, *, method: str, n_time_sample: int, seed: int, params: Mapping[str, Any]
 ) -> str:
-    """Return the sampling id ``{tiling_id}.{n_time_sample}.{method}.{hash}``.
+    """The sampling id ``{tiling_id}.{n_time_sample}.{method}.{hash}``.
 
-    The hash (12 hex digits of SHA-256) covers the tiling id, method, n_time_sample, seed and the
-    resolved parameters in canonical form, so equal settings give equal ids (``s=1`` and
-    ``s=1.0`` alike, defaults spelled out or not) and any difference gives another id. The
-    tiling id is made filename-safe with :func:`~mlcast_pipes.indexes.format.sanitize_id` (the
-    hash is taken over the raw id, so it still tells such ids apart).
-
-    Parameters
-    ----------
-    tiling_id : str
-        Id of the tiling index.
-    method : str
-        Sampler name or alias (the canonical name is used).
-    n_time_sample : int
-        Steps per sample.
-    seed : int
-        Seed of the sampler.
-    params : mapping
-        The sampler's parameters (completed with defaults here).
-
-    Returns
-    -------
-    str
+    The 12-digit hash covers the raw tiling id, method, n_time_sample, seed and the resolved
+    parameters in canonical form: equal settings give equal ids, any difference another id.
 
     Examples
     --------
     >>> sid = sampling_id("demo.tiles", method="dgmr", n_time_sample=4, seed=0, params={})
-    >>> sid.rsplit(".", 1)[0]  # then the 12-digit hash
-    'demo.tiles.4.importance'
-    >>> sid == sampling_id(
-    ...     "demo.tiles", method="importance", n_time_sample=4, seed=0, params={"s": 1.0}
-    ... )
-    True
-    >>> sid == sampling_id("demo.tiles", method="dgmr", n_time_sample=4, seed=1, params={})
-    False
+    >>> sid.rsplit(".", 1)[0], sid == sampling_id(
+    ...     "demo.tiles", method="importance", n_time_sample=4, seed=0, params={"s": 1.0})
+    ('demo.tiles.4.importance', True)
 
     """
     name = sampler_name(method)
@@ -102,36 +77,17 @@ def sampling_id(
 
 @dataclass
 class SamplingIndex:
-    """A sampling index: its CSV file, sidecar metadata and table.
+    """A sampling index: its CSV ``path``, sidecar ``meta``, ``table`` and ``sampling_id``.
 
-    Attributes
-    ----------
-    path : pathlib.Path
-        The ``{sampling_id}.samples.csv`` file.
-    meta : dict
-        The sidecar (kind "sampling", ids, fingerprints, parameters, bins, checksums).
-    table : pandas.DataFrame
-        The rows (columns :data:`SAMPLES_COLUMNS`); also a pool for :func:`draw_epoch`.
-        ``table.attrs["bins"]`` describes the bins of binned samplers.
-    sampling_id : str
-        The id (file name without ``.samples.csv``).
+    The table has :data:`SAMPLES_COLUMNS` and is a pool for :func:`draw_epoch`
+    (``table.attrs["bins"]`` describes binned samplers' bins).
 
     Examples
     --------
-    >>> tiles = pd.DataFrame({
-    ...     "tile_id": range(6), "time_start": "2021-06-12T10:00", "t_start": 0,
-    ...     "y_start": [0, 0, 32, 32, 64, 64], "x_start": [0, 32] * 3, "n_time_window": 8,
-    ...     "y_tile": 32, "x_tile": 32, "mean": [0.0, 0.0, 0.5, 1.0, 2.0, 8.0],
-    ... })
-    >>> index = build_sampling_index(
-    ...     tiles, {"tiling_id": "demo.tiles"}, method="uniform", index_dir="idx"
-    ... )
-    >>> isinstance(index, SamplingIndex), index.sampling_id.startswith("demo.tiles.8.uniform.")
-    (True, True)
-    >>> index.path.name == index.sampling_id + ".samples.csv", index.meta_path.suffix
-    (True, '.json')
-    >>> index.meta["method"], len(index.table)
-    ('uniform', 6)
+    >>> path = Path("idx/a.8.uniform.01.samples.csv")
+    >>> index = SamplingIndex(path, {}, pd.DataFrame(), "a.8.uniform.01")
+    >>> index.meta_path.name
+    'a.8.uniform.01.meta.json'
 
     """
 
@@ -181,50 +137,21 @@ def _time_start(values: pd.Series) -> pd.Series:
 def write_sampling_index(
     csv_path: str | os.PathLike[str], table: pd.DataFrame, meta: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Write the sampling CSV, then its sidecar, atomically (via ``index.write_index``).
+    """Write the sampling CSV, then its sidecar, atomically; return the sidecar as written.
 
-    Floats are written with 17 significant digits, so a loaded index equals the built one;
-    ``time_start`` as ``YYYY-MM-DDTHH:MM:SS``.
-
-    Parameters
-    ----------
-    csv_path : str or path
-        ``{index_dir}/{sampling_id}.samples.csv``.
-    table : pandas.DataFrame
-        Rows with columns :data:`SAMPLES_COLUMNS`.
-    meta : mapping
-        Sidecar content; ``n_rows``, ``csv_bytes``, ``csv_sha256``, ``columns``, ``dtypes`` and
-        ``format_version`` are added.
-
-    Returns
-    -------
-    dict
-        The sidecar as written.
-
-    Raises
-    ------
-    IndexFileError
-        The folder is not writable.
+    Floats keep 17 significant digits, so a loaded index equals the built one.
 
     Examples
     --------
-    Write a copy of an index built from a tiny tiling table:
-
     >>> tiles = pd.DataFrame({
     ...     "tile_id": range(6), "time_start": "2021-06-12T10:00", "t_start": 0,
     ...     "y_start": [0, 0, 32, 32, 64, 64], "x_start": [0, 32] * 3, "n_time_window": 8,
     ...     "y_tile": 32, "x_tile": 32, "mean": [0.0, 0.0, 0.5, 1.0, 2.0, 8.0],
     ... })
-    >>> index = build_sampling_index(
-    ...     tiles, {"tiling_id": "demo.tiles"}, method="uniform", index_dir="idx"
-    ... )
-    >>> meta = write_sampling_index("copy/uniform.samples.csv", index.table, index.meta)
-    >>> meta["n_rows"], meta["csv_file"]
-    (6, 'uniform.samples.csv')
-    >>> sorted(p.name for p in Path("copy").iterdir())
-    ['uniform.meta.json', 'uniform.samples.csv']
-    >>> load_sampling_index("copy/uniform.samples.csv").table.equals(index.table)
-    True
+    >>> index = build_sampling_index(tiles, {"tiling_id": "t"}, method="uniform", index_dir="idx")
+    >>> meta = write_sampling_index("copy/u.samples.csv", index.table, index.meta)
+    >>> meta["n_rows"], load_sampling_index("copy/u.samples.csv").table.equals(index.table)
+    (6, True)
 
     """
     rows = table.loc[:, list(SAMPLES_COLUMNS)].copy()
@@ -262,34 +189,12 @@ def load_sampling_index(
     expected: Mapping[str, Any] | None = None,
     verify: VerifyMode = "sha256",
 ) -> SamplingIndex:
-    """Load a sampling index and check it against its sidecar, the tiling and the parameters.
+    """Load a sampling index (``.samples.csv`` or its sidecar) and check it.
 
-    Parameters
-    ----------
-    path : str or path
-        The ``.samples.csv`` file (or its ``.meta.json`` sidecar).
-    tiling_table, tiling_meta : optional
-        The current tiling index (table and sidecar); when given, a changed tiling (CSV SHA-256,
-        dataset fingerprint, tile ids/positions) makes the index stale.
-    expected : mapping, optional
-        Expected settings: any of ``method``, ``seed``, ``n_time_sample``, ``params`` (a dict of
-        the sampler's parameters, completed with defaults before comparing).
-    verify : {"sha256", "size"}
-        Check the CSV's byte size and SHA-256 against the sidecar (catches same-size edits),
-        or only its byte size (cheaper).
-
-    Returns
-    -------
-    SamplingIndex
-
-    Raises
-    ------
-    IndexFileError
-        Missing or unreadable files, or a CSV changed since it was written.
-    StaleIndexError
-        The tiling changed or the parameters differ; the message names what.
-    ParameterError
-        ``expected`` gives ``params`` without ``method``.
+    ``tiling_table``/``tiling_meta`` (the current tiling) and ``expected`` (any of ``method``,
+    ``seed``, ``n_time_sample``, ``params``) make a changed index stale; ``verify`` checks the
+    CSV's size and sha256 (``"size"``: size only). Raises IndexFileError for missing or edited
+    files, StaleIndexError naming what changed.
 
     Examples
     --------
@@ -298,16 +203,11 @@ def load_sampling_index(
     ...     "y_start": [0, 0, 32, 32, 64, 64], "x_start": [0, 32] * 3, "n_time_window": 8,
     ...     "y_tile": 32, "x_tile": 32, "mean": [0.0, 0.0, 0.5, 1.0, 2.0, 8.0],
     ... })
-    >>> built = build_sampling_index(
-    ...     tiles, {"tiling_id": "demo.tiles"}, method="uniform", index_dir="idx"
-    ... )
-    >>> index = load_sampling_index(built.path, expected={"method": "uniform", "seed": 0})
-    >>> index.sampling_id == built.sampling_id, index.table.equals(built.table)
-    (True, True)
+    >>> built = build_sampling_index(tiles, {"tiling_id": "t"}, method="uniform", index_dir="idx")
     >>> load_sampling_index(built.path, expected={"method": "uniform", "seed": 1})
     Traceback (most recent call last):
     ...
-    mlcast_pipes.errors.StaleIndexError: the sampling index demo.tiles.8.uniform....samples.csv
+    mlcast_pipes.errors.StaleIndexError: the sampling index t.8.uniform....samples.csv
     is stale: seed differs (index 0, asked 1); ...
 
     """
@@ -379,41 +279,13 @@ def build_sampling_index(
     recompute: bool = False,
     **params: Any,
 ) -> SamplingIndex:
-    """Build (or load a matching existing) sampling index ``{index_dir}/{sampling_id}.samples.csv``.
+    """Build, or load when it exists, the sampling index ``{index_dir}/{sampling_id}.samples.csv``.
 
-    Parameters
-    ----------
-    tiling_table : pandas.DataFrame
-        The tiling index table (tile ids, positions, statistics).
-    tiling_meta : mapping
-        The tiling sidecar; needs ``tiling_id``; its ``csv_sha256`` and ``dataset_fingerprint``
-        are recorded for staleness checks when present.
-    method : str
-        Sampler name or alias (:func:`available_samplers`).
-    index_dir : str or path
-        Folder of the index files.
-    n_time_sample : int, optional
-        Steps per sample (default: the tiles' window); shorter sub-windows get seeded offsets.
-    seed : int
-        Non-negative seed of the sampler and of the offsets.
-    recompute : bool
-        Rebuild even if a file exists (needed when it is stale).
-    **params
-        The sampler's parameters.
-
-    Returns
-    -------
-    SamplingIndex
-
-    Raises
-    ------
-    ParameterError
-        Bad method, parameters, seed or ``n_time_sample``.
-    IndexFileError
-        The tiling table lacks columns or has duplicate tile ids; unwritable folder; an existing
-        index file was edited or truncated.
-    StaleIndexError
-        An index with this id exists but was made from another tiling (pass ``recompute=True``).
+    ``tiling_meta`` needs ``tiling_id`` (its checksums are recorded for staleness checks);
+    ``n_time_sample`` defaults to the tiles' window (shorter sub-windows get seeded offsets);
+    ``recompute`` rebuilds a stale file; ``**params`` go to the sampler. Raises ParameterError
+    for bad settings, IndexFileError for bad tables or files, StaleIndexError for an index of
+    another tiling.
 
     Examples
     --------
@@ -426,21 +298,8 @@ def build_sampling_index(
     ...     tiles, {"tiling_id": "demo.tiles"}, method="binnorm", index_dir="idx",
     ...     n_time_sample=4, aggregation="mean", n_scalar_total_bins=3,
     ... )
-    >>> index.sampling_id.rsplit(".", 1)[0]  # the tiling id, n_time_sample, method, then a hash
-    'demo.tiles.4.binnorm'
-    >>> index.table["bin_id"].tolist()
-    [0, 0, 1, 1, 2, 2]
-    >>> bool(index.table["t_offset"].between(0, 8 - 4).all())
-    True
-
-    The same call again loads the file instead of sampling anew:
-
-    >>> again = build_sampling_index(
-    ...     tiles, {"tiling_id": "demo.tiles"}, method="binnorm", index_dir="idx",
-    ...     n_time_sample=4, aggregation="mean", n_scalar_total_bins=3,
-    ... )
-    >>> again.path == index.path, again.table.equals(index.table)
-    (True, True)
+    >>> index.sampling_id.rsplit(".", 1)[0], index.table["bin_id"].tolist()
+    ('demo.tiles.4.binnorm', [0, 0, 1, 1, 2, 2])
 
     """
     seed = _check_seed(seed, "seed")

@@ -38,22 +38,11 @@ StatsWeighting = Literal["epoch", "pool"]
 
 @dataclass(frozen=True)
 class SamplingStats:
-    """Mean and standard deviation of the samples of a sampling index, and their file.
-
-    Attributes
-    ----------
-    path : pathlib.Path
-        The ``{sampling_id}.stats.csv`` file (beside the sampling index).
-    variable : str
-        Row of the file: the archive's data variable.
-    mean, std : float
-        In rain rate mm/h after the normaliser's clipping (the input of the ``fitted``
-        transform).
+    """Mean and std (mm/h, after clipping: the ``fitted`` transform's input) and their file.
 
     Examples
     --------
-    >>> s = SamplingStats(Path("idx/x.stats.csv"), "rainfall_rate", 0.5, 2.0)
-    >>> s.normalize_params()
+    >>> SamplingStats(Path("idx/x.stats.csv"), "rainfall_rate", 0.5, 2.0).normalize_params()
     {'mean': 0.5, 'std': 2.0}
 
     """
@@ -73,28 +62,22 @@ def stats_path(sampling_index: SamplingIndex) -> Path:
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> idx = SamplingIndex(Path("idx/a.12.binnorm.0123.samples.csv"), {}, pd.DataFrame(),
-    ...                     "a.12.binnorm.0123")
-    >>> stats_path(idx).as_posix()
-    'idx/a.12.binnorm.0123.stats.csv'
+    >>> path = Path("idx/a.8.uniform.01.samples.csv")
+    >>> idx = SamplingIndex(path, {}, pd.DataFrame(), "a.8.uniform.01")
+    >>> stats_path(idx).name
+    'a.8.uniform.01.stats.csv'
 
     """
     return sampling_index.path.parent / stats_filename(sampling_index.sampling_id)
 
 
 def epoch_weights(pool: pd.DataFrame) -> np.ndarray:
-    """Expected share of an epoch each pool row gets (the draws of :func:`draw_epoch`).
-
-    Binned pools (more than one bin id >= 0) draw every bin equally often, so a row of a bin
-    holding ``k`` rows weighs ``1 / (n_bins * k)``; rows with a negative bin id are never
-    drawn. Other pools draw every row equally often.
+    """Expected share of an epoch for each pool row (as :func:`draw_epoch` draws).
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> epoch_weights(pd.DataFrame({"bin_id": [0, 0, 0, 1]})).tolist()
-    [0.16666666666666666, 0.16666666666666666, 0.16666666666666666, 0.5]
+    >>> epoch_weights(pd.DataFrame({"bin_id": [0, 0, 0, 1]})).round(3).tolist()
+    [0.167, 0.167, 0.167, 0.5]
 
     """
     return epoch_shares(pool)
@@ -111,42 +94,12 @@ def compute_sampling_stats(
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[float, float]:
-    """Mean and standard deviation of the sampled tiles, as the ``fitted`` normaliser sees them.
+    """``(mean, std)`` in mm/h of the sampled tiles, as the ``fitted`` normaliser sees them.
 
-    Pixels are read with the fast reader (each frame decoded once per read window), turned
-    into rain rate in mm/h, clipped to ``[0, clip_max]`` exactly as
-    :func:`mlcast_pipes.transforms.make_normalizer` clips them, and NaN (no data) is left out.
-
-    Parameters
-    ----------
-    table : TileTable
-        The tiles of the archive the sampling index was built from.
-    sampling_index : SamplingIndex
-        The sampling pool (rows with ``t_start``, ``t_offset``, ``n_time_sample``, positions).
-    clip_max : float or None
-        Clutter clip in mm/h (None: no clipping at all, as in the normaliser).
-    dbz_floor : float
-        Reflectivity at or below which there is no rain (dBZ archives).
-    weighting : {"epoch", "pool"}
-        ``"epoch"`` weighs each pool row by its expected share of an epoch (what the model
-        sees: BinNorm's rare bins count as often as common ones); ``"pool"`` counts every row
-        of the pool once.
-    max_tiles : int, optional
-        Use a seeded random subset of at most this many pool rows (None: all).
-    seed : int
-        Seed of that subset.
-    progress : bool
-        Show a progress bar on stderr, once the pass has taken two seconds.
-
-    Returns
-    -------
-    (float, float)
-        ``(mean, std)`` in mm/h.
-
-    Raises
-    ------
-    ParameterError
-        Bad ``weighting``/``max_tiles``, or no valid pixel in the sampled tiles.
+    Pixels become rain rate, are clipped to ``[0, clip_max]`` as :func:`make_normalizer` does, NaN
+    left out. ``weighting="epoch"`` weighs rows by their share of an epoch (what the model sees),
+    ``"pool"`` counts each once; ``max_tiles`` takes a seeded subset. Raises ParameterError for bad
+    options or when no pixel is valid.
 
     Examples
     --------
@@ -244,32 +197,11 @@ def sampling_stats(
     recompute: bool = False,
     progress: bool = False,
 ) -> SamplingStats:
-    """Load or compute the statistics file ``{sampling_id}.stats.csv`` of a sampling index.
+    """Load or compute ``{sampling_id}.stats.csv`` (see :func:`compute_sampling_stats`).
 
-    The file (``variable,mean,std``, one row for the archive's data variable) is written
-    atomically beside the sampling CSV, under a file lock, so workers and ranks that need it
-    at the same time compute it once. An existing file is loaded unless it is older than the
-    sampling CSV (the pool was rebuilt), was computed with other parameters (``clip_max``,
-    ``dbz_floor``, ``weighting``, ``max_tiles``, ``seed``, recorded in the sidecar
-    ``{sampling_id}.stats.meta.json``), or ``recompute`` is set: then it is computed again. The
-    numbers are those of :func:`compute_sampling_stats` (rain rate in mm/h after clipping).
-
-    Parameters
-    ----------
-    table : TileTable
-        The tiles of the archive (from :meth:`TilingPlan.table`).
-    sampling_index : SamplingIndex
-        Its sampling index (from :meth:`TileTable.sampling_index`).
-    clip_max, dbz_floor, weighting, max_tiles, seed
-        As for :func:`compute_sampling_stats`.
-    recompute : bool
-        Compute and rewrite the file even if a current one exists.
-    progress : bool
-        Show a progress bar while computing, once that has taken two seconds.
-
-    Returns
-    -------
-    SamplingStats
+    Written atomically beside the sampling CSV under a file lock, so workers and ranks compute it
+    once. It is recomputed when older than the sampling CSV, made with other options (recorded in
+    ``{sampling_id}.stats.meta.json``), or with ``recompute``.
 
     Examples
     --------
@@ -283,16 +215,11 @@ def sampling_stats(
     >>> params = TilingParams(n_time_window=12, tile_size=(64, 64))
     >>> plan = TilingPlan(params, Path(tempfile.mkdtemp()))
     >>> table = plan.table(da)
-    >>> pool = table.sampling_index("binnorm", {"n_scalar_total_bins": 5}, n_time_sample=None,
-    ...                             seed=0, index_dir=plan.index_dir)
+    >>> pool = table.sampling_index("uniform", {}, n_time_sample=None, seed=0,
+    ...                             index_dir=plan.index_dir)
     >>> stats = sampling_stats(table, pool)
     >>> stats.path.name == f"{pool.sampling_id}.stats.csv", stats.variable
     (True, 'rainfall_rate')
-    >>> tiles = mp.TileDataPipe(mp.OpenXarrayDataset(archive), 12, (64, 64),
-    ...                         index_dir=plan.index_dir)
-    >>> fitted = tiles.binnorm_sample(n_scalar_total_bins=5).normalize(method="fitted")
-    >>> next(iter(fitted)).normalization  # the statistics file above is loaded
-    'fitted'
 
     """
     path = stats_path(sampling_index)

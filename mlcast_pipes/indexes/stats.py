@@ -40,26 +40,9 @@ def stats_filename(sampling_id: str) -> str:
 
 
 def write_stats_csv(path: str | os.PathLike[str], stats: Mapping[str, tuple[float, float]]) -> Path:
-    """Write ``{variable: (mean, std)}`` to a CSV with header ``variable,mean,std``.
+    """Write ``{variable: (mean, std)}`` atomically as ``variable,mean,std``, full precision.
 
-    The file is written atomically (a temporary file then renamed), floats at full precision.
-
-    Parameters
-    ----------
-    path : str or Path
-        Target file, usually ``folder / stats_filename(sampling_id)``.
-    stats : mapping of str to (float, float)
-        Mean and standard deviation per variable.
-
-    Returns
-    -------
-    Path
-        The written file.
-
-    Raises
-    ------
-    ParameterError
-        Empty mapping, non-finite values or a negative std.
+    Raises ParameterError for an empty mapping, non-finite values or a negative std.
 
     Examples
     --------
@@ -96,21 +79,7 @@ def write_stats_csv(path: str | os.PathLike[str], stats: Mapping[str, tuple[floa
 
 
 def read_stats_csv(path: str | os.PathLike[str]) -> dict[str, tuple[float, float]]:
-    """Read a ``variable,mean,std`` CSV written by :func:`write_stats_csv`.
-
-    Parameters
-    ----------
-    path : str or Path
-        The statistics file.
-
-    Returns
-    -------
-    dict of str to (float, float)
-
-    Raises
-    ------
-    IndexFileError
-        Missing or unreadable file, wrong header, bad or non-finite numbers, duplicate rows.
+    """Read a file of :func:`write_stats_csv`; IndexFileError for a missing or malformed one.
 
     Examples
     --------
