@@ -93,23 +93,8 @@ def per_tile_uniform(
 ) -> npt.NDArray[np.float64]:
     """One uniform number in [0, 1) per tile, from an independent stream per (seed, tile_id).
 
-    Counter-based (a SplitMix64 hash of seed, stream and tile id), so it is vectorised, does not
-    depend on the order or number of tiles, and differs between tiles (unlike one generator
-    seeded identically for every tile).
-
-    Parameters
-    ----------
-    tile_ids : array_like
-        Integer tile ids (other labels are hashed by their string form).
-    seed : int
-        Non-negative seed.
-    stream : int
-        Separates uses of the same seed (keep/drop, sub-window offset, ...).
-
-    Returns
-    -------
-    numpy.ndarray of float64
-        Same shape as ``tile_ids``.
+    A counter-based hash (SplitMix64 of seed, ``stream`` and tile id): independent of the order
+    and number of tiles. ``stream`` separates uses of one seed (keep/drop, offsets, ...).
 
     Examples
     --------
@@ -157,35 +142,11 @@ def draw_epoch(
 ) -> npt.NDArray[np.int64]:
     """Row positions into ``pool`` for one epoch; the same for the same (pool, seed, epoch).
 
-    Binned pools (more than one distinct ``bin_id`` >= 0; rows with negative ``bin_id`` are then
-    left out): every bin is drawn equally often, ``n_samples // n_bins`` each, the remainder
-    going to bins taken in a seeded random order, round robin across epochs. Within a bin the
-    draws follow the bin's shuffled list and continue across epochs, reshuffling when the list
-    is exhausted (LDCast): a small bin repeats, a big bin is subsampled and all its tiles come
-    before any repeats. Unbinned pools: a random permutation of all rows, epochs continuing the
-    same way (``n_samples`` None: all rows; more than the rows: fresh permutations appended).
-    The result is shuffled, so bins are interleaved.
-
-    Parameters
-    ----------
-    pool : pandas.DataFrame
-        A sample pool (``bin_id`` column optional: without it the pool is unbinned).
-    n_samples : int or None
-        Draws in the epoch (None: the number of rows in the pool, or in its bins).
-    seed : int
-        Non-negative seed.
-    epoch : int
-        Non-negative epoch number.
-
-    Returns
-    -------
-    numpy.ndarray of int64
-        Row positions (``pool.iloc[rows]``), length ``n_samples``.
-
-    Raises
-    ------
-    ParameterError
-        ``n_samples <= 0``, negative seed/epoch, or an empty pool.
+    Binned pools (several ``bin_id`` >= 0; negative ones left out) draw every bin equally often,
+    the remainder going to bins in a seeded order, round robin across epochs; within a bin draws
+    walk a shuffled list across epochs (a small bin repeats, a big one is subsampled without
+    repeats). Unbinned pools walk permutations of all rows. ``n_samples`` None: the pool's rows.
+    The result is shuffled. Raises ParameterError for bad counts, seed or epoch, or an empty pool.
 
     Examples
     --------
@@ -241,30 +202,10 @@ def assign_time_offsets(
     n_time_sample: int,
     seed: int,
 ) -> npt.NDArray[np.int64]:
-    """Seeded start offsets of ``n_time_sample``-step sub-windows inside each tile's window.
+    """Seeded start offsets in ``[0, n_time_window - n_time_sample]`` of each tile's sub-window.
 
-    The offset of a tile depends only on (seed, source_tile_id) and lies in
-    ``[0, n_time_window - n_time_sample]``.
-
-    Parameters
-    ----------
-    pool : pandas.DataFrame
-        Pool with ``source_tile_id``.
-    n_time_window : int or array_like of int
-        Steps in each tile's window (one value, or one per pool row).
-    n_time_sample : int
-        Steps per sample.
-    seed : int
-        Non-negative seed.
-
-    Returns
-    -------
-    numpy.ndarray of int64
-
-    Raises
-    ------
-    ParameterError
-        ``n_time_sample`` < 1 or longer than a window.
+    The offset depends only on (seed, source_tile_id); ``n_time_window`` is one value or one per
+    row. Raises ParameterError if ``n_time_sample`` < 1 or longer than a window.
 
     Examples
     --------
@@ -272,10 +213,6 @@ def assign_time_offsets(
     >>> offsets = assign_time_offsets(pool, n_time_window=8, n_time_sample=4, seed=0)
     >>> bool(((offsets >= 0) & (offsets <= 4)).all())
     True
-    >>> np.array_equal(offsets, assign_time_offsets(pool, 8, 4, seed=0))  # seeded
-    True
-    >>> assign_time_offsets(pool, 8, 8, seed=0).tolist()  # the whole window: no choice
-    [0, 0, 0, 0]
 
     """
     _check_seed(seed, "seed")
