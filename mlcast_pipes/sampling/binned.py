@@ -110,40 +110,11 @@ def binnorm(
 ) -> pd.DataFrame:
     """Bin a per-tile scalar so that every bin can be drawn equally often (bin normalisation).
 
-    Tiles with scalar <= ``dry_threshold`` form the dry bin (``bin_id`` 0); the other ("wet")
-    tiles are split into the remaining bins (``bin_id`` 1, 2, ...). Wet bins are left-closed,
-    ``[e_i, e_{i+1})``, the last one closed; with explicit edges, values below the first or
-    above the last edge fall in the first or last wet bin. Empty bins raise a
-    :class:`SamplingWarning` naming them and are absent from the draw.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Tiling index table with ``tile_id`` and the statistic column.
-    seed : int
-        Unused (binning is deterministic); part of the common signature.
-    aggregation : str
-        The scalar: ``"sum"``, ``"mean"``, ``"max"``, ``"frac_wet"`` or a stored quantile
-        (``"p50"``, ``"p90"``, ``"p95"``, ``"p99"``, ``"p999"``).
-    n_scalar_total_bins : int, optional
-        Total number of bins, the dry bin included. None: 10 for named edges; with explicit
-        edges, ``len(bin_edges) - 1`` plus the dry bin (a given value must agree).
-    bin_edges : {"log", "linear", "quantile"} or sequence of float
-        How to place the wet bins between the smallest and largest wet scalar (geometric,
-        arithmetic, or equal-count), or explicit strictly increasing edges of the wet bins.
-    dry_threshold : float or None
-        Scalars <= this (mm/h, default 0: exactly dry) go to the dry bin; None: no dry bin.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The pool (``source_tile_id``, ``scalar_value``, ``bin_id``, ``weight`` = 1).
-
-    Raises
-    ------
-    ParameterError
-        Unknown aggregation or edge method, fewer than 2 bins, more bins than distinct values,
-        non-increasing explicit edges, disagreeing ``n_scalar_total_bins``.
+    Tiles with ``aggregation`` <= ``dry_threshold`` form the dry bin 0 (None: no dry bin); the
+    wet tiles are split into bins 1, 2, ... (left-closed, the last closed) placed by ``bin_edges``:
+    ``"log"``, ``"linear"``, ``"quantile"`` (equal counts) or explicit increasing edges.
+    ``n_scalar_total_bins`` counts the dry bin (default 10 for named edges). Empty bins give a
+    :class:`SamplingWarning`; bad options a ParameterError. ``seed`` is unused.
 
     Examples
     --------
@@ -244,32 +215,16 @@ def binnorm(
 
 @register_sampler("ldcast")
 def ldcast(table: pd.DataFrame, *, seed: int, aggregation: str = "p99") -> pd.DataFrame:
-    """LDCast's equal-frequency preset: bin the tile's 99th percentile on fixed edges.
+    """LDCast's preset: bin ``aggregation`` (the tile's p99) on :data:`LDCAST_BIN_EDGES`.
 
-    Bins are ``bisect_left(LDCAST_BIN_EDGES, value)``: bin 0 is ``value <= 0.2`` mm/h (dry
-    included), bin ``i`` is ``(edge[i-1], edge[i]]``, bin 10 is ``value > 50`` mm/h. LDCast
-    computes the percentile per 32x32 patch and time step and lets a sample join every bin one of
-    its patches falls in; here a tile has one scalar (its window's percentile) and one bin.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Tiling index table with ``tile_id`` and the statistic column.
-    seed : int
-        Unused (binning is deterministic).
-    aggregation : str
-        The scalar (default ``"p99"``, as in LDCast).
-
-    Returns
-    -------
-    pandas.DataFrame
-        The pool with ``bin_id`` in 0..10.
+    Bin ``bisect_left(edges, value)``: 0 is <= 0.2 mm/h (dry included), 10 is > 50 mm/h. LDCast
+    bins each 32x32 patch and step; here a tile has one scalar and one bin.
 
     Examples
     --------
     >>> tiles = pd.DataFrame({"tile_id": [0, 1, 2, 3], "sum": [0.0, 1.0, 10.0, 100.0],
     ...                       "p99": [0.0, 0.3, 2.0, 40.0], "imp_s1": [0.0, 0.2, 0.6, 0.9]})
-    >>> ldcast(tiles, seed=0)["bin_id"].tolist()  # bins of p99 on LDCAST_BIN_EDGES
+    >>> ldcast(tiles, seed=0)["bin_id"].tolist()
     [0, 1, 4, 9]
 
     """

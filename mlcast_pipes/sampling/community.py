@@ -49,39 +49,14 @@ def community(
 ) -> pd.DataFrame:
     """The cubes of the MLCast community sampler's ``t,x,y`` CSV, as a pool of tiles.
 
-    Each cube is matched to the tile of the tiling index that starts at the same time index,
-    row and column, so tile with the cubes' size and strides (the community tool: 24 steps of
-    256 x 256 pixels, strides 3 x 16 x 16: ``.tile(n_time_window=24, tile_size=(256, 256),
-    stride=(3, 16, 16))``). Every cube is drawn once per epoch (no duplicates); cubes the tiling
-    rejected (a time gap, or more NaN than ``max_nan_fraction``) are left out with a
-    :class:`SamplingWarning` that counts them. The sampling id covers the file's sha256, so an
-    edited file gets a new index.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Tiling index table.
-    seed : int
-        Unused (the pool is the file's cubes); epochs are shuffled by seed as for every sampler.
-    csv : str
-        The community sampler's output file (columns ``t,x,y``).
-    csv_sha256 : str, optional
-        The file's sha256; filled in when the parameters are resolved. A file that no longer
-        matches it is an error.
-    x_is_axis : {1, 2}
-        Which array axis the file's ``x`` indexes (see :func:`load_community_csv`).
-
-    Returns
-    -------
-    pandas.DataFrame
-        The pool, ``bin_id`` = -1, ``weight`` = 1.
+    Each cube is matched to the tile starting at the same time, row and column, so tile with the
+    cubes' size and strides (``.tile(n_time_window=24, tile_size=(256, 256), stride=(3, 16, 16))``).
+    Cubes the tiling rejected are left out with a :class:`SamplingWarning`. The id covers the
+    file's sha256 (``csv_sha256``), so an edited file gets a new index.
 
     Examples
     --------
     >>> from mlcast_pipes.sampling import run_sampler
-
-    Two cubes of 4 steps x 32 x 32 pixels, on a tiling with the same size and strides:
-
     >>> tiles = pd.DataFrame({"tile_id": [0, 1, 2], "t_start": [0, 0, 4], "y_start": [0, 32, 0],
     ...                       "x_start": [0, 0, 32], "n_time_window": 4, "y_tile": 32,
     ...                       "x_tile": 32})

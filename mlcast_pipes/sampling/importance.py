@@ -43,24 +43,9 @@ def importance(
 ) -> pd.DataFrame:
     """DGMR importance sampling: keep a tile with probability ``q = min(1, q_min + m * imp_s)``.
 
-    ``imp_s`` is the tile's ``nanmean(1 - exp(-R / s))``, the tiling index column named by
-    :func:`mlcast_pipes.indexes.format.importance_column` (``imp_s1``, ``imp_s0_5``, ...). Each tile
-    draws its own uniform ``u`` from a stream derived from (seed, tile_id) and is kept iff
-    ``u <= q``; no tile is duplicated. ``weight`` holds ``q``.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Tiling index table with ``tile_id`` and the ``imp_s...`` column of scale ``s``.
-    seed : int
-        Non-negative seed of the keep/drop draws.
-    q_min, m, s : float
-        Floor probability, slope and rain-rate scale (mm/h); DGMR uses 1e-4, 0.1, 1.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The pool: kept tiles, ``scalar_value`` = ``imp_s``, ``bin_id`` = -1, ``weight`` = q.
+    ``imp_s`` is the tiling column ``nanmean(1 - exp(-R / s))`` (``imp_s1``, ...). Each tile
+    draws its own seeded uniform and is kept iff it is <= q; ``weight`` holds q. DGMR uses
+    ``q_min=1e-4, m=0.1, s=1``.
 
     Examples
     --------
@@ -138,22 +123,7 @@ def uniform(
 ) -> pd.DataFrame:
     """Every tile, or ``n_tiles`` of them drawn without replacement (seeded, order-independent).
 
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Tiling index table with ``tile_id``.
-    seed : int
-        Non-negative seed of the subset draw.
-    n_tiles : int, optional
-        Size of the subset (None: all tiles). Named ``n_tiles`` so as not to clash with the
-        epoch size ``n_samples`` of :func:`draw_epoch`.
-    aggregation : str, optional
-        Statistic copied to ``scalar_value`` for diagnostics (NaN when None).
-
-    Returns
-    -------
-    pandas.DataFrame
-        The pool, ``bin_id`` = -1, in table order.
+    ``aggregation`` is copied to ``scalar_value`` for diagnostics.
 
     Examples
     --------
