@@ -209,29 +209,14 @@ def make_normalizer(
 ) -> Normalizer:
     """Build the :class:`Normalizer` of a variable.
 
-    The transform reads the archive's values when it accepts their kind; otherwise they are
-    converted to mm/h first (Marshall-Palmer for dBZ, division by the step for amounts).
-
-    Parameters
-    ----------
-    method
-        ``"auto"`` (``ldcast`` for rates and amounts, ``mlcast_dbz`` for reflectivity) or a name
-        from :func:`available_transforms`.
-    standard_name, units, time_step
-        The variable's CF attributes and nominal step (needed to turn amounts into rates).
-    clip_max
-        Clutter clip in mm/h (None: off); negative rates and amounts become 0.
-    fill_nan
-        Output for NaN input: a number, ``"auto"`` (the transform's image of no rain) or None.
-    mask
-        Also return a validity mask (True where the input had data).
-    dbz_floor
-        dBZ at or below which there is no rain.
-    **params
-        The transform's parameters (e.g. ``mean``/``std`` for ``fitted``).
-
-    Raises ParameterError for unknown methods or units, bad parameters, or a method that cannot
-    read the variable.
+    ``method`` is ``"auto"`` (``ldcast`` for rates and amounts, ``mlcast_dbz`` for reflectivity)
+    or a name from :func:`available_transforms`; ``**params`` go to the transform (e.g.
+    ``mean``/``std`` for ``fitted``). The transform reads the archive's values when it accepts
+    their kind (``standard_name``, ``units``); otherwise they become mm/h first (Marshall-Palmer
+    above ``dbz_floor`` for dBZ, division by ``time_step`` for amounts). ``clip_max`` clips
+    clutter in mm/h (None: off); ``fill_nan`` replaces NaN (``"auto"``: the transform's image of
+    no rain, None: keep NaN); ``mask`` also returns the validity mask. Raises ParameterError for
+    unknown methods or units, bad parameters, or a method that cannot read the variable.
 
     Examples
     --------
