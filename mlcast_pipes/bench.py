@@ -124,9 +124,9 @@ def bench_prepare(
     """Time the tiling pass against a plain ``nansum`` over the same archive, in one run.
 
     The baseline is ``dask.array.nansum(da.data).compute()`` (reads and decodes every frame once);
-    then :func:`mlcast_pipes.prepare.prepare_tiling` runs (``recompute=True``) for each window
-    length. Both use the active dask scheduler. The best of ``repeats`` runs is kept; memory is the
-    process RSS high-water mark above the level at the start of each run.
+    then :func:`mlcast_pipes.indexes.tiling.prepare_tiling` runs (``recompute=True``) for each
+    window length. Both use the active dask scheduler. The best of ``repeats`` runs is kept; memory
+    is the process RSS high-water mark above the level at the start of each run.
 
     Parameters
     ----------
@@ -171,7 +171,7 @@ def bench_prepare(
     True
 
     """
-    from mlcast_pipes.prepare import prepare_tiling
+    from mlcast_pipes.indexes.tiling import prepare_tiling
     from mlcast_pipes.tiling import TilingParams
 
     da = _open(path_or_da, var_name)
@@ -476,7 +476,7 @@ def bench_read(
         _stage("worker memory")
 
         # (d) as (c), on the training copy (one sample per chunk)
-        from mlcast_pipes.materialize import copy_path, materialize
+        from mlcast_pipes.indexes.training_copy import copy_path, materialize
 
         close_readers()
         t0 = time.perf_counter()

@@ -390,7 +390,8 @@ def _prepare(args: argparse.Namespace) -> int:
     import contextlib
 
     from mlcast_pipes.dataset import open_mlcast
-    from mlcast_pipes.indexing import TilingPlan, default_index_dir
+    from mlcast_pipes.indexes.format import default_index_dir
+    from mlcast_pipes.indexes.plan import TilingPlan
     from mlcast_pipes.tiling import TilingParams
 
     if args.materialize and not args.sampler:
@@ -441,7 +442,7 @@ def _prepare(args: argparse.Namespace) -> int:
         )
         print(f"sampling index: {sampling.path} ({len(sampling.table)} samples in the pool)")
         if args.stats:
-            from mlcast_pipes.indexing import sampling_stats
+            from mlcast_pipes.indexes.sampling_stats import sampling_stats
 
             stats = sampling_stats(
                 table,
@@ -455,7 +456,7 @@ def _prepare(args: argparse.Namespace) -> int:
                 f"of {stats.variable}; use .normalize(method='fitted'))"
             )
         if args.materialize:
-            from mlcast_pipes.materialize import copy_path, materialize
+            from mlcast_pipes.indexes.training_copy import copy_path, materialize
 
             target = materialize(
                 sampling.table,

@@ -82,7 +82,7 @@ class IndexFileError(MLCastPipesError, ValueError):
 
     Examples
     --------
-    >>> from mlcast_pipes.index import read_sidecar
+    >>> from mlcast_pipes.indexes.format import read_sidecar
     >>> try:
     ...     read_sidecar("idx/nothing.meta.json")
     ... except IndexFileError as exc:
@@ -101,7 +101,8 @@ class StaleIndexError(IndexFileError):
     :class:`IndexFileError`):
 
     >>> from pathlib import Path
-    >>> from mlcast_pipes.index import sidecar_path, validate_index
+    >>> from mlcast_pipes.indexes.format import sidecar_path
+    >>> from mlcast_pipes.indexes.index_csv import validate_index
     >>> csv = Path("old.samples.csv")
     >>> csv.touch()
     >>> _ = sidecar_path(csv).write_text('{"format_version": 0}')
@@ -141,7 +142,7 @@ class ReadError(MLCastPipesError, OSError):
     --------
     A training copy that was deleted (it is also an ``OSError``):
 
-    >>> from mlcast_pipes.materialize import TrainingCopy
+    >>> from mlcast_pipes.indexes.training_copy import TrainingCopy
     >>> try:
     ...     TrainingCopy("deleted.zarr").read(0)
     ... except OSError as exc:

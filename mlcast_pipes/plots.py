@@ -18,8 +18,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from mlcast_pipes.errors import IndexFileError, MLCastPipesError, ParameterError
-from mlcast_pipes.index import load_index, read_sidecar, sidecar_path
-from mlcast_pipes.sampling import draw_epoch, load_sampling_index
+from mlcast_pipes.indexes.format import read_sidecar, sidecar_path
+from mlcast_pipes.indexes.index_csv import load_index
+from mlcast_pipes.indexes.sampling import load_sampling_index
+from mlcast_pipes.sampling import draw_epoch
 
 __all__ = [
     "inspect_index",
@@ -702,7 +704,7 @@ def inspect_index(
     Examples
     --------
     >>> import tempfile
-    >>> from mlcast_pipes.index import write_index
+    >>> from mlcast_pipes.indexes.index_csv import write_index
     >>> folder = Path(tempfile.mkdtemp())
     >>> table = pd.DataFrame({"tile_id": [0, 1], "time_start": ["2021-06-12T10:00:00"] * 2,
     ...                       "t_start": [0, 0], "y_start": [0, 0], "x_start": [0, 64],

@@ -15,19 +15,22 @@ import pandas as pd
 
 from mlcast_pipes.errors import ParameterError
 
+__all__ = [
+    "TimeSplit",
+    "split_by_blocks",
+    "split_by_ranges",
+    "split_chronological",
+    "tiles_within",
+]
+
 TimeLike = str | np.datetime64 | pd.Timestamp
 
 
 @dataclass(frozen=True)
 class TimeSplit:
-    """A named set of half-open time ranges ``[start, end)``.
+    """A named set of sorted, disjoint half-open time ranges ``[start, end)``.
 
-    Attributes
-    ----------
-    name : str
-        The split's name, e.g. ``"train"``; it becomes part of the index ids.
-    ranges : tuple of (numpy.datetime64, numpy.datetime64)
-        Sorted, disjoint half-open ranges.
+    The ``name`` (e.g. ``"train"``) becomes part of the index ids.
 
     Examples
     --------
@@ -108,20 +111,8 @@ def split_by_blocks(
 ) -> dict[str, TimeSplit]:
     """Split time into blocks of length ``block`` dealt at random to the splits (LDCast style).
 
-    Parameters
-    ----------
-    times : numpy.ndarray
-        The archive's time coordinate.
-    fractions : mapping of str to float, optional
-        Share of blocks per split (default train 0.7, validation 0.15, test 0.15).
-    block : str
-        Block length as a pandas offset alias (``"2D"`` = 2 days, LDCast's choice).
-    seed : int
-        Seeds the assignment of blocks.
-
-    Returns
-    -------
-    dict of str to TimeSplit
+    ``fractions`` are shares of blocks (default train 0.7, validation 0.15, test 0.15); ``block``
+    is a pandas offset alias (``"2D"``, LDCast's choice); ``seed`` seeds the assignment.
 
     Examples
     --------

@@ -11,7 +11,7 @@ from torchdata.datapipes.iter import IterableWrapper
 
 import mlcast_pipes  # noqa: F401  (registers the functionals)
 from mlcast_pipes.cli import main
-from mlcast_pipes.transforms import read_stats_csv
+from mlcast_pipes.indexes.stats import read_stats_csv
 
 # The tiny archive leaves some of the default 10 BinNorm bins empty; the warning says so.
 pytestmark = pytest.mark.filterwarnings("ignore::mlcast_pipes.sampling.SamplingWarning")

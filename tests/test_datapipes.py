@@ -177,7 +177,7 @@ def test_second_tile_loads_the_index(
     (csv,) = index_dir.glob("*.samples.csv")
     stamp = csv.stat().st_mtime_ns
 
-    import mlcast_pipes.prepare as prepare
+    import mlcast_pipes.indexes.tiling as prepare
 
     def no_compute(*args, **kwargs):
         raise AssertionError("the tiling index was recomputed")

@@ -30,12 +30,12 @@ from mlcast_pipes.dataset import (
     nominal_time_step,
     open_mlcast,
     open_source,
-    sanitize_id,
     select_variable,
     source_spec,
     validate,
 )
 from mlcast_pipes.errors import CatalogError, DatasetError
+from mlcast_pipes.indexes.format import sanitize_id
 
 SPEC_ATTRS = {
     "license": "CC-BY-4.0",

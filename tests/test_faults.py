@@ -31,9 +31,10 @@ from mlcast_pipes.errors import (
     ReadError,
     StaleIndexError,
 )
-from mlcast_pipes.index import index_paths, validate_index
-from mlcast_pipes.indexing import prepare_index
-from mlcast_pipes.prepare import TileIndex
+from mlcast_pipes.indexes.format import index_paths
+from mlcast_pipes.indexes.index_csv import validate_index
+from mlcast_pipes.indexes.plan import prepare_index
+from mlcast_pipes.indexes.tiling import TileIndex
 from mlcast_pipes.reader import close_readers
 from mlcast_pipes.tiling import TilingParams
 
@@ -87,7 +88,8 @@ _DRIVER = textwrap.dedent(
     import os, sys, time
     from pathlib import Path
 
-    import mlcast_pipes.index as index_mod
+    import mlcast_pipes.indexes.format as index_mod
+    import mlcast_pipes.indexes.index_csv as index_csv
 
     archive, index_dir, marker, where, recompute = sys.argv[1:6]
 
@@ -109,10 +111,10 @@ _DRIVER = textwrap.dedent(
 
         index_mod.AtomicTextFile.write = write
     elif where == "sidecar":  # the CSV is in place, its sidecar not yet
-        index_mod.write_sidecar = lambda path, meta: stop_here()
+        index_csv.write_sidecar = lambda path, meta: stop_here()
 
     import mlcast_pipes as mp
-    from mlcast_pipes.indexing import prepare_index
+    from mlcast_pipes.indexes.plan import prepare_index
     from mlcast_pipes.tiling import TilingParams
 
     params = TilingParams(n_time_window=6, tile_size=(64, 64), max_nan_fraction=0.5)

@@ -8,7 +8,9 @@ import pytest
 from matplotlib.figure import Figure
 
 from mlcast_pipes.errors import IndexFileError, ParameterError
-from mlcast_pipes.index import tiling_dtypes, write_index
+from mlcast_pipes.indexes.format import tiling_dtypes
+from mlcast_pipes.indexes.index_csv import write_index
+from mlcast_pipes.indexes.sampling import build_sampling_index
 from mlcast_pipes.plots import (
     _coverage,
     inspect_index,
@@ -18,7 +20,7 @@ from mlcast_pipes.plots import (
     plot_scalar_histogram,
     summary_table,
 )
-from mlcast_pipes.sampling import build_sampling_index, draw_epoch, run_sampler
+from mlcast_pipes.sampling import draw_epoch, run_sampler
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -193,7 +195,7 @@ def test_inspect_maps_span_the_archive_and_outline_its_radar_coverage(
     import warnings
 
     from mlcast_pipes.dataset import open_mlcast
-    from mlcast_pipes.prepare import prepare_tiling
+    from mlcast_pipes.indexes.tiling import prepare_tiling
     from mlcast_pipes.sampling import SamplingWarning
     from mlcast_pipes.tiling import TilingParams
 

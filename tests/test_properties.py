@@ -21,12 +21,12 @@ import xarray as xr
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mlcast_pipes.dataset import sanitize_id as dataset_sanitize_id
 from mlcast_pipes.epochs import Shard, combine_shards, even_size, plan_shard
 from mlcast_pipes.errors import ParameterError
-from mlcast_pipes.index import index_paths
-from mlcast_pipes.index import sanitize_id as index_sanitize_id
-from mlcast_pipes.prepare import prepare_tiling
+from mlcast_pipes.indexes.format import index_paths
+from mlcast_pipes.indexes.format import sanitize_id as dataset_sanitize_id
+from mlcast_pipes.indexes.format import sanitize_id as index_sanitize_id
+from mlcast_pipes.indexes.tiling import prepare_tiling
 from mlcast_pipes.tiling import TilingParams, tiling_id
 
 pytestmark = pytest.mark.timeout(300)

@@ -265,7 +265,7 @@ def test_full_disk_is_an_index_error_and_leaves_no_temp_file(tmp_path, monkeypat
 
     import pandas as pd
 
-    from mlcast_pipes import index
+    from mlcast_pipes.indexes import index_csv as index
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -322,7 +322,7 @@ def _uniform(path: Path, index_dir: Path, **kw):  # type: ignore[no-untyped-def]
 
 
 def test_training_copy_chunk_deleted_raises_and_killed_copies_are_cleaned(tiny_archive, index_dir):
-    from mlcast_pipes.materialize import TrainingCopy, copy_path, materialize
+    from mlcast_pipes.indexes.training_copy import TrainingCopy, copy_path, materialize
 
     source = _uniform(tiny_archive, index_dir, materialized=False)
     sampling = source.sampling_indexes()[0]
@@ -344,7 +344,7 @@ def test_training_copy_chunk_deleted_raises_and_killed_copies_are_cleaned(tiny_a
 def test_killed_stats_writes_leave_nothing_behind(tmp_path):
     import socket
 
-    from mlcast_pipes.transforms import write_stats_csv
+    from mlcast_pipes.indexes.stats import write_stats_csv
 
     host = "".join(c if c.isalnum() or c in "_-" else "_" for c in socket.gethostname())[:40]
     left = tmp_path / f".a.stats.csv.{host}.{_dead_pid()}.ab12.tmp"

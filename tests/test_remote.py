@@ -32,7 +32,7 @@ from torchdata.datapipes.iter import IterableWrapper
 import mlcast_pipes as mp
 from mlcast_pipes.dataset import with_timeouts
 from mlcast_pipes.errors import DatasetError, ParameterError, ReadError
-from mlcast_pipes.indexing import prepare_index
+from mlcast_pipes.indexes.plan import prepare_index
 from mlcast_pipes.reader import READ_DEADLINE, FrameReader, close_readers, get_reader
 from mlcast_pipes.tiling import TilingParams
 from mlcast_pipes.tiling import stats as tiling

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mlcast_pipes.errors import IndexFileError, ParameterError
+from mlcast_pipes.indexes.stats import read_stats_csv, stats_filename, write_stats_csv
 from mlcast_pipes.transforms import (
     DEFAULT_CLIP_MAX,
     MeanStdAccumulator,
@@ -29,12 +30,9 @@ from mlcast_pipes.transforms import (
     known_units,
     make_normalizer,
     rate_to_dbz,
-    read_stats_csv,
     register_transform,
-    stats_filename,
     to_rain_rate_fn,
     variable_kind,
-    write_stats_csv,
 )
 
 RATE = {"standard_name": "rainfall_flux", "units": "mm h-1"}

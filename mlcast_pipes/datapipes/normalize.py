@@ -12,7 +12,8 @@ import numpy as np
 from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
-from mlcast_pipes.indexing import SamplingStats, iter_tables, sampling_stats
+from mlcast_pipes.indexes.plan import iter_tables
+from mlcast_pipes.indexes.sampling_stats import SamplingStats, sampling_stats
 from mlcast_pipes.records import DatasetInfo, TileSample
 from mlcast_pipes.transforms import DEFAULT_CLIP_MAX, DEFAULT_DBZ_FLOOR, Normalizer, make_normalizer
 
@@ -33,7 +34,7 @@ class NormalizeDataPipe(IterDataPipe[TileSample]):
     sampler's pool are loaded from ``{sampling_id}.stats.csv`` beside its sampling index
     (computed there on first use, or ahead with ``mlcast-pipes prepare --sampler ... --stats``).
     ``stats_max_tiles`` and ``stats_weighting`` are passed to
-    :func:`mlcast_pipes.indexing.sampling_stats` then.
+    :func:`mlcast_pipes.indexes.sampling_stats.sampling_stats` then.
 
     Parameters
     ----------

@@ -25,17 +25,12 @@ from mlcast_pipes.epochs import (
     skip_records,
 )
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
-from mlcast_pipes.indexing import TileTable, iso_time, iter_tables
-from mlcast_pipes.materialize import TrainingCopy, copy_path
+from mlcast_pipes.indexes.plan import TileTable, iso_time, iter_tables
+from mlcast_pipes.indexes.sampling import SamplingIndex
+from mlcast_pipes.indexes.training_copy import TrainingCopy, copy_path
 from mlcast_pipes.reader import get_reader
 from mlcast_pipes.records import TileSample
-from mlcast_pipes.sampling import (
-    SAMPLES_COLUMNS,
-    SamplingIndex,
-    available_samplers,
-    draw_epoch,
-    get_sampler,
-)
+from mlcast_pipes.sampling import SAMPLES_COLUMNS, available_samplers, draw_epoch, get_sampler
 
 
 class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):

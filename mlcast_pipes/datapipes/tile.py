@@ -18,7 +18,8 @@ from torch.utils.data import IterDataPipe, functional_datapipe
 from mlcast_pipes.datapipes._sharding import EpochShardMixin
 from mlcast_pipes.epochs import plan_ordered, plan_shard
 from mlcast_pipes.errors import ParameterError
-from mlcast_pipes.indexing import TilingPlan, default_index_dir, iter_tables
+from mlcast_pipes.indexes.format import default_index_dir
+from mlcast_pipes.indexes.plan import TilingPlan, iter_tables
 from mlcast_pipes.records import TileSample
 from mlcast_pipes.splits import TimeSplit
 from mlcast_pipes.tiling import TilingParams

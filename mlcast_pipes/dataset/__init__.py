@@ -11,12 +11,10 @@ from mlcast_pipes.dataset.ids import (
     missing_times,
     nominal_time_step,
 )
-from mlcast_pipes.dataset.ids import _absent_time_chunks as _absent_time_chunks
 from mlcast_pipes.dataset.opening import (
     SourceSpec,
     open_mlcast,
     open_source,
-    sanitize_id,
     source_spec,
 )
 from mlcast_pipes.dataset.select import STANDARD_NAMES, select_variable
@@ -44,7 +42,6 @@ __all__ = [
     "nominal_time_step",
     "open_mlcast",
     "open_source",
-    "sanitize_id",
     "select_variable",
     "source_spec",
     "validate",

@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import uuid
 import weakref
 from collections.abc import Mapping
@@ -45,13 +44,13 @@ from mlcast_pipes.dataset.stores import (
     _Target,
 )
 from mlcast_pipes.errors import CatalogError, DatasetError
+from mlcast_pipes.indexes.format import sanitize_id
 
-__all__ = ["SourceSpec", "open_mlcast", "open_source", "sanitize_id", "source_spec"]
+__all__ = ["SourceSpec", "open_mlcast", "open_source", "source_spec"]
 
 
 _ON_DISK = "auto-on-disk"
 _KEEP_COORDS = frozenset({"time", "y", "x", "lat", "lon"})
-_MAX_ID_LEN = 120
 
 
 @dataclass(frozen=True)
@@ -190,29 +189,6 @@ def source_spec(da: xr.DataArray) -> SourceSpec:
         "opened with mlcast_pipes.dataset.open_mlcast, or an xarray operation dropped its "
         "encoding. Open the archive with open_mlcast and pass that DataArray."
     )
-
-
-def sanitize_id(text: str) -> str:
-    """Make an id filename-safe: only ``[A-Za-z0-9_.-]``, no ``..``, no leading dot.
-
-    Runs of other characters become one ``_``, edge ``._-`` are stripped, ids over 120 characters
-    get a hash suffix, ``"dataset"`` if nothing is left; idempotent.
-
-    Examples
-    --------
-    >>> sanitize_id("../../etc/passwd"), sanitize_id("precipitation.dmi_10_minutes")
-    ('etc_passwd', 'precipitation.dmi_10_minutes')
-
-    """
-    raw = str(text)
-    out = re.sub(r"(?:[^A-Za-z0-9_.\-]|\.{2,})+", "_", raw.strip())
-    out = out.strip("._-")
-    if not out:
-        return "dataset"
-    if len(out) > _MAX_ID_LEN:
-        suffix = hashlib.sha256(raw.encode()).hexdigest()[:16]
-        out = out[: _MAX_ID_LEN - 17].rstrip("._-") + "-" + suffix
-    return out
 
 
 def _resolve_source(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mlcast_pipes.errors import ParameterError
-from mlcast_pipes.index import (
+from mlcast_pipes.indexes.format import (
     format_number,
     importance_column,
     quantile_column,
@@ -250,7 +250,7 @@ def tiling_id(dataset_id: str, params: TilingParams) -> str:
     """
     default = TilingParams(n_time_window=params.n_time_window, tile_size=params.tile_size)
     ty, tx = params.tile_size
-    parts = [sanitize_id(dataset_id), f"{ty}x{tx}", str(params.n_time_window)]
+    parts = [sanitize_id(dataset_id, fallback=None), f"{ty}x{tx}", str(params.n_time_window)]
     if params.effective_stride != default.effective_stride:
         st, sy, sx = params.effective_stride
         parts.append(f"s{st}x{sy}x{sx}")

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mlcast_pipes.errors import MLCastPipesError, ReadError
-from mlcast_pipes.index import (
+from mlcast_pipes.indexes.format import (
     importance_column,
     quantile_column,
 )

@@ -12,8 +12,8 @@ import pytest
 import xarray as xr
 
 from mlcast_pipes.errors import IndexFileError, ParameterError, ReadError, StaleIndexError
-from mlcast_pipes.index import sidecar_path
-from mlcast_pipes.prepare import TileIndex, prepare_tiling
+from mlcast_pipes.indexes.format import sidecar_path
+from mlcast_pipes.indexes.tiling import TileIndex, prepare_tiling
 from mlcast_pipes.tiling import TilingParams, hist_bin, iter_tile_statistics, time_windows
 
 H, W = 30, 36

@@ -15,23 +15,21 @@ import pandas as pd
 import pytest
 
 from mlcast_pipes.errors import IndexFileError, ParameterError, StaleIndexError
-from mlcast_pipes.index import (
+from mlcast_pipes.indexes.format import (
     atomic_write,
     cleanup_stale_temps,
     ensure_writable_dir,
     importance_column,
     index_paths,
-    load_index,
     quantile_column,
     read_sidecar,
     sanitize_id,
     sidecar_path,
     tiling_columns,
     tiling_dtypes,
-    validate_index,
-    write_index,
     write_sidecar,
 )
+from mlcast_pipes.indexes.index_csv import load_index, validate_index, write_index
 
 COLUMNS = tiling_columns((0.5, 0.99), (1.0,))
 PARAMS = {"n_time_window": 4, "tile_size": [8, 8], "stride": [4, 8, 8], "max_nan_fraction": 0.05}
@@ -93,7 +91,7 @@ def test_names_and_ids() -> None:
     assert importance_column(1.0) == "imp_s1" and importance_column(0.5) == "imp_s0_5"
     assert sanitize_id("precipitation.it dpc/5min") == "precipitation.it_dpc_5min"
     with pytest.raises(ParameterError):
-        sanitize_id("...")
+        sanitize_id("...", fallback=None)
     assert sidecar_path("/a/x.samples.csv") == Path("/a/x.meta.json")
 
 
@@ -251,8 +249,8 @@ def test_kill_mid_write_leaves_no_complete_index(tmp_path: Path) -> None:
         f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_index import _chunk, _meta, COLUMNS
-        from mlcast_pipes.index import write_index
+        from test_indexes_format import _chunk, _meta, COLUMNS
+        from mlcast_pipes.indexes.index_csv import write_index
         def chunks():
             yield _chunk(0, 20)
             print("started", flush=True)

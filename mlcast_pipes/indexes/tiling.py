@@ -1,6 +1,6 @@
-"""The offline preparation pass: per-tile statistics with dask, written to a checked index.
+"""The tiling index: one dask pass over the archive that writes per-tile statistics to a CSV.
 
-Orchestration layer: loads a matching tiling index or computes it (progress bar, distributed-ready).
+:func:`prepare_tiling` writes it (the ``prepare`` command); :class:`TileIndex` reads it back.
 """
 
 from __future__ import annotations
@@ -20,18 +20,20 @@ import pandas as pd
 import xarray as xr
 from dask.callbacks import Callback
 
-from mlcast_pipes import __version__
 from mlcast_pipes.errors import DatasetError, IndexFileError, ParameterError, StaleIndexError
-from mlcast_pipes.index import (
+from mlcast_pipes.indexes.format import (
     FORMAT_VERSION,
     VerifyMode,
     ensure_writable_dir,
     index_paths,
-    read_index_table,
-    resolve_csv_path,
+    package_version,
     sidecar_path,
     tiling_dtypes,
     utc_now_iso,
+)
+from mlcast_pipes.indexes.index_csv import (
+    read_index_table,
+    resolve_csv_path,
     validate_index,
     write_index,
 )
@@ -47,46 +49,29 @@ from mlcast_pipes.tiling import (
     time_windows,
 )
 
-__all__ = ["TileIndex", "prepare_tiling"]
+__all__ = [
+    "TileIndex",
+    "prepare_tiling",
+]
+
 
 _RERUN = "rerun `mlcast-pipes prepare` for this dataset"
 
 
 @dataclass
 class TileIndex:
-    """A complete tiling index on disk: CSV path, sidecar metadata and (lazily) the table.
-
-    Attributes
-    ----------
-    path
-        The ``{tiling_id}.samples.csv`` file.
-    meta
-        Sidecar metadata (parameters, fingerprint, rejection counts, ...).
-    tiling_id
-        Id of the tiling.
+    """A complete tiling index on disk: CSV ``path``, sidecar ``meta``, ``tiling_id``, lazy table.
 
     Examples
     --------
-    Make an index of a small in-memory archive, then open it again as a user would:
-
     >>> times = np.datetime64("2024-05-01T00:00") + np.arange(8) * np.timedelta64(5, "m")
-    >>> rain = np.zeros((8, 64, 64), dtype=np.float32)
-    >>> rain[:, :32, :32] = 2.0
-    >>> da = xr.DataArray(rain, dims=("time", "y", "x"), coords={"time": times})
+    >>> da = xr.DataArray(np.zeros((8, 64, 64), np.float32), dims=("time", "y", "x"),
+    ...                   coords={"time": times})
     >>> params = TilingParams(n_time_window=4, tile_size=(32, 32))
     >>> made = prepare_tiling(da, params, "ti", dataset_id="demo", fingerprint="v1")
-    >>> made.tiling_id
-    'demo.32x32.4'
     >>> index = TileIndex.open("ti", made.tiling_id, expected_params=params)
-    >>> index.path.as_posix(), index.sidecar.name
-    ('ti/demo.32x32.4.samples.csv', 'demo.32x32.4.meta.json')
-    >>> index.n_tiles, index.rejected, index.params.tile_size
-    (8, {'gap': 0, 'nan': 0}, (32, 32))
-    >>> index.read(["t_start", "y_start", "x_start", "mean"]).head(3)
-       t_start  y_start  x_start  mean
-    0        0        0        0   2.0
-    1        0        0       32   0.0
-    2        0       32        0   0.0
+    >>> index.sidecar.name, index.n_tiles, index.rejected
+    ('demo.32x32.4.meta.json', 8, {'gap': 0, 'nan': 0})
 
     """
 
@@ -105,25 +90,10 @@ class TileIndex:
         expected_fingerprint: str | None = None,
         verify: VerifyMode = "size",
     ) -> TileIndex:
-        """Open and check an existing tiling index.
+        """Open and check an existing tiling index (see :func:`validate_index`).
 
-        Parameters
-        ----------
-        path
-            The CSV (or sidecar), or the index folder when ``index_id`` is given.
-        index_id
-            Tiling id inside folder ``path``.
-        expected_params
-            Parameters the caller wants (a change raises StaleIndexError naming it).
-        expected_fingerprint
-            Current dataset fingerprint (a change raises StaleIndexError).
-        verify
-            ``"size"`` or ``"sha256"``.
-
-        Returns
-        -------
-        TileIndex
-            The opened index (table read on first access).
+        ``path`` is the CSV or sidecar, or the folder with ``index_id``; a change of
+        ``expected_params`` or ``expected_fingerprint`` raises StaleIndexError naming it.
 
         """
         csv = resolve_csv_path(path, index_id)
@@ -203,9 +173,6 @@ class TileIndex:
         return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------
-# progress
-# ------------------------------------------------------------------------------------------------
 class _ProgressBar:
     """The pass's progress bar (:func:`~mlcast_pipes.progress.progress_bar`), in frames read."""
 
@@ -254,9 +221,6 @@ class _FrameCallback(Callback):  # type: ignore[misc]
             self._bar.advance(len(result))
 
 
-# ------------------------------------------------------------------------------------------------
-# prepare
-# ------------------------------------------------------------------------------------------------
 def _check_dataarray(da: Any) -> xr.DataArray:
     if not isinstance(da, xr.DataArray):
         raise DatasetError(
@@ -327,66 +291,20 @@ def prepare_tiling(
 ) -> TileIndex:
     """Load the tiling index of ``da`` for ``params``, or compute and write it.
 
-    The index is ``{index_dir}/{tiling_id}.samples.csv`` plus ``{tiling_id}.meta.json``. A complete
-    index made for the same parameters and dataset fingerprint is loaded; a stale one raises
-    :class:`StaleIndexError` (unless ``recompute=True`` or ``on_stale="recompute"``); a missing or
-    incomplete one (interrupted pass) is computed in one dask pass over the frames and written
-    atomically.
-
-    Parameters
-    ----------
-    da
-        Archive ``(time, y, x)``, lazy (dask, chunks ``(1, H, W)``) or in memory.
-    params
-        Tiling parameters.
-    index_dir
-        Folder of the index files (created if needed).
-    dataset_id
-        Filename-safe dataset id (first part of the tiling id).
-    fingerprint
-        Fingerprint of the dataset (stored; a change makes the index stale).
-    missing_times
-        Timestamps absent from the archive; None uses ``da.attrs["missing_times"]`` if present.
-    to_rate
-        Numpy function converting native values to mm/h (None: values are mm/h already).
-    consistent_timestep_start
-        Start of the current regular time step; None uses the attr of the same name if present.
-    recompute
-        Always recompute (and overwrite) the index.
-    on_stale
-        ``"raise"`` (default) or ``"recompute"`` when the existing index is stale.
-    progress
-        Show one progress bar (frames read) on stderr for the whole pass, once it has run
-        for two seconds.
-    block_frames
-        Frames per dask compute; memory is bounded by this, not by the archive length.
-    verify
-        Integrity check of an existing index: ``"sha256"`` (default: a hand edit that keeps the
-        byte size, e.g. one changed digit of ``t_start``, is caught too; hashing costs about a
-        third of parsing the CSV) or ``"size"`` (byte size only, cheaper).
-    absent_chunks
-        Called once the index is computed: the time chunks of the variable absent from the
-        store (recorded in the sidecar, so that a chunk deleted later can be told apart).
-
-    Returns
-    -------
-    TileIndex
-        The index (table loaded lazily).
-
-    Raises
-    ------
-    ParameterError
-        Bad parameters, or no valid tile at all (counts per rejection reason in the message).
-    StaleIndexError
-        Existing index made for other parameters or another version of the dataset.
-    IndexFileError
-        Existing index damaged, or the folder not writable.
+    This is the ``prepare`` pass. The index is ``{index_dir}/{tiling_id}.samples.csv`` plus its
+    sidecar; ``da`` is ``(time, y, x)``, lazy (dask, chunks ``(1, H, W)``) or in memory. A
+    complete index of the same parameters and ``fingerprint`` is loaded; a stale one raises
+    StaleIndexError (unless ``recompute`` or ``on_stale="recompute"``); a missing or incomplete
+    one is computed in one dask pass, ``block_frames`` frames at a time, and written atomically.
+    ``dataset_id`` starts the tiling id; ``to_rate`` maps native values to mm/h (None: already
+    mm/h); ``missing_times`` and ``consistent_timestep_start`` default to the attributes of
+    ``da``; ``verify`` checks an existing index by ``"sha256"`` or ``"size"``;
+    ``absent_chunks`` gives the time chunks absent from the store (recorded in the sidecar).
+    Raises ParameterError (bad parameters, or no valid tile, with counts per reason),
+    StaleIndexError, or IndexFileError (damaged index, folder not writable).
 
     Examples
     --------
-    Eight 5-minute frames of 64 x 64 pixels, rain in the top-left quarter and a block of
-    missing pixels at the bottom right; tiles of 32 x 32 pixels and 4 time steps:
-
     >>> times = np.datetime64("2024-05-01T00:00") + np.arange(8) * np.timedelta64(5, "m")
     >>> rain = np.zeros((8, 64, 64), dtype=np.float32)
     >>> rain[:, :32, :32] = 2.0
@@ -400,24 +318,12 @@ def prepare_tiling(
       stride [4, 32, 32])
       rejected: 0 for time gaps, 2 for NaN fraction > 0.05
       file: idx/demo.32x32.4.samples.csv
-    >>> index.table["mean"].tolist()
-    [2.0, 0.0, 0.0, 2.0, 0.0, 0.0]
-
-    A second call loads the index; once the data changed (another fingerprint) it is stale:
-
-    >>> prepare_tiling(da, params, "idx", dataset_id="demo", fingerprint="v1").n_tiles
-    6
     >>> try:
     ...     prepare_tiling(da, params, "idx", dataset_id="demo", fingerprint="v2")
     ... except StaleIndexError as exc:
     ...     print(exc)
     index 'idx/demo.32x32.4.samples.csv' is stale: the dataset fingerprint changed (index: 'v1',
     dataset now: 'v2'); ...
-    >>> index = prepare_tiling(
-    ...     da, params, "idx", dataset_id="demo", fingerprint="v2", on_stale="recompute"
-    ... )
-    >>> index.meta["dataset_fingerprint"]
-    'v2'
 
     """
     if not isinstance(params, TilingParams):
@@ -517,7 +423,7 @@ def prepare_tiling(
         return {
             "kind": "tiling",
             "format_version": FORMAT_VERSION,
-            "mlcast_pipes_version": __version__,
+            "mlcast_pipes_version": package_version(),
             "created": utc_now_iso(),
             "tiling_id": tid,
             "dataset_id": dataset_id,

@@ -13,20 +13,18 @@ import xarray as xr
 from torchdata.datapipes.iter import IterableWrapper
 
 import mlcast_pipes as mp
-import mlcast_pipes.indexing as indexing
+import mlcast_pipes.indexes.sampling_stats as sampling_stats_mod
 from mlcast_pipes.cli import main
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
-from mlcast_pipes.indexing import (
-    TilingPlan,
+from mlcast_pipes.indexes.plan import TilingPlan, iso_time, iter_tables
+from mlcast_pipes.indexes.sampling_stats import (
     compute_sampling_stats,
     epoch_weights,
-    iso_time,
-    iter_tables,
     sampling_stats,
     stats_path,
 )
+from mlcast_pipes.indexes.stats import read_stats_csv
 from mlcast_pipes.tiling import TilingParams
-from mlcast_pipes.transforms import read_stats_csv
 
 PARAMS = TilingParams(n_time_window=12, tile_size=(64, 64))
 SAMPLER = {"n_scalar_total_bins": 5}
@@ -94,7 +92,7 @@ def test_sampling_stats_values_file_and_reload(
     def no_compute(*args, **kwargs):
         raise AssertionError("statistics recomputed")
 
-    monkeypatch.setattr(indexing, "compute_sampling_stats", no_compute)
+    monkeypatch.setattr(sampling_stats_mod, "compute_sampling_stats", no_compute)
     again = sampling_stats(table, pool)
     assert again == stats and stats.path.stat().st_mtime_ns == stamp
     # a sampling CSV newer than the statistics (a rebuilt pool) makes them stale

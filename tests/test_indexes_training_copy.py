@@ -4,7 +4,7 @@ import zarr
 
 import mlcast_pipes as mp
 from mlcast_pipes.errors import ParameterError
-from mlcast_pipes.materialize import ARRAY, TrainingCopy, copy_path, materialize
+from mlcast_pipes.indexes.training_copy import ARRAY, TrainingCopy, copy_path, materialize
 
 
 def _sampler(path, index_dir, **kw):

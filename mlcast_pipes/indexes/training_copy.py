@@ -1,6 +1,6 @@
-"""Training copies: the sampled tiles of a sampling index in a zarr store, one sample per chunk.
+"""Training copies: an epoch's tiles materialized into one local zarr array, read by row.
 
-Made once by ``prepare --materialize``; the sampling step reads it instead of the source.
+Optional; makes epochs after the first read local files instead of the source archive.
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ from mlcast_pipes.epochs import group_by_key
 from mlcast_pipes.errors import IndexFileError, ReadError
 from mlcast_pipes.reader import TileRequest, get_reader
 from mlcast_pipes.records import DatasetInfo
+
+__all__ = [
+    "ARRAY",
+    "TrainingCopy",
+    "copy_path",
+    "materialize",
+]
+
 
 #: Name of the array in a training copy.
 ARRAY = "samples"
@@ -49,54 +57,28 @@ def materialize(
     *,
     progress: bool = False,
 ) -> Path:
-    """Write every sample of a sampling pool into a zarr store chunked one sample per chunk.
+    """Write every sample of a sampling pool into a local zarr store, one sample per chunk.
 
-    Tiles are read window by window (each frame decoded once) and written with zstd. The store
-    is built in a temporary folder beside ``path`` and renamed into place when complete, so an
-    interrupted run leaves no copy that looks usable.
-
-    Parameters
-    ----------
-    pool : pandas.DataFrame
-        The sampling index table (one row per sample).
-    meta : dict
-        The sampling index's sidecar (its ``csv_sha256`` ties the copy to the index).
-    info : DatasetInfo
-        The source archive.
-    path : str or path
-        Target store, usually :func:`copy_path`.
-    progress : bool
-        Show a progress bar on stderr, once writing has taken two seconds.
-
-    Returns
-    -------
-    pathlib.Path
-        The store.
+    ``meta`` is the sampling sidecar (its ``csv_sha256`` ties the copy to the index). The store
+    is built in a temporary folder and renamed into place, so an interrupted run leaves no copy.
 
     Examples
     --------
-    The pool of a uniform sampler on a small demo archive (21 tiles of 4 x 64 x 64):
-
     >>> from torchdata.datapipes.iter import IterableWrapper
     >>> from mlcast_pipes.demo import generate_demo
-    >>> from mlcast_pipes.indexing import dataset_info
+    >>> from mlcast_pipes.indexes.plan import dataset_info
     >>> path = generate_demo("copy.zarr", preset="tiny", n_times=24, overwrite=True)
     >>> sampler = (
-    ...     IterableWrapper([str(path)])
-    ...     .open_mlcast()
-    ...     .tile(n_time_window=4, tile_size=(64, 64), index_dir="idx")
-    ...     .uniform_sample()
+    ...     IterableWrapper([str(path)]).open_mlcast()
+    ...     .tile(n_time_window=4, tile_size=(64, 64), index_dir="idx").uniform_sample()
     ... )
     >>> sampling = sampler.sampling_indexes()[0]
     >>> info = dataset_info(next(iter(sampler.source_datapipe)))
     >>> target = materialize(
     ...     sampling.table, sampling.meta, info, copy_path("idx", sampling.sampling_id)
     ... )
-    >>> copy = TrainingCopy(target, sampling.meta["csv_sha256"])
-    >>> len(sampling.table), copy.exists(), copy.read(0).shape
-    (35, True, (4, 64, 64))
-    >>> sampler.training_copy(sampling) is not None  # the sampler reads the copy from now on
-    True
+    >>> TrainingCopy(target, sampling.meta["csv_sha256"]).read(0).shape
+    (4, 64, 64)
 
     """
     target = Path(path)
@@ -180,12 +162,7 @@ def _remove_stale_copies(target: Path, max_age_s: float = 86400.0) -> None:
 class TrainingCopy:
     """Reads samples of a training copy by row of its sampling index (opened lazily, per process).
 
-    Parameters
-    ----------
-    path : str or path
-        The store written by :func:`materialize`.
-    expected_sha256 : str, optional
-        The sampling index's CSV hash; a copy made from another index is refused.
+    A copy made from another index than ``expected_sha256`` is refused.
 
     Examples
     --------
@@ -233,11 +210,7 @@ class TrainingCopy:
         return self.read_many([row])[0]
 
     def read_many(self, rows: Sequence[int] | np.ndarray) -> list[np.ndarray]:
-        """The samples of several rows, read and decoded concurrently (one chunk each), in order.
-
-        Reading a block of samples at once spreads their decoding over threads and saves the
-        per-call overhead of :meth:`read`; each sample is decoded straight into its own array.
-        """
+        """The samples of several rows, decoded concurrently (one chunk each), in order."""
         rows = [int(r) for r in rows]
         if not rows:
             return []
