@@ -36,6 +36,16 @@ def _sampled(source: object, index: Path) -> object:
     return IterableWrapper([source]).open_mlcast().tile(index_dir=index, **TILES).uniform_sample()
 
 
+def test_an_object_changed_in_place_is_copied_again(loaded: xr.Dataset) -> None:
+    obj = loaded.copy(deep=True)
+    first = mp.open_mlcast(obj)
+    obj["rainfall_rate"].values[40, 10, 10] = 77.0  # in place: same object, new content
+    second = mp.open_mlcast(obj)
+    assert second.attrs["dataset_id"] != first.attrs["dataset_id"]
+    store = open_source(source_spec(second))
+    assert float(store.isel(time=40, y=10, x=10).values) == 77.0
+
+
 def test_open_numpy_dask_and_dataarray_objects(tiny_archive: Path, loaded: xr.Dataset) -> None:
     on_disk = mp.open_mlcast(tiny_archive)
     mem = mp.open_mlcast(loaded)

@@ -260,6 +260,30 @@ def test_infinite_values_never_reach_a_tensor_or_vanish_from_a_pool(tiny_archive
         run_sampler("binnorm", table, seed=0, aggregation="mean", n_scalar_total_bins=2)
 
 
+def test_infinite_values_are_not_passed_off_as_the_clip_value(tiny_archive, tmp_path):
+    import numpy as np
+    import zarr
+
+    from mlcast_pipes.transforms import make_normalizer
+
+    archive = _copy(tiny_archive, tmp_path)
+    arr = zarr.open_array(str(archive / "rainfall_rate"), mode="r+")
+    data = np.nan_to_num(arr[:])
+    data[:, 10, 10] = np.inf
+    arr[:] = data
+    tiles = mp.OpenXarrayDataset(str(archive)).tile(
+        n_time_window=6, tile_size=(64, 64), index_dir=tmp_path / "index"
+    )
+    table = tiles.plan.table(next(iter(tiles.source_datapipe))).rows
+    corner = table[(table["y_start"] == 0) & (table["x_start"] == 0)]
+    assert np.isinf(corner["max"]).all()  # not the clip value: the pools refuse it
+    with pytest.raises(mp.DatasetError, match="infinite"):
+        tiles.binnorm_sample(aggregation="max").sampling_indexes()
+    norm = make_normalizer("ldcast", standard_name="rainfall_flux", units="mm h-1")
+    with pytest.raises(mp.DatasetError, match=r"1 infinite pixel.*mask them to NaN"):
+        norm(np.array([[1.0, np.inf]], dtype=np.float32))
+
+
 def test_full_disk_is_an_index_error_and_leaves_no_temp_file(tmp_path, monkeypatch):
     import errno
 

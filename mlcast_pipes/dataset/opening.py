@@ -5,12 +5,10 @@ The SourceSpec in its encoding lets worker processes reopen it (``open_source``)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import uuid
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,8 +235,8 @@ def _resolve_source(
     )
 
 
-#: id(object) -> (weak reference to it, its store's URL), per process.
-_IN_MEMORY: dict[int, tuple[Any, str]] = {}
+#: content token -> the URL of its memory store, per process.
+_IN_MEMORY: dict[str, str] = {}
 _IN_MEMORY_LABEL = "the in-memory xarray object"
 
 
@@ -266,7 +264,7 @@ def _open_in_memory(
     else:
         obj_ds = obj
     ds, name, _ = _validated(obj_ds, var_name, strict=strict, hint=None, label=_IN_MEMORY_LABEL)
-    url = _memory_store(obj, ds, name)
+    url = _memory_store(ds, name)
     spec = SourceSpec(
         url=url,
         var_name=name,
@@ -317,20 +315,22 @@ def _check_in_memory_here(url: str) -> None:
         )
 
 
-def _memory_store(obj: Any, ds: xr.Dataset, name: str) -> str:
+def _memory_store(ds: xr.Dataset, name: str) -> str:
     """URL of the zarr copy of ``ds`` in this process's fsspec memory filesystem (made once)."""
     import dask
     import fsspec
     import numcodecs
 
-    known = _IN_MEMORY.get(id(obj))
     fs = fsspec.filesystem("memory")
-    if known is not None and known[0]() is obj and fs.exists(f"{known[1]}/.zmetadata"):
-        return known[1]
     keep = [name, *(v for v in ("missing_times",) if v in ds.variables)]
     grid_mapping = ds[name].attrs.get("grid_mapping")
     if grid_mapping and str(grid_mapping) in ds.variables:
         keep.append(str(grid_mapping))
+    # the values of a numpy-backed object (changed in place: a new token), a dask one's graph
+    token = dask.base.tokenize(ds[keep])
+    known = _IN_MEMORY.get(token)
+    if known is not None and fs.exists(f"{known}/.zmetadata"):
+        return known
     copy = ds[keep].copy(deep=False)
     for var in copy.variables.values():
         var.encoding = {}  # values as they are: no packing, fill values or chunks of a source
@@ -352,8 +352,7 @@ def _memory_store(obj: Any, ds: xr.Dataset, name: str) -> str:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
         raise
-    with contextlib.suppress(TypeError):  # objects without weak references are not remembered
-        _IN_MEMORY[id(obj)] = (weakref.ref(obj), url)
+    _IN_MEMORY[token] = url
     return url
 
 

@@ -192,11 +192,12 @@ def _frame_into(frame: np.ndarray, spec: KernelSpec, rec: np.void) -> None:
     rec["clip"] = 0
     if spec.clip_max is not None:
         over = vals > spec.clip_max
+        over &= np.isfinite(vals)  # +inf stays: the samplers' pools refuse infinite statistics
         if over.any():
             seg_clip = np.zeros(hc * ncx, dtype=np.int64)
             seg_clip[nz] = np.add.reduceat(over, offs, dtype=np.int64)
             rec["clip"] = seg_clip.reshape(ncy, cy, ncx).sum(axis=1).ravel()
-            np.minimum(vals, vals.dtype.type(spec.clip_max), out=vals)
+            np.copyto(vals, vals.dtype.type(spec.clip_max), where=over)
     seg_base = _segment_base(cy, ncy, ncx)
     # histogram code per value: (cell * N_BINS + bin) * 2 + wet
     lg = np.log10(vals)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from mlcast_pipes.errors import ParameterError
+from mlcast_pipes.errors import DatasetError, ParameterError
 from mlcast_pipes.transforms.rates import (
     DEFAULT_DBZ_FLOOR,
     _as_float,
@@ -158,6 +158,11 @@ class Normalizer:
         arr = _as_float(x)
         work = self.to_work(arr) if self.to_work is not None else arr
         if self.clip_low is not None or self.clip_high is not None:
+            if np.isinf(work).any():  # clipping would pass them off as the clip value
+                raise DatasetError(
+                    f"{int(np.isinf(work).sum())} infinite pixel(s) in the input of .normalize(); "
+                    "mask them to NaN in the archive (e.g. da.where(np.isfinite(da)))"
+                )
             t = work.dtype.type
             low = None if self.clip_low is None else t(self.clip_low)
             high = None if self.clip_high is None else t(self.clip_high)
