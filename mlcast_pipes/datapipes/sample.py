@@ -122,6 +122,12 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
                 f"the {method!r} sampler needs tiles: chain it after .tile() (TilingSampler), "
                 f"got {type(tile_datapipe).__name__} before it"
             )
+        if tile_datapipe.shuffle_windows or tile_datapipe.seed != 0:
+            raise ParameterError(
+                f"the {method!r} sampler draws and orders each epoch itself, so "
+                ".tile(shuffle_windows=..., seed=...) would have no effect: remove them from "
+                f".tile() and set the sampler's own seed=... (now {seed})"
+            )
         if n_samples is not None and n_samples <= 0:
             raise ParameterError(f"n_samples must be a positive number of samples, got {n_samples}")
         n_window = tile_datapipe.plan.params.n_time_window

@@ -51,7 +51,8 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
     shuffle_windows : bool
         Deliver read windows in a seeded random order per epoch instead of time order.
     seed : int
-        Seed of the shuffle.
+        Seed of the shuffle. A sampler chained after ``.tile()`` orders its own epochs and
+        refuses ``shuffle_windows`` and ``seed`` here (give the sampler its ``seed``).
     recompute : bool
         Recompute a stale index instead of raising.
     progress : bool
