@@ -371,10 +371,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _configured_archives(pipe: Any) -> list[str]:
     """Path or URL of every archive a pipeline's sources open."""
     from mlcast_pipes.datapipes.source import _SingleSource
-    from mlcast_pipes.loader import _walk
+    from mlcast_pipes.datapipes.steps import walk
 
     out: list[str] = []
-    for dp in _walk(pipe):
+    for dp in walk(pipe):
         if isinstance(dp, _SingleSource):
             spec = dp.opener.open(dp.source).encoding.get("mlcast_source")
             out.append(str(getattr(spec, "url", None) or dp.source))

@@ -15,6 +15,7 @@ import numpy as np
 from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.datapipes._sharding import EpochShardMixin
+from mlcast_pipes.datapipes.steps import Stage, Step, StepFactory
 from mlcast_pipes.datapipes.tile import TileDataPipe
 from mlcast_pipes.epochs import (
     epoch_rng,
@@ -38,7 +39,7 @@ from mlcast_pipes.sampling import (
 )
 
 
-class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
+class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
     """Draw an epoch of tiles with a registered sampler and read them window by window.
 
     Functional name: ``sample`` (``method=`` picks the sampler); every registered sampler also
@@ -154,6 +155,17 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         self._pools: dict[str, SamplingIndex] = {}
         self._copies: dict[str, TrainingCopy] = {}
         self._init_epochs()
+
+    provides: ClassVar[Stage] = "samples"
+    accepts: ClassVar[tuple[Stage, ...]] = ("tiles",)
+
+    def prepare(self) -> None:
+        """Build or load the sampling index of every upstream archive."""
+        self.sampling_indexes()
+
+    def time_steps(self) -> int:
+        """Steps per sample."""
+        return int(self.n_time_sample or self.plan.params.n_time_window)
 
     def sampling_indexes(self) -> list[SamplingIndex]:
         """Build (or load) the sampling index of every upstream archive, in this process."""
@@ -438,7 +450,7 @@ for _name in available_samplers():
         register_sampler_functional(_name)
 
 
-class BinNormSampler:
+class BinNormSampler(StepFactory):
     """The seed's sampling step: ``BinNormSampler(aggregation="sum", n_scalar_total_bins=10)``.
 
     Calling it on a ``.tile()`` datapipe returns the equivalent ``.binnorm_sample(...)``.
@@ -450,22 +462,10 @@ class BinNormSampler:
 
     """
 
-    requires = "tiles"
-    provides = "samples"
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-
-    def __call__(self, source: IterDataPipe[Any]) -> BinNormSampleDataPipe:
-        """Apply the step to an upstream datapipe."""
-        return BinNormSampleDataPipe(source, **self.kwargs)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"BinNormSampler({args})"
+    step = BinNormSampleDataPipe
 
 
-class Sampler:
+class Sampler(StepFactory):
     """A sampling step for any registered sampler: ``Sampler("importance", q_min=1e-4)``.
 
     Examples
@@ -475,10 +475,10 @@ class Sampler:
 
     """
 
-    requires = "tiles"
-    provides = "samples"
+    step = SampleDataPipe
 
     def __init__(self, method: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         get_sampler(method)
         self.method = method
         self.kwargs = kwargs
