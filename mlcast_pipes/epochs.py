@@ -82,6 +82,38 @@ class Shard:
         return Shard(self.count, self.rank * self.workers + worker, self.ranks)
 
 
+@dataclass(frozen=True)
+class EpochOrder:
+    """How an epoch is cut: shuffled groups per shard, or batch by batch in a fixed order.
+
+    Examples
+    --------
+    >>> keys = [np.array([0, 0, 1, 1, 2])]
+    >>> shard_size(keys, Shard(count=2, index=1), EpochOrder(ordered=True, batch_size=2))
+    2
+
+    """
+
+    ordered: bool = False
+    batch_size: int = 1
+    drop_remainder: bool = False
+
+
+def shard_size(keys: Sequence[np.ndarray], shard: Shard, order: EpochOrder) -> int:
+    """Records ``shard`` delivers of an epoch whose records have these read-group keys.
+
+    Examples
+    --------
+    >>> [shard_size([np.arange(5)], Shard(count=2, index=i), EpochOrder()) for i in (0, 1)]
+    [2, 3]
+
+    """
+    if order.ordered:
+        n = sum(len(k) for k in keys)
+        return ordered_records(n, shard, order.batch_size, order.drop_remainder)
+    return sum(shard_records(len(k), shard, order.drop_remainder) for k in keys)
+
+
 def combine_shards(levels: Mapping[int, tuple[int, int]]) -> Shard:
     """Combine the sharding calls of the reading services into one :class:`Shard`.
 
