@@ -36,6 +36,13 @@ import numpy as np
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
+__all__ = [
+    "BatchPool",
+    "WorkerBuffers",
+    "sharing_by_fd",
+]
+
+
 #: int64 header after a pooled batch's data: magic, pool token, worker, slot, generation.
 _MAGIC = 0x6D6C636173742D62  # "mlcast-b"
 _HEADER = 8  # int64 words (64 bytes) reserved

@@ -14,6 +14,11 @@ from typing import Any
 
 from mlcast_pipes.errors import IndexFileError, MLCastPipesError, ParameterError
 
+__all__ = [
+    "build_parser",
+    "main",
+]
+
 
 def _key_values(items: Sequence[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` pairs; values are read as YAML scalars (numbers, booleans, lists)."""

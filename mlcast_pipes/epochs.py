@@ -14,6 +14,24 @@ import numpy as np
 
 from mlcast_pipes.errors import ParameterError
 
+__all__ = [
+    "EpochOrder",
+    "Shard",
+    "combine_shards",
+    "epoch_rng",
+    "even_size",
+    "group_by_key",
+    "mix_blocks",
+    "mix_groups",
+    "ordered_records",
+    "plan_ordered",
+    "plan_shard",
+    "shard_records",
+    "shard_size",
+    "skip_records",
+]
+
+
 T = TypeVar("T")
 
 #: Sharding priorities as torch names them (``SHARDING_PRIORITIES``): DEFAULT 1, DISTRIBUTED 2,
@@ -421,52 +439,3 @@ def skip_records(
                 taken[j] += 1
                 left -= 1
     return min(taken[worker] * batch_size, sizes[worker])
-
-
-def worker_sizes(n_total: int, levels: Mapping[int, tuple[int, int]]) -> tuple[list[int], int]:
-    """Records per worker of this copy's rank under :func:`plan_shard`, and this worker's index.
-
-    Examples
-    --------
-    10 records on one rank with 3 workers, seen from worker 1:
-
-    >>> worker_sizes(10, {3: (3, 1)})
-    ([3, 3, 4], 1)
-
-    Rank 1 of 2 (5 records) with 2 workers, seen from worker 0:
-
-    >>> worker_sizes(10, {2: (2, 1), 3: (2, 0)})
-    ([2, 3], 0)
-
-    """
-    shard = combine_shards(levels)
-    n_workers, worker = levels.get(_MULTIPROCESSING, (1, 0))
-    first = shard.index - worker
-    sizes = [
-        (first + j + 1) * n_total // shard.count - (first + j) * n_total // shard.count
-        for j in range(n_workers)
-    ]
-    return sizes, worker
-
-
-def resume_skip(
-    n_total: int,
-    levels: Mapping[int, tuple[int, int]],
-    batches: int,
-    batch_size: int,
-    drop_last: bool = False,
-) -> int:
-    """Records this worker skips so that its rank's epoch resumes at batch ``batches``.
-
-    DataLoader2 takes batches from its workers in turn (worker 0, 1, ..., 0, 1, ...), skipping
-    workers that have run out; the first ``batches`` batches of that sequence are replayed
-    here on the workers' batch counts.
-
-    Examples
-    --------
-    >>> resume_skip(10, {3: (2, 1)}, batches=3, batch_size=2)
-    2
-
-    """
-    sizes, worker = worker_sizes(n_total, levels)
-    return skip_records(sizes, worker, batches, batch_size, drop_last)

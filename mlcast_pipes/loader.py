@@ -38,6 +38,17 @@ from mlcast_pipes.datapipes.steps import (
 from mlcast_pipes.epochs import Shard, combine_shards
 from mlcast_pipes.errors import MLCastPipesError, ParameterError
 
+__all__ = [
+    "Loader",
+    "WorkerDiedError",
+    "make_dataloader",
+    "prepare_indexes",
+    "set_epoch",
+    "set_resume",
+    "tune_malloc",
+]
+
+
 #: glibc ``mallopt`` parameters and the values :func:`tune_malloc` sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _TRIM_THRESHOLD = 256 * 2**20
@@ -47,14 +58,9 @@ _MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value
 def tune_malloc() -> bool:
     """Make glibc's malloc keep freed memory for reuse in this process (data loader workers).
 
-    By default glibc serves arrays from about 128 kB up to 32 MB from fresh ``mmap`` pages
-    and returns freed heap memory to the system at once, so a sample allocated anew for every
-    read is faulted in anew; on a virtual machine that is dear. This sets ``M_MMAP_THRESHOLD``
-    to 32 MB and ``M_TRIM_THRESHOLD`` to 256 MB: the process keeps up to 256 MB of freed
-    memory (its peak memory does not grow). :func:`make_dataloader` calls it in its worker
-    processes; reading a training copy with 2 workers went from 801-957 to 1006-1030 samples/s
-    with it here (two runs each; reading the source, whose frame buffers are reused anyway,
-    did not change). Call it yourself in a process that iterates a chain.
+    Sets ``M_MMAP_THRESHOLD`` to 32 MB and ``M_TRIM_THRESHOLD`` to 256 MB, so that samples
+    allocated anew for every read reuse freed heap pages instead of fresh ``mmap`` pages.
+    :func:`make_dataloader` calls it in its workers; call it in a process that iterates a chain.
 
     Returns
     -------
@@ -409,23 +415,6 @@ class Loader:
 
         Setting the epoch the loader is at already keeps a resume point loaded with
         :meth:`load_state_dict`. With ``shuffle=False`` every epoch delivers the same batches.
-
-        Examples
-        --------
-        >>> from torchdata.datapipes.iter import IterableWrapper
-        >>> from mlcast_pipes.demo import generate_demo
-        >>> path = generate_demo("set_epoch.zarr", preset="tiny", n_times=24, overwrite=True)
-        >>> tiles = IterableWrapper([str(path)]).open_mlcast().tile(
-        ...     n_time_window=4, tile_size=(64, 64), index_dir="idx"
-        ... )
-        >>> pipe = tiles.uniform_sample(n_samples=6).normalize().to_tensor(batch_size=2)
-        >>> loader = Loader(pipe)
-        >>> loader.set_epoch(3)
-        >>> first = [b.sum().item() for b in loader]
-        >>> loader.set_epoch(3)
-        >>> [b.sum().item() for b in loader] == first, loader.epoch
-        (True, 4)
-
         """
         epoch = int(epoch)
         if epoch != self.epoch:

@@ -21,6 +21,13 @@ from mlcast_pipes.datapipes.tensor import ToTorchTensor
 from mlcast_pipes.datapipes.tile import TilingSampler
 from mlcast_pipes.errors import MLCastPipesError, ParameterError, PipelineOrderError
 
+__all__ = [
+    "STEPS",
+    "compose",
+    "load_pipeline",
+]
+
+
 #: Step names usable in YAML files, with the stage each one gives.
 STEPS: dict[str, Any] = {
     "MLCastCatalogDataset": MLCastCatalogDataset,

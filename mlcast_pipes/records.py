@@ -14,6 +14,11 @@ import xarray as xr
 from mlcast_pipes.dataset import SourceSpec
 from mlcast_pipes.reader import TileRequest, get_reader
 
+__all__ = [
+    "DatasetInfo",
+    "TileSample",
+]
+
 
 @dataclass(frozen=True)
 class DatasetInfo:

@@ -12,6 +12,10 @@ import numpy as np
 
 from mlcast_pipes.epochs import EpochOrder, Shard, combine_shards, shard_size
 
+__all__ = [
+    "EpochShardMixin",
+]
+
 
 class EpochShardMixin:
     """Implements ``apply_sharding`` (workers x ranks) and a per-copy epoch counter.

@@ -18,6 +18,12 @@ from mlcast_pipes.indexing import SamplingStats, iter_tables, sampling_stats
 from mlcast_pipes.records import DatasetInfo, TileSample
 from mlcast_pipes.transforms import DEFAULT_CLIP_MAX, DEFAULT_DBZ_FLOOR, Normalizer, make_normalizer
 
+__all__ = [
+    "NormalizeDataPipe",
+    "NormalizeForTraining",
+]
+
+
 #: Parameters that give the ``fitted`` transform its statistics explicitly.
 _FITTED_EXPLICIT = ("mean", "std", "stats_file")
 
@@ -92,7 +98,7 @@ class NormalizeDataPipe(Step, IterDataPipe[TileSample]):
     @property
     def sampler(self) -> Any:
         """The nearest sampling step upstream (None if there is none)."""
-        return find_sampler(self.source_datapipe)
+        return _find_sampler(self.source_datapipe)
 
     provides: ClassVar[Stage] = "normalized"
     accepts: ClassVar[tuple[Stage, ...]] = ("tiles", "samples")
@@ -170,17 +176,8 @@ class NormalizeDataPipe(Step, IterDataPipe[TileSample]):
             yield sample
 
 
-def find_sampler(dp: Any) -> SampleDataPipe | None:
-    """The nearest sampling step from ``dp`` (included) upwards, or None.
-
-    Examples
-    --------
-    >>> from torchdata.datapipes.iter import IterableWrapper
-    >>> import mlcast_pipes
-    >>> find_sampler(IterableWrapper(["demo"]).open_mlcast().tile()) is None
-    True
-
-    """
+def _find_sampler(dp: Any) -> SampleDataPipe | None:
+    """The nearest sampling step from ``dp`` (included) upwards, or None."""
     return nearest(dp, SampleDataPipe)
 
 
@@ -189,8 +186,9 @@ class NormalizeForTraining(StepFactory):
 
     Examples
     --------
-    >>> NormalizeForTraining().kwargs
-    {}
+    >>> step = NormalizeForTraining(method="fitted")
+    >>> step.provides, step.accepts  # it follows .tile() or a sampler
+    ('normalized', ('tiles', 'samples'))
 
     """
 

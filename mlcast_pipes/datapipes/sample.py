@@ -23,6 +23,14 @@ from mlcast_pipes.materialize import TrainingCopy
 from mlcast_pipes.records import TileSample
 from mlcast_pipes.sampling import SamplingIndex, available_samplers, get_sampler
 
+__all__ = [
+    "BinNormSampleDataPipe",
+    "BinNormSampler",
+    "SampleDataPipe",
+    "Sampler",
+    "register_sampler_functional",
+]
+
 
 class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
     """Draw an epoch of tiles with a registered sampler and read them window by window.
@@ -328,8 +336,9 @@ class BinNormSampler(StepFactory):
 
     Examples
     --------
-    >>> BinNormSampler(aggregation="sum", n_scalar_total_bins=10).kwargs["aggregation"]
-    'sum'
+    >>> step = BinNormSampler(aggregation="sum", n_scalar_total_bins=10)
+    >>> step.provides, step.accepts
+    ('samples', ('tiles',))
 
     """
 
@@ -341,8 +350,8 @@ class Sampler(StepFactory):
 
     Examples
     --------
-    >>> Sampler("uniform").method
-    'uniform'
+    >>> Sampler("importance", q_min=1e-4)
+    Sampler('importance', q_min=0.0001)
 
     """
 

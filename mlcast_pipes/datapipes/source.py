@@ -15,6 +15,14 @@ from torch.utils.data import IterDataPipe, functional_datapipe
 from mlcast_pipes.datapipes.steps import Stage, Step
 from mlcast_pipes.dataset import metadata_stamp, open_mlcast
 
+__all__ = [
+    "MLCastCatalogDataset",
+    "MLCastOpener",
+    "OpenXarrayDataset",
+    "Source",
+]
+
+
 CatalogArg = str | os.PathLike[str] | None
 #: What a source datapipe opens: a catalog id, a path, a URL or an in-memory xarray object.
 Source = str | os.PathLike[str] | xr.Dataset | xr.DataArray

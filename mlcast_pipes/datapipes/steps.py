@@ -12,10 +12,8 @@ from torch.utils.data import IterDataPipe
 from torch.utils.data.graph import traverse_dps
 
 __all__ = [
-    "Batching",
     "EpochAware",
     "Resumable",
-    "Shardable",
     "Stage",
     "Step",
     "StepFactory",
@@ -132,15 +130,7 @@ class Resumable(Protocol):
 
 @runtime_checkable
 class Shardable(Protocol):
-    """A datapipe that takes its share of an epoch from torchdata's reading services.
-
-    Examples
-    --------
-    >>> from torchdata.datapipes.iter import IterableWrapper
-    >>> isinstance(IterableWrapper([1, 2]).sharding_filter(), Shardable)
-    True
-
-    """
+    """A datapipe that takes its share of an epoch from torchdata's reading services."""
 
     def apply_sharding(
         self, num_of_instances: int, instance_id: int, sharding_group: Any = ...
@@ -150,15 +140,7 @@ class Shardable(Protocol):
 
 @runtime_checkable
 class Batching(Protocol):
-    """A batching datapipe (``.to_tensor()``, torch's ``.batch()``): its size and remainder.
-
-    Examples
-    --------
-    >>> from torchdata.datapipes.iter import IterableWrapper
-    >>> isinstance(IterableWrapper([1, 2]).batch(2), Batching)
-    True
-
-    """
+    """A batching datapipe (``.to_tensor()``, torch's ``.batch()``): its size and remainder."""
 
     batch_size: int | None
     drop_last: bool

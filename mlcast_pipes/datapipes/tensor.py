@@ -19,6 +19,14 @@ from mlcast_pipes.datapipes.steps import Stage, Step, StepFactory, chain
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
 from mlcast_pipes.records import TileSample
 
+__all__ = [
+    "Layout",
+    "ToTensorDataPipe",
+    "ToTorchTensor",
+    "stack_into_shared_memory",
+]
+
+
 Layout = Literal["TYX", "CTYX", "TCYX"]
 _META_INT = ("tile_id", "sample_id", "t_start", "y_start", "x_start")
 
@@ -250,8 +258,9 @@ class ToTorchTensor(StepFactory):
 
     Examples
     --------
-    >>> ToTorchTensor(batch_size=16).kwargs
-    {'batch_size': 16}
+    >>> step = ToTorchTensor(batch_size=16, n_input=4, n_target=8)
+    >>> step.provides, step.accepts
+    ('tensors', ('tiles', 'samples', 'normalized'))
 
     """
 

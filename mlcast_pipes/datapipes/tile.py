@@ -24,6 +24,11 @@ from mlcast_pipes.records import TileSample
 from mlcast_pipes.splits import TimeSplit
 from mlcast_pipes.tiling import TilingParams
 
+__all__ = [
+    "TileDataPipe",
+    "TilingSampler",
+]
+
 
 @functional_datapipe("tile")
 class TileDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
@@ -189,8 +194,9 @@ class TilingSampler(StepFactory):
 
     Examples
     --------
-    >>> TilingSampler(n_time_window=12, tile_size=(128, 128)).kwargs["n_time_window"]
-    12
+    >>> step = TilingSampler(n_time_window=12, tile_size=(128, 128))
+    >>> step.provides, step.accepts
+    ('tiles', ('dataset',))
 
     """
 
