@@ -7,6 +7,10 @@ from typing import Any
 
 from mlcast_pipes.errors import ParameterError
 
+__all__ = [
+    "as_int",
+]
+
 
 def as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     """``value`` as an ``int`` (Python or numpy integer, or a float with no fraction).

@@ -1,27 +1,16 @@
 """Shared-memory batch buffers that data loader workers reuse once the main process lets go.
 
-A batch sent between processes lives in shared memory; fresh shared memory is zeroed and
-faulted in page by page, which costs more than stacking the batch. A :class:`BatchPool`
-lets each worker stack its batches into a few buffers it recycles, and the main process
-hands a buffer back only when no tensor of it is left (a torch weak reference says so).
-
-The pool's state is one small shared table per loader: for each worker and slot, the
-generation of the batch in it (0: free) and the identity (inode) of its shared memory.
-
-* A worker takes a free slot (or allocates an ordinary buffer when none is free), writes
-  the slot's generation into the table and into a header after the batch data, and sends
-  the batch as usual.
-* The main process reads the header of each batch it receives (:meth:`BatchPool.track`)
-  and frees the slot once the batch's storage has died (:meth:`BatchPool.release`).
-* At each epoch start, when no batch is on its way, the main process also frees the slots
-  it holds no live mapping of (:meth:`BatchPool.reclaim`): batches dropped in flight by an
-  epoch left early, or dropped inside a worker. A batch it still maps (in any container,
-  tracked or not) keeps its slot.
-
-A slot is written again only after the main process saw its batch die, so a batch a
-training step still holds is never overwritten. Send a batch on to another process only
-as a copy (``batch.clone()``), or build the loader with ``reuse_batch_memory=False``.
+Send a batch on to another process only as a copy (``batch.clone()``), or use
+``reuse_batch_memory=False``.
 """
+
+# Fresh shared memory is zeroed and faulted in page by page, which costs more than stacking a
+# batch: each worker stacks into a few slots it recycles. One small shared table per loader
+# holds, per worker and slot, the generation of the batch in it (0: free) and the inode of its
+# memory. A worker writes the generation into the table and into a header after the data; the
+# main process reads the header (BatchPool.track), frees the slot once the batch's storage died
+# (a torch weak reference says so, BatchPool.release) and, at each epoch start, frees the slots
+# it holds no live mapping of (BatchPool.reclaim). A batch still held is never overwritten.
 
 from __future__ import annotations
 
@@ -35,6 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
+
+__all__ = [
+    "BatchPool",
+    "WorkerBuffers",
+    "sharing_by_fd",
+]
+
 
 #: int64 header after a pooled batch's data: magic, pool token, worker, slot, generation.
 _MAGIC = 0x6D6C636173742D62  # "mlcast-b"

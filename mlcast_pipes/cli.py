@@ -8,11 +8,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from mlcast_pipes.errors import IndexFileError, MLCastPipesError, ParameterError
+
+__all__ = [
+    "build_parser",
+    "main",
+]
 
 
 def _key_values(items: Sequence[str] | None) -> dict[str, Any]:
@@ -46,6 +51,41 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.option_strings and not isinstance(action.const, bool):
             return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
         return text
+
+
+class _LazyChoices(Sequence[str]):
+    """Choices listed on first use, so that building the parser imports no heavy module."""
+
+    def __init__(self, load: Callable[[], list[str]]) -> None:
+        self._load = load
+        self._items: list[str] | None = None
+
+    def _list(self) -> list[str]:
+        if self._items is None:
+            self._items = list(self._load())
+        return self._items
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._list()[i]
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._list()
+
+
+def _add_choice(
+    p: argparse.ArgumentParser, flag: str, load: Callable[[], list[str]], **kwargs: Any
+) -> None:
+    """An option whose choices are listed only when parsed or shown in a help text."""
+    # add_argument formats the metavar once (which would list the choices): give it one, then
+    # remove it so that the help text shows the choices
+    action = p.add_argument(flag, choices=_LazyChoices(load), metavar="NAME", **kwargs)
+    action.metavar = None
 
 
 def _sampler_choices() -> list[str]:
@@ -117,9 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="generate the demo archive and run the whole pipeline on it", **fmt
     )
-    demo.add_argument(
-        "--preset", default="small", choices=_demo_presets(), help="demo archive size"
-    )
+    _add_choice(demo, "--preset", _demo_presets, default="small", help="demo archive size")
     demo.add_argument("--seed", type=int, default=0, help="seed of the demo archive")
     demo.add_argument("--workers", type=int, default=2, help="DataLoader2 worker processes")
     demo.add_argument("--batches", type=int, default=4, help="batches to draw")
@@ -157,11 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a local dask.distributed cluster of this many worker processes (None: "
         "dask's threads in this process)",
     )
-    prep.add_argument(
-        "--sampler",
-        default=None,
-        choices=_sampler_choices(),
-        help="also build this sampler's index",
+    _add_choice(
+        prep, "--sampler", _sampler_choices, default=None, help="also build this sampler's index"
     )
     prep.add_argument(
         "--n-time-sample",
@@ -208,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--what", choices=("prepare", "read", "all"), default="all", help="what to measure"
     )
-    bench.add_argument(
-        "--preset", default="itdpc", choices=_demo_presets(), help="demo archive to measure on"
+    _add_choice(
+        bench, "--preset", _demo_presets, default="itdpc", help="demo archive to measure on"
     )
     bench.add_argument(
         "--path", default=None, help="measure on this archive (None: the demo archive)"
@@ -341,10 +376,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _configured_archives(pipe: Any) -> list[str]:
     """Path or URL of every archive a pipeline's sources open."""
     from mlcast_pipes.datapipes.source import _SingleSource
-    from mlcast_pipes.loader import _walk
+    from mlcast_pipes.datapipes.steps import walk
 
     out: list[str] = []
-    for dp in _walk(pipe):
+    for dp in walk(pipe):
         if isinstance(dp, _SingleSource):
             spec = dp.opener.open(dp.source).encoding.get("mlcast_source")
             out.append(str(getattr(spec, "url", None) or dp.source))

@@ -14,6 +14,24 @@ import numpy as np
 
 from mlcast_pipes.errors import ParameterError
 
+__all__ = [
+    "EpochOrder",
+    "Shard",
+    "combine_shards",
+    "epoch_rng",
+    "even_size",
+    "group_by_key",
+    "mix_blocks",
+    "mix_groups",
+    "ordered_records",
+    "plan_ordered",
+    "plan_shard",
+    "shard_records",
+    "shard_size",
+    "skip_records",
+]
+
+
 T = TypeVar("T")
 
 #: Sharding priorities as torch names them (``SHARDING_PRIORITIES``): DEFAULT 1, DISTRIBUTED 2,
@@ -80,6 +98,38 @@ class Shard:
     def of_worker(self, worker: int) -> Shard:
         """The share of worker ``worker`` of the same rank."""
         return Shard(self.count, self.rank * self.workers + worker, self.ranks)
+
+
+@dataclass(frozen=True)
+class EpochOrder:
+    """How an epoch is cut: shuffled groups per shard, or batch by batch in a fixed order.
+
+    Examples
+    --------
+    >>> keys = [np.array([0, 0, 1, 1, 2])]
+    >>> shard_size(keys, Shard(count=2, index=1), EpochOrder(ordered=True, batch_size=2))
+    2
+
+    """
+
+    ordered: bool = False
+    batch_size: int = 1
+    drop_remainder: bool = False
+
+
+def shard_size(keys: Sequence[np.ndarray], shard: Shard, order: EpochOrder) -> int:
+    """Records ``shard`` delivers of an epoch whose records have these read-group keys.
+
+    Examples
+    --------
+    >>> [shard_size([np.arange(5)], Shard(count=2, index=i), EpochOrder()) for i in (0, 1)]
+    [2, 3]
+
+    """
+    if order.ordered:
+        n = sum(len(k) for k in keys)
+        return ordered_records(n, shard, order.batch_size, order.drop_remainder)
+    return sum(shard_records(len(k), shard, order.drop_remainder) for k in keys)
 
 
 def combine_shards(levels: Mapping[int, tuple[int, int]]) -> Shard:
@@ -389,52 +439,3 @@ def skip_records(
                 taken[j] += 1
                 left -= 1
     return min(taken[worker] * batch_size, sizes[worker])
-
-
-def worker_sizes(n_total: int, levels: Mapping[int, tuple[int, int]]) -> tuple[list[int], int]:
-    """Records per worker of this copy's rank under :func:`plan_shard`, and this worker's index.
-
-    Examples
-    --------
-    10 records on one rank with 3 workers, seen from worker 1:
-
-    >>> worker_sizes(10, {3: (3, 1)})
-    ([3, 3, 4], 1)
-
-    Rank 1 of 2 (5 records) with 2 workers, seen from worker 0:
-
-    >>> worker_sizes(10, {2: (2, 1), 3: (2, 0)})
-    ([2, 3], 0)
-
-    """
-    shard = combine_shards(levels)
-    n_workers, worker = levels.get(_MULTIPROCESSING, (1, 0))
-    first = shard.index - worker
-    sizes = [
-        (first + j + 1) * n_total // shard.count - (first + j) * n_total // shard.count
-        for j in range(n_workers)
-    ]
-    return sizes, worker
-
-
-def resume_skip(
-    n_total: int,
-    levels: Mapping[int, tuple[int, int]],
-    batches: int,
-    batch_size: int,
-    drop_last: bool = False,
-) -> int:
-    """Records this worker skips so that its rank's epoch resumes at batch ``batches``.
-
-    DataLoader2 takes batches from its workers in turn (worker 0, 1, ..., 0, 1, ...), skipping
-    workers that have run out; the first ``batches`` batches of that sequence are replayed
-    here on the workers' batch counts.
-
-    Examples
-    --------
-    >>> resume_skip(10, {3: (2, 1)}, batches=3, batch_size=2)
-    2
-
-    """
-    sizes, worker = worker_sizes(n_total, levels)
-    return skip_records(sizes, worker, batches, batch_size, drop_last)

@@ -5,6 +5,17 @@ Every error names the problem and the fix; all derive from :class:`MLCastPipesEr
 
 from __future__ import annotations
 
+__all__ = [
+    "CatalogError",
+    "DatasetError",
+    "IndexFileError",
+    "MLCastPipesError",
+    "ParameterError",
+    "PipelineOrderError",
+    "ReadError",
+    "StaleIndexError",
+]
+
 
 class MLCastPipesError(Exception):
     """Base class of every error raised on purpose by mlcast-pipes.

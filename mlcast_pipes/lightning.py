@@ -19,6 +19,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "mlcast_pipes.lightning needs Lightning: pip install 'mlcast-pipes[lightning]'"
     ) from exc
 
+__all__ = [
+    "MLCastDataModule",
+]
+
+
 _STAGES = ("train", "val", "test")
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import IterDataPipe
-from torch.utils.data.graph import traverse_dps
 from torchdata.dataloader2 import (
     DataLoader2,
     DistributedReadingService,
@@ -28,8 +27,27 @@ from torchdata.dataloader2 import (
 
 from mlcast_pipes._checks import as_int
 from mlcast_pipes.batchpool import BatchPool, sharing_by_fd
+from mlcast_pipes.datapipes.steps import (
+    Batching,
+    EpochAware,
+    Resumable,
+    Shardable,
+    Step,
+    walk,
+)
 from mlcast_pipes.epochs import Shard, combine_shards
 from mlcast_pipes.errors import MLCastPipesError, ParameterError
+
+__all__ = [
+    "Loader",
+    "WorkerDiedError",
+    "make_dataloader",
+    "prepare_indexes",
+    "set_epoch",
+    "set_resume",
+    "tune_malloc",
+]
+
 
 #: glibc ``mallopt`` parameters and the values :func:`tune_malloc` sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -40,14 +58,9 @@ _MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value
 def tune_malloc() -> bool:
     """Make glibc's malloc keep freed memory for reuse in this process (data loader workers).
 
-    By default glibc serves arrays from about 128 kB up to 32 MB from fresh ``mmap`` pages
-    and returns freed heap memory to the system at once, so a sample allocated anew for every
-    read is faulted in anew; on a virtual machine that is dear. This sets ``M_MMAP_THRESHOLD``
-    to 32 MB and ``M_TRIM_THRESHOLD`` to 256 MB: the process keeps up to 256 MB of freed
-    memory (its peak memory does not grow). :func:`make_dataloader` calls it in its worker
-    processes; reading a training copy with 2 workers went from 801-957 to 1006-1030 samples/s
-    with it here (two runs each; reading the source, whose frame buffers are reused anyway,
-    did not change). Call it yourself in a process that iterates a chain.
+    Sets ``M_MMAP_THRESHOLD`` to 32 MB and ``M_TRIM_THRESHOLD`` to 256 MB, so that samples
+    allocated anew for every read reuse freed heap pages instead of fresh ``mmap`` pages.
+    :func:`make_dataloader` calls it in its workers; call it in a process that iterates a chain.
 
     Returns
     -------
@@ -170,21 +183,6 @@ class WorkerDiedError(MLCastPipesError, RuntimeError):
     """
 
 
-def _walk(pipe: IterDataPipe[Any]) -> list[Any]:
-    """Every datapipe of a graph (each once)."""
-    out: list[Any] = []
-    seen: set[int] = set()
-    stack = [traverse_dps(pipe)]
-    while stack:
-        graph = stack.pop()
-        for dp, sub in graph.values():
-            if id(dp) not in seen:
-                seen.add(id(dp))
-                out.append(dp)
-            stack.append(sub)
-    return out
-
-
 #: Pipelines whose indexes were prepared in this process (their warnings were shown here).
 _PREPARED: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -209,19 +207,9 @@ def prepare_indexes(pipe: IterDataPipe[Any]) -> None:
     ['...64x64.4.4.uniform....samples.csv', '...64x64.4.samples.csv']
 
     """
-    for dp in _walk(pipe):
-        fitted = getattr(dp, "fitted_stats", None)
-        if callable(fitted) and getattr(dp, "method", None) == "fitted":
-            fitted()
-        build = getattr(dp, "sampling_indexes", None)
-        if callable(build):
-            build()
-            continue
-        plan = getattr(dp, "plan", None)
-        source = getattr(dp, "source_datapipe", None)
-        if plan is not None and source is not None and hasattr(plan, "table"):
-            for da in source:
-                plan.table(da)
+    for dp in walk(pipe):  # from the last step upwards
+        if isinstance(dp, Step):
+            dp.prepare()
     with contextlib.suppress(TypeError):  # not weakly referenceable: workers warn once
         _PREPARED.add(pipe)
 
@@ -248,11 +236,9 @@ def set_resume(pipe: IterDataPipe[Any], batch: int) -> None:
     """
     if batch <= 0:
         return
-    dps = _walk(pipe)
-    sizes = [dp for dp in dps if hasattr(dp, "batch_size") and hasattr(dp, "drop_last")]
-    batch_size = int(sizes[0].batch_size or 1) if sizes else 1
-    drop_last = bool(sizes[0].drop_last) if sizes else False
-    resumable = [dp for dp in dps if callable(getattr(dp, "set_resume", None))]
+    dps = walk(pipe)
+    batch_size, drop_last = _batching(dps)
+    resumable = [dp for dp in dps if isinstance(dp, Resumable)]
     if not resumable:
         raise ParameterError(
             "start_batch needs a sampling step (.binnorm_sample(), .sample(...)) in the pipeline"
@@ -280,10 +266,9 @@ def set_epoch(pipe: IterDataPipe[Any], epoch: int) -> None:
     True
 
     """
-    for dp in _walk(pipe):
-        setter = getattr(dp, "set_epoch", None)
-        if callable(setter):
-            setter(epoch)
+    for dp in walk(pipe):
+        if isinstance(dp, EpochAware):
+            dp.set_epoch(epoch)
 
 
 class Loader:
@@ -408,7 +393,7 @@ class Loader:
         from mlcast_pipes.datapipes._sharding import EpochShardMixin
         from mlcast_pipes.datapipes.mix import MixDataPipe
 
-        dps = _walk(pipe)
+        dps = walk(pipe)
         self._batch_size, self._drop_last = _batching(dps)
         if not self.shuffle and any(isinstance(dp, MixDataPipe) for dp in dps):
             raise ParameterError(
@@ -430,23 +415,6 @@ class Loader:
 
         Setting the epoch the loader is at already keeps a resume point loaded with
         :meth:`load_state_dict`. With ``shuffle=False`` every epoch delivers the same batches.
-
-        Examples
-        --------
-        >>> from torchdata.datapipes.iter import IterableWrapper
-        >>> from mlcast_pipes.demo import generate_demo
-        >>> path = generate_demo("set_epoch.zarr", preset="tiny", n_times=24, overwrite=True)
-        >>> tiles = IterableWrapper([str(path)]).open_mlcast().tile(
-        ...     n_time_window=4, tile_size=(64, 64), index_dir="idx"
-        ... )
-        >>> pipe = tiles.uniform_sample(n_samples=6).normalize().to_tensor(batch_size=2)
-        >>> loader = Loader(pipe)
-        >>> loader.set_epoch(3)
-        >>> first = [b.sum().item() for b in loader]
-        >>> loader.set_epoch(3)
-        >>> [b.sum().item() for b in loader] == first, loader.epoch
-        (True, 4)
-
         """
         epoch = int(epoch)
         if epoch != self.epoch:
@@ -670,7 +638,7 @@ def _shard_ranks_directly(pipe: IterDataPipe[Any]) -> bool:
 
     from mlcast_pipes.datapipes._sharding import EpochShardMixin
 
-    shardable = [dp for dp in _walk(pipe) if callable(getattr(dp, "apply_sharding", None))]
+    shardable = [dp for dp in walk(pipe) if isinstance(dp, Shardable)]
     if not shardable or not all(isinstance(dp, EpochShardMixin) for dp in shardable):
         return False
     for dp in shardable:
@@ -680,7 +648,7 @@ def _shard_ranks_directly(pipe: IterDataPipe[Any]) -> bool:
 
 def _batching(dps: list[Any]) -> tuple[int, bool]:
     """Batch size and ``drop_last`` of the batching step of a graph (1, False if none)."""
-    sizes = [dp for dp in dps if hasattr(dp, "batch_size") and hasattr(dp, "drop_last")]
+    sizes = [dp for dp in dps if isinstance(dp, Batching)]
     if not sizes:
         return 1, False
     return int(sizes[0].batch_size or 1), bool(sizes[0].drop_last)

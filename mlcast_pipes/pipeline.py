@@ -16,9 +16,17 @@ from torch.utils.data import IterDataPipe
 from mlcast_pipes.datapipes.normalize import NormalizeForTraining
 from mlcast_pipes.datapipes.sample import BinNormSampler, Sampler
 from mlcast_pipes.datapipes.source import MLCastCatalogDataset, OpenXarrayDataset
+from mlcast_pipes.datapipes.steps import StepFactory
 from mlcast_pipes.datapipes.tensor import ToTorchTensor
 from mlcast_pipes.datapipes.tile import TilingSampler
 from mlcast_pipes.errors import MLCastPipesError, ParameterError, PipelineOrderError
+
+__all__ = [
+    "STEPS",
+    "compose",
+    "load_pipeline",
+]
+
 
 #: Step names usable in YAML files, with the stage each one gives.
 STEPS: dict[str, Any] = {
@@ -31,13 +39,6 @@ STEPS: dict[str, Any] = {
     "ToTorchTensor": ToTorchTensor,
 }
 
-#: What each kind of step accepts from the step before it.
-_ACCEPTS = {
-    "tiles": ("dataset",),
-    "samples": ("tiles",),
-    "normalized": ("tiles", "samples"),
-    "tensors": ("tiles", "samples", "normalized"),
-}
 _MAKES = {"tiles": "TilingSampler", "samples": "a sampler (BinNormSampler, Sampler)"}
 
 
@@ -80,11 +81,11 @@ def compose(steps: Sequence[Any]) -> IterDataPipe[Any]:
     stage, previous = "dataset", repr(type(first).__name__)
     made: dict[str, str] = {"dataset": previous}  # stage -> the step that gave it
     for step in rest:
-        provides = getattr(step, "provides", None)
-        if provides not in _ACCEPTS or not callable(step):
+        if not isinstance(step, StepFactory):
             raise PipelineOrderError(f"{step!r} is not a pipeline step; use {', '.join(STEPS)}")
-        if stage not in _ACCEPTS[provides]:
-            raise PipelineOrderError(_order_message(step, provides, stage, previous, made))
+        provides = step.provides
+        if stage not in step.accepts:
+            raise PipelineOrderError(_order_message(step, stage, previous, made))
         try:
             pipe = step(pipe)
         except (TypeError, ValueError) as exc:
@@ -99,11 +100,9 @@ def compose(steps: Sequence[Any]) -> IterDataPipe[Any]:
     return pipe
 
 
-def _order_message(
-    step: Any, provides: str, stage: str, previous: str, made: Mapping[str, str]
-) -> str:
+def _order_message(step: StepFactory, stage: str, previous: str, made: Mapping[str, str]) -> str:
     """Explain why ``step`` cannot follow ``previous``, and how to reorder the steps."""
-    accepted = _ACCEPTS[provides]
+    provides, accepted = step.provides, step.accepts
     needs = " or ".join(accepted)
     earlier = [made[s] for s in accepted if s in made]
     if provides in made:

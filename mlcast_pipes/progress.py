@@ -19,23 +19,8 @@ def progress_bar(
 ) -> Any:
     """A tqdm progress bar on stderr, shown once the pass has run :data:`DELAY_S` seconds.
 
-    Parameters
-    ----------
-    total : int or None
-        Units of work in the pass (None: unknown, a counter is shown).
-    desc : str
-        What the pass does (e.g. ``"prepare demo.128x128.12"``).
-    unit : str
-        Name of one unit of work.
-    enabled : bool
-        False returns a bar that draws nothing (``progress=False``).
-    **kw
-        Other :class:`tqdm.tqdm` arguments (``delay=0`` shows it at once).
-
-    Returns
-    -------
-    tqdm.tqdm
-        Use it as a context manager and call ``update(n)``.
+    ``total`` None shows a counter; ``enabled=False`` draws nothing; other keywords go to
+    :class:`tqdm.tqdm` (``delay=0`` shows it at once). Use it as a context manager.
 
     Examples
     --------

@@ -14,6 +14,11 @@ import xarray as xr
 from mlcast_pipes.dataset import SourceSpec
 from mlcast_pipes.reader import TileRequest, get_reader
 
+__all__ = [
+    "DatasetInfo",
+    "TileSample",
+]
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -84,9 +89,17 @@ class TileSample:
 
     Examples
     --------
-    >>> from mlcast_pipes.records import TileSample
-    >>> TileSample.__name__
-    'TileSample'
+    A record from ``.tile()`` holds no pixels until ``load()`` reads them:
+
+    >>> from torchdata.datapipes.iter import IterableWrapper
+    >>> from mlcast_pipes.demo import generate_demo
+    >>> path = generate_demo("record.zarr", preset="tiny", n_times=24, overwrite=True)
+    >>> tiles = IterableWrapper([str(path)]).open_mlcast().tile(
+    ...     n_time_window=4, tile_size=(64, 64), index_dir="idx"
+    ... )
+    >>> record = next(iter(tiles))
+    >>> record.data is None, record.load().shape, record.request.n
+    (True, (4, 64, 64), 4)
 
     """
 

@@ -593,3 +593,14 @@ def test_empty_split_suggests_a_smaller_time_stride(tiny_archive: Path, index_di
     (split,) = mp.split_by_ranges(short=[(start, end)]).values()
     with pytest.raises(ParameterError, match=r"holds no tile.*stride=\(1, 64, 64\).*windows of 6"):
         list(_tiles(tiny_archive, index_dir, n_time_window=6, split=split))
+
+
+def test_sampler_refuses_the_tiling_order_options(tiny_archive: Path, index_dir: Path) -> None:
+    """A sampler draws and orders its epochs: .tile()'s shuffle options would be ignored."""
+    opened = IterableWrapper([str(tiny_archive)]).open_mlcast()
+    for options in ({"shuffle_windows": True}, {"seed": 3}):
+        tiles = opened.tile(n_time_window=12, tile_size=64, index_dir=index_dir, **options)
+        with pytest.raises(ParameterError, match=r"sampler's own seed=\.\.\. \(now 5\)"):
+            tiles.uniform_sample(seed=5)
+    tiles = opened.tile(n_time_window=12, tile_size=64, index_dir=index_dir)
+    assert tiles.uniform_sample(seed=5).seed == 5

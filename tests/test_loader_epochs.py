@@ -12,6 +12,7 @@ import torch.multiprocessing as tmp
 from torch.utils.data import IterDataPipe
 
 import mlcast_pipes as mp
+from mlcast_pipes.datapipes.steps import walk
 from mlcast_pipes.errors import ParameterError
 
 
@@ -116,7 +117,7 @@ def test_shuffle_false_ranks_split_one_sequence(tiny_archive, index_dir):
 
     def ids(rank: int, ranks: int) -> list[int]:
         pipe = _pipe(tiny_archive, index_dir, "binnorm", batch_size=3, n_samples=15)
-        for dp in mp.loader._walk(pipe):
+        for dp in walk(pipe):
             if callable(getattr(dp, "configure_epochs", None)):
                 dp.configure_epochs(ordered=True, batch_size=3)
                 dp.apply_sharding(ranks, rank, 2)

@@ -542,11 +542,12 @@ def test_community_parquet(tmp_path: Path) -> None:
     assert tab["y_start"].tolist() == [0, 16]
 
 
-def test_community_parquet_without_pyarrow_says_so(tmp_path: Path) -> None:
-    import importlib.util
+def test_community_parquet_without_pyarrow_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
 
-    if importlib.util.find_spec("pyarrow") is not None:
-        pytest.skip("pyarrow is installed")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
     path = tmp_path / "stats.parquet"
     path.write_bytes(b"PAR1")
     with pytest.raises(IndexFileError, match="needs pyarrow"):

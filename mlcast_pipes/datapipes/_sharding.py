@@ -10,7 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mlcast_pipes.epochs import Shard, combine_shards, ordered_records, shard_records
+from mlcast_pipes.epochs import EpochOrder, Shard, combine_shards, shard_size
+
+__all__ = [
+    "EpochShardMixin",
+]
 
 
 class EpochShardMixin:
@@ -85,6 +89,10 @@ class EpochShardMixin:
         self._batch_size = max(int(batch_size), 1)
         self._drop_remainder = bool(drop_remainder)
 
+    @property
+    def _order(self) -> EpochOrder:
+        return EpochOrder(self._ordered, self._batch_size, self._drop_remainder)
+
     def _start_epoch(self) -> int:
         epoch = self._next_epoch
         self._next_epoch += 1
@@ -96,10 +104,7 @@ class EpochShardMixin:
 
     def _shard_sizes(self, keys: Sequence[np.ndarray], shard: Shard) -> int:
         """Records ``shard`` delivers of an epoch with these keys."""
-        if self._ordered:
-            n = sum(len(k) for k in keys)
-            return ordered_records(n, shard, self._batch_size, self._drop_remainder)
-        return sum(shard_records(len(k), shard, self._drop_remainder) for k in keys)
+        return shard_size(keys, shard, self._order)
 
     def _worker_sizes(self, keys: Sequence[np.ndarray], shard: Shard) -> list[int]:
         """Records of every worker of ``shard``'s rank."""

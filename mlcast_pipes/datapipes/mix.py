@@ -13,6 +13,11 @@ from torch.utils.data import IterDataPipe
 from mlcast_pipes.epochs import epoch_rng
 from mlcast_pipes.errors import ParameterError
 
+__all__ = [
+    "MixDataPipe",
+    "mix",
+]
+
 
 class MixDataPipe(IterDataPipe[Any]):
     """Interleave the records of several pipelines at random, in proportion to weights.

@@ -6,23 +6,31 @@ Reads each record's pixels if needed, converts units, clips clutter, scales, fil
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from torch.utils.data import IterDataPipe, functional_datapipe
 
+from mlcast_pipes.datapipes.sample import SampleDataPipe
+from mlcast_pipes.datapipes.steps import Stage, Step, StepFactory, nearest
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
 from mlcast_pipes.indexes.plan import iter_tables
 from mlcast_pipes.indexes.sampling_stats import SamplingStats, sampling_stats
 from mlcast_pipes.records import DatasetInfo, TileSample
 from mlcast_pipes.transforms import DEFAULT_CLIP_MAX, DEFAULT_DBZ_FLOOR, Normalizer, make_normalizer
 
+__all__ = [
+    "NormalizeDataPipe",
+    "NormalizeForTraining",
+]
+
+
 #: Parameters that give the ``fitted`` transform its statistics explicitly.
 _FITTED_EXPLICIT = ("mean", "std", "stats_file")
 
 
 @functional_datapipe("normalize")
-class NormalizeDataPipe(IterDataPipe[TileSample]):
+class NormalizeDataPipe(Step, IterDataPipe[TileSample]):
     """Scale each tile for training with a registered transform (its inverse undoes it).
 
     Functional name: ``normalize``. ``method="auto"`` picks by the variable's standard_name and
@@ -91,7 +99,14 @@ class NormalizeDataPipe(IterDataPipe[TileSample]):
     @property
     def sampler(self) -> Any:
         """The nearest sampling step upstream (None if there is none)."""
-        return find_sampler(self.source_datapipe)
+        return _find_sampler(self.source_datapipe)
+
+    provides: ClassVar[Stage] = "normalized"
+    accepts: ClassVar[tuple[Stage, ...]] = ("tiles", "samples")
+
+    def prepare(self) -> None:
+        """Load (or compute) the statistics files of ``method="fitted"``."""
+        self.fitted_stats()
 
     def fitted_stats(self) -> dict[DatasetInfo, SamplingStats]:
         """Load (or compute) the statistics files of the upstream sampler, one per archive.
@@ -162,48 +177,20 @@ class NormalizeDataPipe(IterDataPipe[TileSample]):
             yield sample
 
 
-def find_sampler(dp: Any, max_depth: int = 32) -> Any:
-    """The nearest upstream datapipe that has sampling indexes (a sampler), or None.
-
-    Follows ``source_datapipe`` attributes from ``dp`` (included) upwards.
-
-    Examples
-    --------
-    >>> from torchdata.datapipes.iter import IterableWrapper
-    >>> import mlcast_pipes
-    >>> find_sampler(IterableWrapper(["demo"]).open_mlcast().tile()) is None
-    True
-
-    """
-    for _ in range(max_depth):
-        if dp is None:
-            return None
-        if callable(getattr(dp, "sampling_indexes", None)):
-            return dp
-        dp = getattr(dp, "source_datapipe", None)
-    return None
+def _find_sampler(dp: Any) -> SampleDataPipe | None:
+    """The nearest sampling step from ``dp`` (included) upwards, or None."""
+    return nearest(dp, SampleDataPipe)
 
 
-class NormalizeForTraining:
+class NormalizeForTraining(StepFactory):
     """The seed's normalising step: ``NormalizeForTraining(method="auto")``.
 
     Examples
     --------
-    >>> NormalizeForTraining().kwargs
-    {}
+    >>> step = NormalizeForTraining(method="fitted")
+    >>> step.provides, step.accepts  # it follows .tile() or a sampler
+    ('normalized', ('tiles', 'samples'))
 
     """
 
-    requires = "samples"
-    provides = "normalized"
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-
-    def __call__(self, source: IterDataPipe[Any]) -> NormalizeDataPipe:
-        """Apply the step to an upstream datapipe."""
-        return NormalizeDataPipe(source, **self.kwargs)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"NormalizeForTraining({args})"
+    step = NormalizeDataPipe

@@ -6,7 +6,6 @@ Each epoch is drawn from the sampling pool, grouped by read window, sharded, rea
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,25 +14,26 @@ import numpy as np
 from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.datapipes._sharding import EpochShardMixin
+from mlcast_pipes.datapipes.steps import Stage, Step, StepFactory
 from mlcast_pipes.datapipes.tile import TileDataPipe
-from mlcast_pipes.epochs import (
-    epoch_rng,
-    group_by_key,
-    mix_blocks,
-    plan_ordered,
-    plan_shard,
-    skip_records,
-)
+from mlcast_pipes.delivery import SampleDelivery
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
-from mlcast_pipes.indexes.plan import TileTable, iso_time, iter_tables
+from mlcast_pipes.indexes.plan import TileTable, iter_tables
 from mlcast_pipes.indexes.sampling import SamplingIndex
-from mlcast_pipes.indexes.training_copy import TrainingCopy, copy_path
-from mlcast_pipes.reader import get_reader
+from mlcast_pipes.indexes.training_copy import TrainingCopy
 from mlcast_pipes.records import TileSample
-from mlcast_pipes.sampling import SAMPLES_COLUMNS, available_samplers, draw_epoch, get_sampler
+from mlcast_pipes.sampling import available_samplers, get_sampler
+
+__all__ = [
+    "BinNormSampleDataPipe",
+    "BinNormSampler",
+    "SampleDataPipe",
+    "Sampler",
+    "register_sampler_functional",
+]
 
 
-class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
+class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
     """Draw an epoch of tiles with a registered sampler and read them window by window.
 
     Functional name: ``sample`` (``method=`` picks the sampler); every registered sampler also
@@ -117,6 +117,12 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
                 f"the {method!r} sampler needs tiles: chain it after .tile() (TilingSampler), "
                 f"got {type(tile_datapipe).__name__} before it"
             )
+        if tile_datapipe.shuffle_windows or tile_datapipe.seed != 0:
+            raise ParameterError(
+                f"the {method!r} sampler draws and orders each epoch itself, so "
+                ".tile(shuffle_windows=..., seed=...) would have no effect: remove them from "
+                f".tile() and set the sampler's own seed=... (now {seed})"
+            )
         if n_samples is not None and n_samples <= 0:
             raise ParameterError(f"n_samples must be a positive number of samples, got {n_samples}")
         n_window = tile_datapipe.plan.params.n_time_window
@@ -125,8 +131,6 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
                 f"n_time_sample={n_time_sample} must be between 1 and the tiles' "
                 f"n_time_window={n_window}; lower it or tile with longer windows"
             )
-        if mix_groups < 1:
-            raise ParameterError(f"mix_groups must be >= 1, got {mix_groups}")
         # Keep the tiling plan, not the tile datapipe: the graph then holds one shardable step.
         self.source_datapipe = tile_datapipe.source_datapipe
         self.plan = tile_datapipe.plan
@@ -141,8 +145,26 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         self.index_dir = Path(index_dir) if index_dir is not None else self.plan.index_dir
         self.recompute = recompute
         self._pools: dict[str, SamplingIndex] = {}
-        self._copies: dict[str, TrainingCopy] = {}
+        self._resume: tuple[int, int, bool] | None = None
+        self._delivery = SampleDelivery(
+            seed=seed,
+            n_samples=n_samples,
+            mix_groups=mix_groups,
+            load=load,
+            materialized=materialized,
+        )
         self._init_epochs()
+
+    provides: ClassVar[Stage] = "samples"
+    accepts: ClassVar[tuple[Stage, ...]] = ("tiles",)
+
+    def prepare(self) -> None:
+        """Build or load the sampling index of every upstream archive."""
+        self.sampling_indexes()
+
+    def time_steps(self) -> int:
+        """Steps per sample."""
+        return int(self.n_time_sample or self.plan.params.n_time_window)
 
     def sampling_indexes(self) -> list[SamplingIndex]:
         """Build (or load) the sampling index of every upstream archive, in this process."""
@@ -168,145 +190,26 @@ class SampleDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         The records of the skipped batches are dropped before any pixel is read; the batches
         that follow are the ones the interrupted epoch would have delivered.
         """
-        self._resume: tuple[int, int, bool] | None = (int(batches), int(batch_size), drop_last)
+        self._resume = (int(batches), int(batch_size), drop_last)
 
-    def _epoch_plans(self, epoch: int) -> list[tuple[int, TileTable, Any, np.ndarray, Any]]:
-        """(table number, table, training copy, drawn pool rows, pool columns) per table."""
-        plans = []
-        for k, table in enumerate(iter_tables(self.plan, iter(self.source_datapipe))):
-            sampling = self._pool(table)
-            pool = sampling.table
-            copy = self.training_copy(sampling)
-            rows = draw_epoch(pool, n_samples=self.n_samples, seed=self.seed, epoch=epoch)
-            cols = {name: pool[name].to_numpy() for name in _POOL_COLUMNS}
-            plans.append((k, table, copy, rows, cols))
-        return plans
-
-    @staticmethod
-    def _read_keys(copy: TrainingCopy | None, cols: dict[str, np.ndarray], rows: np.ndarray) -> Any:
-        # From the source, a read group is a time window; from a training copy every sample is
-        # its own chunk and the draws are in random order already: groups of a few draws keep
-        # the plan cheap, the workers' shares even and the first read of an epoch short.
-        return cols["t_start"][rows] if copy is None else np.arange(len(rows)) // 4
+    def _pools_of_epoch(self) -> list[tuple[TileTable, SamplingIndex]]:
+        tables = iter_tables(self.plan, iter(self.source_datapipe))
+        return [(table, self._pool(table)) for table in tables]
 
     def _epoch_keys(self, epoch: int) -> list[np.ndarray]:
-        return [self._read_keys(c, cols, r) for _, _, c, r, cols in self._epoch_plans(epoch)]
+        return self._delivery.epoch_keys(self._pools_of_epoch(), epoch)
 
     def __iter__(self) -> Iterator[TileSample]:
         epoch = self._start_epoch()
-        shard = self.shard
-        plans = self._epoch_plans(epoch)
-        keys = [self._read_keys(copy, cols, rows) for _, _, copy, rows, cols in plans]
-        skip = 0
-        resume: tuple[int, int, bool] | None = getattr(self, "_resume", None)
-        self._resume = None
-        if resume is not None:
-            batches, batch_size, drop_last = resume
-            sizes = self._worker_sizes(keys, shard)
-            skip = skip_records(sizes, shard.worker, batches, batch_size, drop_last)
-        for k, block in self._blocks(epoch, shard, keys):
-            _, table, copy, rows, cols = plans[k]
-            if skip >= len(block):
-                skip -= len(block)
-                continue
-            block = block[skip:]
-            skip = 0
-            padded = block >= len(rows)
-            records = self._read_block(table, cols, rows[block % max(len(rows), 1)], copy)
-            for record, pad in zip(records, padded, strict=True):
-                record.padded = bool(pad)
-            yield from records
-
-    def _blocks(
-        self, epoch: int, shard: Any, keys: list[np.ndarray]
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """(table, plan positions) blocks this shard reads, in delivery order."""
-        if self._ordered:
-            runs = plan_ordered(
-                keys, shard=shard, batch_size=self._batch_size, drop_remainder=self._drop_remainder
-            )
-            for k, positions in runs:  # one read per window
-                n = len(keys[k])
-                window = keys[k][positions % max(n, 1)]
-                cuts = np.flatnonzero(np.diff(window)) + 1
-                for part in np.split(positions, cuts):
-                    yield k, part
-            return
-        for k, table_keys in enumerate(keys):
-            groups = plan_shard(
-                table_keys,
-                seed=self.seed + k,
-                epoch=epoch,
-                shard=shard,
-                drop_remainder=self._drop_remainder,
-            )
-            rng = random.Random(int(epoch_rng(self.seed, epoch, shard.index, k).integers(2**63)))
-            for block in mix_blocks(groups, self.mix_groups, rng):
-                yield k, block
+        resume, self._resume = self._resume, None
+        yield from self._delivery.records(
+            self._pools_of_epoch(), epoch, self.shard, self._order, skip_batches=resume
+        )
 
     def training_copy(self, sampling: SamplingIndex) -> TrainingCopy | None:
         """The training copy to read this sampling index from, if any (see ``materialized``)."""
-        if self.materialized is False:
-            return None
-        path = copy_path(sampling.path.parent, sampling.sampling_id)
-        expected = sampling.meta.get("csv_sha256")
-        copy = self._copies.get(str(path))
-        if copy is None or copy.expected_sha256 != expected:  # kept: its chunk reader too
-            copy = self._copies[str(path)] = TrainingCopy(path, expected)
-        if copy.exists():
-            return copy
-        if self.materialized:
-            raise ParameterError(
-                f"no training copy of {sampling.sampling_id} in {sampling.path.parent}: run "
-                "`mlcast-pipes prepare ... --sampler ... --materialize` first, or pass "
-                "materialized=None to read from the source archive"
-            )
-        return None
+        return self._delivery.training_copy(sampling)
 
-    def _read_block(
-        self,
-        table: TileTable,
-        col: dict[str, np.ndarray],
-        rows: np.ndarray,
-        copy: TrainingCopy | None = None,
-    ) -> list[TileSample]:
-        """Records of pool rows ``rows``, in order, read window by window (or from the copy)."""
-        records = []
-        for r in rows:
-            rec = TileSample(
-                info=table.info,
-                tile_id=int(col["source_tile_id"][r]),
-                t_start=int(col["t_start"][r]) + int(col["t_offset"][r]),
-                n_time=int(col["n_time_sample"][r]),
-                y_start=int(col["y_start"][r]),
-                y_tile=int(col["y_tile"][r]),
-                x_start=int(col["x_start"][r]),
-                x_tile=int(col["x_tile"][r]),
-                time_start=iso_time(
-                    col["time_start"][r], int(col["t_offset"][r]), table.info.time_step
-                ),
-                sample_id=int(col["sampled_tile_id"][r]),
-                scalar_value=float(col["scalar_value"][r]),
-                bin_id=int(col["bin_id"][r]),
-            )
-            records.append(rec)
-        if self.load and copy is not None:
-            for rec, data in zip(records, copy.read_many(rows), strict=True):
-                rec.data = data
-        elif self.load and records:
-            spec = table.info.spec
-            reader = get_reader(spec.url, spec.var_name, spec.storage_options)
-            for group in group_by_key(col["t_start"][rows]):  # one read per window
-                members = [records[int(i)] for i in group]
-                requests = [r.request for r in members]
-                for rec, data in zip(
-                    members, reader.read_tiles(requests, cache=False), strict=True
-                ):
-                    rec.data = data
-        return records
-
-
-_POOL_COLUMNS = tuple(c for c in SAMPLES_COLUMNS if c != "weight")
 
 functional_datapipe("sample")(SampleDataPipe)
 
@@ -427,47 +330,36 @@ for _name in available_samplers():
         register_sampler_functional(_name)
 
 
-class BinNormSampler:
+class BinNormSampler(StepFactory):
     """The seed's sampling step: ``BinNormSampler(aggregation="sum", n_scalar_total_bins=10)``.
 
     Calling it on a ``.tile()`` datapipe returns the equivalent ``.binnorm_sample(...)``.
 
     Examples
     --------
-    >>> BinNormSampler(aggregation="sum", n_scalar_total_bins=10).kwargs["aggregation"]
-    'sum'
+    >>> step = BinNormSampler(aggregation="sum", n_scalar_total_bins=10)
+    >>> step.provides, step.accepts
+    ('samples', ('tiles',))
 
     """
 
-    requires = "tiles"
-    provides = "samples"
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-
-    def __call__(self, source: IterDataPipe[Any]) -> BinNormSampleDataPipe:
-        """Apply the step to an upstream datapipe."""
-        return BinNormSampleDataPipe(source, **self.kwargs)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"BinNormSampler({args})"
+    step = BinNormSampleDataPipe
 
 
-class Sampler:
+class Sampler(StepFactory):
     """A sampling step for any registered sampler: ``Sampler("importance", q_min=1e-4)``.
 
     Examples
     --------
-    >>> Sampler("uniform").method
-    'uniform'
+    >>> Sampler("importance", q_min=1e-4)
+    Sampler('importance', q_min=0.0001)
 
     """
 
-    requires = "tiles"
-    provides = "samples"
+    step = SampleDataPipe
 
     def __init__(self, method: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         get_sampler(method)
         self.method = method
         self.kwargs = kwargs

@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import xarray as xr
 from torch.utils.data import IterDataPipe, functional_datapipe
 
+from mlcast_pipes.datapipes.steps import Stage, Step
 from mlcast_pipes.dataset import metadata_stamp, open_mlcast
+
+__all__ = [
+    "MLCastCatalogDataset",
+    "MLCastOpener",
+    "OpenXarrayDataset",
+    "Source",
+]
+
 
 CatalogArg = str | os.PathLike[str] | None
 #: What a source datapipe opens: a catalog id, a path, a URL or an in-memory xarray object.
@@ -20,7 +29,7 @@ Source = str | os.PathLike[str] | xr.Dataset | xr.DataArray
 
 
 @functional_datapipe("open_mlcast")
-class MLCastOpener(IterDataPipe[xr.DataArray]):
+class MLCastOpener(Step, IterDataPipe[xr.DataArray]):
     """Open each catalog id, path or URL of the upstream datapipe as an MLCast DataArray.
 
     Functional name: ``open_mlcast``. Each worker process opens its own handle, lazily,
@@ -52,6 +61,8 @@ class MLCastOpener(IterDataPipe[xr.DataArray]):
     'MLCastOpener'
 
     """
+
+    provides: ClassVar[Stage] = "dataset"
 
     def __init__(
         self,
@@ -110,8 +121,10 @@ class MLCastOpener(IterDataPipe[xr.DataArray]):
             yield self.open(source)
 
 
-class _SingleSource(IterDataPipe[xr.DataArray]):
+class _SingleSource(Step, IterDataPipe[xr.DataArray]):
     """A source datapipe that opens exactly one archive."""
+
+    provides: ClassVar[Stage] = "dataset"
 
     def __init__(
         self,

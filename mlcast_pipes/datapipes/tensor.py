@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -15,8 +15,17 @@ from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes._checks import as_int
 from mlcast_pipes.batchpool import WorkerBuffers
+from mlcast_pipes.datapipes.steps import Stage, Step, StepFactory, chain
 from mlcast_pipes.errors import ParameterError, PipelineOrderError
 from mlcast_pipes.records import TileSample
+
+__all__ = [
+    "Layout",
+    "ToTensorDataPipe",
+    "ToTorchTensor",
+    "stack_into_shared_memory",
+]
+
 
 Layout = Literal["TYX", "CTYX", "TCYX"]
 _META_INT = ("tile_id", "sample_id", "t_start", "y_start", "x_start")
@@ -66,7 +75,7 @@ def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
 
 
 @functional_datapipe("to_tensor")
-class ToTensorDataPipe(IterDataPipe[Any]):
+class ToTensorDataPipe(Step, IterDataPipe[Any]):
     """Turn tiles into float32 torch tensors, optionally batched, split and augmented.
 
     Functional name: ``to_tensor``. Output, per item (``B`` only when ``batch_size`` is set):
@@ -111,6 +120,9 @@ class ToTensorDataPipe(IterDataPipe[Any]):
     4
 
     """
+
+    provides: ClassVar[Stage] = "tensors"
+    accepts: ClassVar[tuple[Stage, ...]] = ("tiles", "samples", "normalized")
 
     def __init__(
         self,
@@ -241,44 +253,23 @@ class ToTensorDataPipe(IterDataPipe[Any]):
         return out
 
 
-class ToTorchTensor:
+class ToTorchTensor(StepFactory):
     """The seed's last step: ``ToTorchTensor(batch_size=16)``.
 
     Examples
     --------
-    >>> ToTorchTensor(batch_size=16).kwargs
-    {'batch_size': 16}
+    >>> step = ToTorchTensor(batch_size=16, n_input=4, n_target=8)
+    >>> step.provides, step.accepts
+    ('tensors', ('tiles', 'samples', 'normalized'))
 
     """
 
-    requires = "samples"
-    provides = "tensors"
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-
-    def __call__(self, source: IterDataPipe[Any]) -> ToTensorDataPipe:
-        """Apply the step to an upstream datapipe."""
-        return ToTensorDataPipe(source, **self.kwargs)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"ToTorchTensor({args})"
+    step = ToTensorDataPipe
 
 
 def _sample_length(dp: Any) -> int | None:
     """The number of steps per sample of the nearest upstream tiling/sampling step, if known."""
-    seen = 0
-    while dp is not None and seen < 16:
-        n_sample = getattr(dp, "n_time_sample", None)
-        if n_sample is not None:
-            return int(n_sample)
-        plan = getattr(dp, "plan", None)
-        if plan is not None:
-            return int(plan.params.n_time_window)
-        dp = getattr(dp, "source_datapipe", None)
-        seen += 1
-    return None
+    return next((n for step in chain(dp) if (n := step.time_steps()) is not None), None)
 
 
 def _check_split(n_input: int, n_target: int, n_time: int) -> None:

@@ -9,13 +9,14 @@ import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import xarray as xr
 from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.datapipes._sharding import EpochShardMixin
+from mlcast_pipes.datapipes.steps import Stage, Step, StepFactory
 from mlcast_pipes.epochs import plan_ordered, plan_shard
 from mlcast_pipes.errors import ParameterError
 from mlcast_pipes.indexes.format import default_index_dir
@@ -24,9 +25,14 @@ from mlcast_pipes.records import TileSample
 from mlcast_pipes.splits import TimeSplit
 from mlcast_pipes.tiling import TilingParams
 
+__all__ = [
+    "TileDataPipe",
+    "TilingSampler",
+]
+
 
 @functional_datapipe("tile")
-class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
+class TileDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
     """Cut each opened archive into space-time tiles, using (or making) its tiling index.
 
     Functional name: ``tile``. Loads ``{index_dir}/{tiling_id}.samples.csv`` when it matches
@@ -52,7 +58,8 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
     shuffle_windows : bool
         Deliver read windows in a seeded random order per epoch instead of time order.
     seed : int
-        Seed of the shuffle.
+        Seed of the shuffle. A sampler chained after ``.tile()`` orders its own epochs and
+        refuses ``shuffle_windows`` and ``seed`` here (give the sampler its ``seed``).
     recompute : bool
         Recompute a stale index instead of raising.
     progress : bool
@@ -118,6 +125,18 @@ class TileDataPipe(EpochShardMixin, IterDataPipe[TileSample]):
         self.seed = seed
         self._init_epochs()
 
+    provides: ClassVar[Stage] = "tiles"
+    accepts: ClassVar[tuple[Stage, ...]] = ("dataset",)
+
+    def prepare(self) -> None:
+        """Build or load the tiling index of every upstream archive."""
+        for da in self.source_datapipe:
+            self.plan.table(da)
+
+    def time_steps(self) -> int:
+        """Steps per tile."""
+        return int(self.plan.params.n_time_window)
+
     def _epoch_keys(self, epoch: int) -> list[np.ndarray]:
         return [t.column("t_start") for t in iter_tables(self.plan, iter(self.source_datapipe))]
 
@@ -168,7 +187,7 @@ def _listed(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-class TilingSampler:
+class TilingSampler(StepFactory):
     """The seed's tiling step: ``TilingSampler(n_time_window=12, tile_size=(128, 128))``.
 
     Calling it on a source datapipe returns the equivalent ``.tile(...)`` datapipe; use it in
@@ -176,21 +195,10 @@ class TilingSampler:
 
     Examples
     --------
-    >>> TilingSampler(n_time_window=12, tile_size=(128, 128)).kwargs["n_time_window"]
-    12
+    >>> step = TilingSampler(n_time_window=12, tile_size=(128, 128))
+    >>> step.provides, step.accepts
+    ('tiles', ('dataset',))
 
     """
 
-    requires = "dataset"
-    provides = "tiles"
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-
-    def __call__(self, source: IterDataPipe[Any]) -> TileDataPipe:
-        """Apply the step to an upstream datapipe."""
-        return TileDataPipe(source, **self.kwargs)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"TilingSampler({args})"
+    step = TileDataPipe
