@@ -140,6 +140,30 @@ def test_catalog_id_and_path_share_one_index(tmp_path: Path) -> None:
     assert csv.name.startswith("zz-mlcastpipes-demo-small-seed0-v1.0.0.128x128.12")
 
 
+def test_a_subset_that_kept_the_identifier_is_named_by_the_error_and_dataset_id(
+    tiny_archive: Path, tmp_path: Path
+) -> None:
+    subset = xr.open_zarr(tiny_archive).isel(time=slice(0, 60))
+    for var in subset.variables.values():
+        var.encoding.pop("chunks", None)
+        var.encoding.pop("preferred_chunks", None)
+    subset.to_zarr(tmp_path / "subset.zarr", zarr_format=2, consolidated=True)
+    index = tmp_path / "index"
+
+    def tiles(path: Path, **opts: str) -> int:
+        pipe = IterableWrapper([str(path)]).open_mlcast(**opts)
+        return sum(1 for _ in pipe.tile(n_time_window=4, tile_size=(64, 64), index_dir=index))
+
+    assert tiles(tiny_archive) > 0
+    with pytest.raises(mp.StaleIndexError, match=r"made from .*tiny.zarr.*own id.*dataset_id"):
+        tiles(tmp_path / "subset.zarr")
+    assert 0 < tiles(tmp_path / "subset.zarr", dataset_id="subset") < tiles(tiny_archive)
+    assert len(list(index.glob("*.samples.csv"))) == 2
+    both = IterableWrapper([str(tiny_archive), str(tmp_path / "subset.zarr")])
+    with pytest.raises(ParameterError, match="names one source"):
+        list(both.open_mlcast(dataset_id="x"))
+
+
 # --------------------------------------------------------------------------------------------
 # Tiling
 # --------------------------------------------------------------------------------------------

@@ -116,3 +116,21 @@ def test_spawned_workers_have_the_functionals(tiny_archive: Path, tmp_path: Path
         """
     )
     assert out == "4"
+
+
+def test_the_core_imports_neither_torch_nor_torchdata() -> None:
+    out = _run(
+        """
+        import importlib, pkgutil, sys
+        import mlcast_pipes
+        core = ["dataset", "tiling", "sampling", "transforms", "indexes", "reader"]
+        names = [f"mlcast_pipes.{n}" for n in ["epochs", "delivery", "records", "splits"]]
+        for package in core:
+            module = importlib.import_module(f"mlcast_pipes.{package}")
+            names += [m.name for m in pkgutil.walk_packages(module.__path__, module.__name__ + ".")]
+        for name in names:
+            importlib.import_module(name)
+        print(len(names) > 30, "torch" in sys.modules, "torchdata" in sys.modules)
+        """
+    )
+    assert out == "True False False"

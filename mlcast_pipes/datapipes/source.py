@@ -14,6 +14,7 @@ from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.datapipes.steps import Stage, Step
 from mlcast_pipes.dataset import metadata_stamp, open_mlcast
+from mlcast_pipes.errors import ParameterError
 
 __all__ = [
     "MLCastCatalogDataset",
@@ -51,6 +52,9 @@ class MLCastOpener(Step, IterDataPipe[xr.DataArray]):
         fsspec options for URLs (e.g. ``{"anon": True, "endpoint_url": ...}``).
     strict : bool
         Raise on any deviation from the MLCast structure instead of warning.
+    dataset_id : str, optional
+        Name the indexes of the one source with this id instead of the archive's identifier
+        (for a subset or copy that kept the identifier of the whole archive).
 
     Examples
     --------
@@ -71,9 +75,11 @@ class MLCastOpener(Step, IterDataPipe[xr.DataArray]):
         catalog: CatalogArg = None,
         storage_options: Mapping[str, Any] | None = None,
         strict: bool = False,
+        dataset_id: str | None = None,
     ) -> None:
         self.source_datapipe = source_datapipe
         self.var_name = var_name
+        self.dataset_id = dataset_id
         self.catalog = catalog
         self.storage_options = dict(storage_options or {})
         self.strict = strict
@@ -90,7 +96,7 @@ class MLCastOpener(Step, IterDataPipe[xr.DataArray]):
             known = self._opened.get(key)
             if known is not None and known[0] is source:
                 return known[1]
-            da = open_mlcast(source, self.var_name, strict=self.strict)
+            da = open_mlcast(source, self.var_name, strict=self.strict, dataset_id=self._id(key))
             self._opened[key] = (source, da)
             return da
         key = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
@@ -103,9 +109,19 @@ class MLCastOpener(Step, IterDataPipe[xr.DataArray]):
             catalog=self.catalog,
             storage_options=self.storage_options or None,
             strict=self.strict,
+            dataset_id=self._id(key),
         )
         self._opened[key] = (metadata_stamp(da), da)
         return da
+
+    def _id(self, key: str) -> str | None:
+        """The dataset id asked for ``key``; one id cannot name two sources."""
+        if self.dataset_id is not None and any(k != key for k in self._opened):
+            raise ParameterError(
+                f"dataset_id={self.dataset_id!r} names one source, but this .open_mlcast() "
+                "opens several; fix: one .open_mlcast(dataset_id=...) per source, or no dataset_id"
+            )
+        return self.dataset_id
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the opened handles (each process opens its own)."""

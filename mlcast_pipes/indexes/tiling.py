@@ -27,6 +27,7 @@ from mlcast_pipes.indexes.format import (
     ensure_writable_dir,
     index_paths,
     package_version,
+    read_sidecar,
     sidecar_path,
     tiling_dtypes,
     utc_now_iso,
@@ -272,6 +273,19 @@ def _no_tile_message(
     )
 
 
+def _from_another_archive(exc: StaleIndexError, side: Path, da: xr.DataArray) -> StaleIndexError:
+    """``exc``, saying so when the stale index was made from another archive with this id."""
+    made_from = read_sidecar(side).get("source_url")
+    url = getattr(da.encoding.get("mlcast_source"), "url", None)
+    if "fingerprint" not in str(exc) or not made_from or not url or made_from == url:
+        return exc
+    return StaleIndexError(
+        f"{exc}. The index was made from {made_from!r}, this archive is {url!r}: if they are "
+        "different archives with one dataset id (e.g. a subset that kept the identifier), give "
+        "this one its own id (open_mlcast(..., dataset_id='...')) or its own index_dir"
+    )
+
+
 def prepare_tiling(
     da: xr.DataArray,
     params: TilingParams,
@@ -348,9 +362,9 @@ def prepare_tiling(
                 expected_fingerprint=fingerprint,
                 verify=verify,
             )
-        except StaleIndexError:
+        except StaleIndexError as exc:
             if on_stale != "recompute":
-                raise
+                raise _from_another_archive(exc, side, da) from None
         except IndexFileError as exc:
             raise IndexFileError(
                 f"{exc}. To rebuild it call prepare_tiling(..., recompute=True)"
