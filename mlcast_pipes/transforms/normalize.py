@@ -44,8 +44,7 @@ DEFAULT_CLIP_MAX = 300.0
 class MeanStdAccumulator:
     """Streaming, NaN-aware mean and variance; parts combine with :meth:`merge` (Chan's formula).
 
-    ``count`` is the number of non-NaN values, ``mean`` their mean, ``m2`` the sum of squared
-    deviations.
+    ``count`` counts the non-NaN values; ``m2`` is their sum of squared deviations.
 
     Examples
     --------
