@@ -69,29 +69,9 @@ _HTTP_TIMEOUT_S = 30.0
 class CatalogEntry:
     """One data source of a catalog, with templates resolved.
 
-    Attributes
-    ----------
-    id : str
-        Full id: the nested catalog names and the entry name joined by dots
-        (``"precipitation.dmi_10_minutes"``).
-    name : str
-        The entry's own name (the last part of ``id``).
-    driver : str
-        Intake driver (``"zarr"``, ``"mlcast_demo"``, ...).
-    urlpath : str
-        Local path or fsspec URL of the store (for ``mlcast_demo``: where the demo is cached).
-    storage_options : dict
-        fsspec options from the catalog (``{"anon": True, "endpoint_url": ...}``).
-    consolidated : bool or None
-        Whether the store has consolidated metadata (None: unknown).
-    var_name : str or None
-        Data variable hint from the entry's metadata (``variable``), if any.
-    description : str
-        The entry's description.
-    metadata : dict
-        The entry's metadata mapping.
-    args : dict
-        All arguments of the entry after template rendering (``preset``/``seed`` for the demo).
+    ``id`` is the dotted full id (nested catalog names, then the entry's ``name``); ``urlpath`` a
+    local path or fsspec URL (for ``mlcast_demo``: the cache location); ``var_name`` the entry's
+    ``variable`` hint; ``args`` all rendered arguments.
 
     Examples
     --------
@@ -103,8 +83,6 @@ class CatalogEntry:
     >>> entry = load_catalog({"sources": {"my_radar": source}})["my_radar"]
     >>> entry.driver, entry.urlpath, entry.storage_options, entry.var_name
     ('zarr', 's3://bucket/radar.zarr', {'anon': True}, 'rr')
-    >>> resolve_entry("dmi_10_minutes").id  # an entry of the bundled catalog
-    'precipitation.dmi_10_minutes'
 
     """
 
@@ -121,12 +99,7 @@ class CatalogEntry:
 
 
 def demo_cache_dir() -> pathlib.Path:
-    """Return the cache folder: ``$MLCAST_PIPES_CACHE``, else ``~/.cache/mlcast-pipes``.
-
-    Returns
-    -------
-    pathlib.Path
-        Folder where demo archives (and, by default, index files) are kept.
+    """The cache folder: ``$MLCAST_PIPES_CACHE``, else ``~/.cache/mlcast-pipes``.
 
     Examples
     --------
@@ -134,11 +107,6 @@ def demo_cache_dir() -> pathlib.Path:
     >>> with mock.patch.dict(os.environ, {"MLCAST_PIPES_CACHE": "/scratch/mlcast"}):
     ...     print(demo_cache_dir().as_posix())
     /scratch/mlcast
-
-    The bundled ``demo`` entry is cached there:
-
-    >>> resolve_entry("demo").urlpath == str(demo_cache_dir() / demo_store_name("small", 0))
-    True
 
     """
     env = os.environ.get(CACHE_ENV)
@@ -148,19 +116,7 @@ def demo_cache_dir() -> pathlib.Path:
 
 
 def demo_store_name(preset: str, seed: int) -> str:
-    """File name of a cached demo archive, e.g. ``demo-small-seed0.zarr``.
-
-    Parameters
-    ----------
-    preset : str
-        Demo preset name.
-    seed : int
-        Demo seed.
-
-    Returns
-    -------
-    str
-        The store's folder name inside :func:`demo_cache_dir`.
+    """Folder name of a cached demo archive inside :func:`demo_cache_dir`.
 
     Examples
     --------
@@ -172,35 +128,13 @@ def demo_store_name(preset: str, seed: int) -> str:
 
 
 def load_catalog(catalog: CatalogLike = None) -> dict[str, CatalogEntry]:
-    """Read an intake-v1 YAML catalog and its nested catalogs into a flat mapping.
+    """Read an intake-v1 YAML catalog and its nested catalogs into ``{full id: CatalogEntry}``.
 
-    Only ``yaml.safe_load`` is used (intake is not needed). Nested catalogs (driver
-    ``yaml_file_cat`` or ``intake.catalog.local.YAMLFileCatalog``) are followed; their entries get
-    ids prefixed with the nesting entry's name and a dot. In string arguments ``{{ CATALOG_DIR }}``
-    becomes the folder of the file being read, ``{{ env(NAME) }}`` an environment variable (only
-    one named in ``$MLCAST_PIPES_CATALOG_ENV``, names separated by commas) and
-    ``{{ name }}`` the default of a user parameter of the entry; relative local paths are taken
-    relative to that folder.
-
-    Parameters
-    ----------
-    catalog : str, os.PathLike, mapping or None
-        A catalog file (path or URL), an already parsed catalog mapping (relative paths then
-        refer to the working directory) or None for the catalog bundled with mlcast-pipes. With
-        None and the ``mlcast-datasets`` package installed, the community entries come from that
-        package's catalog (:func:`community_catalog`); ``demo`` and the variable hints of the
-        bundled mirror are kept.
-
-    Returns
-    -------
-    dict of str to CatalogEntry
-        Entries keyed by full id, in file order.
-
-    Raises
-    ------
-    CatalogError
-        If a file is missing or is not valid YAML, or a key the format needs is missing or of
-        the wrong type (the message names the file and the key).
+    ``catalog``: a file path or URL, a parsed mapping, or None for the bundled catalog (whose
+    community entries come from ``mlcast-datasets`` when installed). Nested catalogs give dotted
+    ids. Templates: ``{{ CATALOG_DIR }}``, ``{{ env(NAME) }}`` (only names listed in
+    ``$MLCAST_PIPES_CATALOG_ENV``) and user-parameter defaults. Raises :class:`CatalogError`
+    naming the file and key when a file is missing, not YAML, or lacks a key.
 
     Examples
     --------
@@ -229,15 +163,7 @@ def load_catalog(catalog: CatalogLike = None) -> dict[str, CatalogEntry]:
 
 
 def community_catalog() -> pathlib.Path | None:
-    """The root catalog file of the installed ``mlcast-datasets`` package, if it is installed.
-
-    The file is found without importing the package (which would import intake).
-
-    Returns
-    -------
-    pathlib.Path or None
-        ``mlcast_datasets/catalog/catalog.yml`` of the installed package; None when the package
-        is not installed (the bundled mirror of its catalog is used then).
+    """The root catalog file of the installed ``mlcast-datasets`` package (not imported), or None.
 
     Examples
     --------
@@ -279,25 +205,10 @@ def _use_community_entries(
 
 
 def resolve_entry(dataset_id: str, catalog: CatalogLike = None) -> CatalogEntry:
-    """Find a catalog entry by full id (``precipitation.dmi_10_minutes``) or short name.
+    """Find a catalog entry by full id or by a unique trailing part of it (None: bundled catalog).
 
-    Parameters
-    ----------
-    dataset_id : str
-        Full id, or a trailing part of it (usually the entry's own name) that is unique.
-    catalog : str, os.PathLike, mapping or None
-        Catalog to search; the bundled catalog when None.
-
-    Returns
-    -------
-    CatalogEntry
-        The matching entry.
-
-    Raises
-    ------
-    CatalogError
-        If no entry matches (close matches and all ids are listed), or a short name matches
-        several entries (their full ids are listed).
+    Raises :class:`CatalogError` when nothing matches (close matches are suggested) or a short
+    name is ambiguous.
 
     Examples
     --------
@@ -327,42 +238,21 @@ def resolve_entry(dataset_id: str, catalog: CatalogLike = None) -> CatalogEntry:
 
 
 def resolve_urlpath(entry: CatalogEntry) -> str:
-    """Return the path or URL to open for an entry, generating a ``mlcast_demo`` archive if needed.
+    """The path or URL to open for an entry; a ``mlcast_demo`` entry is generated on first use.
 
-    Parameters
-    ----------
-    entry : CatalogEntry
-        A resolved catalog entry.
-
-    Returns
-    -------
-    str
-        Local path or fsspec URL of the zarr store.
-
-    Raises
-    ------
-    CatalogError
-        If a demo entry's folder cannot be created.
-    ParameterError
-        If a demo entry has an unknown preset or a bad seed (raised by ``ensure_demo``).
+    Raises :class:`CatalogError` if a demo folder cannot be created, :class:`ParameterError` for a
+    bad demo preset or seed.
 
     Examples
     --------
-    A store entry resolves to its URL, without any access to it:
-
     >>> resolve_urlpath(resolve_entry("dmi_10_minutes"))
     's3://mlcast-source-datasets/dmi/v0.1.1/dmi_10_minutes.zarr/'
-
-    A demo entry is generated into the cache folder on first use, then reused:
-
     >>> from unittest import mock
     >>> tiny = {"driver": "mlcast_demo", "args": {"preset": "tiny", "seed": 0}}
     >>> with mock.patch.dict(os.environ, {CACHE_ENV: "cache"}):
     ...     entry = load_catalog({"sources": {"tiny_demo": tiny}})["tiny_demo"]
     >>> resolve_urlpath(entry)
     'cache/demo-tiny-seed0.zarr'
-    >>> pathlib.Path(entry.urlpath).is_dir()
-    True
 
     """
     if entry.driver != DEMO_DRIVER:

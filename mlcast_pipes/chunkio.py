@@ -89,20 +89,9 @@ def _numpy_dtype(dtype: Any) -> np.dtype[Any]:
 class ChunkReader:
     """Read whole chunks along the first axis of a zarr array that has one chunk along the others.
 
-    Chunk ``i`` stands for rows ``[i * c, min((i + 1) * c, n))`` of the first axis. With a plain
-    codec chain (zarr 2: a numcodecs compressor, no filters, C order; zarr 3: ``bytes`` plus at
-    most one of zstd, gzip, blosc) chunks are decoded by numcodecs, into buffers the caller gives
-    when it has spare ones (fresh memory is what a decode costs most); local chunk files are read
-    in a per-process thread pool, remote bytes come through zarr's store API. Anything else is
-    read by zarr itself, so values are always those zarr returns.
-
-    Parameters
-    ----------
-    array : zarr.Array
-        The array to read.
-    known_absent : container of int, optional
-        Chunks allowed to be absent (read as the fill value); another absent chunk gives
-        ``FileNotFoundError``. None: any chunk may be absent.
+    Plain codec chains are decoded by numcodecs (into the caller's buffers when given), others by
+    zarr, so values are always those zarr returns. A chunk absent and not in ``known_absent``
+    gives ``FileNotFoundError`` (None: any may be absent); errors come back in place of chunks.
 
     Examples
     --------
@@ -110,13 +99,8 @@ class ChunkReader:
     >>> arr = zarr.create_array({}, shape=(5, 2, 3), chunks=(2, 2, 3), dtype="float32")
     >>> arr[:] = np.arange(30, dtype="float32").reshape(5, 2, 3)
     >>> chunks = ChunkReader(arr)
-    >>> chunks.direct, [c.shape for c in chunks.read([0, 2])]  # the last chunk holds one row
-    (True, [(2, 2, 3), (1, 2, 3)])
-    >>> buffer = np.empty((2, 2, 3), dtype=chunks.dtype)
-    >>> chunks.read([1], out=[buffer])[0] is buffer  # decoded into the given buffer
-    True
-    >>> type(chunks.read([7])[0]).__name__  # an error is returned in place of its chunk
-    'IndexError'
+    >>> [c.shape for c in chunks.read([0, 2])], type(chunks.read([7])[0]).__name__
+    ([(2, 2, 3), (1, 2, 3)], 'IndexError')
 
     """
 

@@ -340,32 +340,15 @@ def generate_demo(
     overwrite: bool = False,
     progress: bool = False,
 ) -> pathlib.Path:
-    """Write a synthetic MLCast radar archive (zarr format 2, consolidated) to ``path``.
+    """Write a synthetic MLCast radar archive (zarr format 2, consolidated) to ``path``; return it.
 
-    The store is written beside ``path`` and renamed into place, so ``path`` never holds a
-    half-written archive; frames are written in blocks, so memory does not grow with ``n_times``.
-    It holds ``rainfall_rate`` (float32, ``(time, y, x)``, one zstd chunk per frame, mm h-1) on a
-    1 km grid over Italy with 2-D lat/lon, a ``crs`` variable and ``missing_times``; rain events
-    are separated by unlisted gaps of weeks. Rates are quantised like an operational product
-    (:func:`quantized_rates`); pixels outside the radar circles are NaN, and presets with
-    ``clutter`` carry a few fixed clutter pixels of hundreds to thousands of mm/h.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Where the zarr store goes (a folder, conventionally ending in ``.zarr``).
-    preset : str or DemoPreset
-        One of :data:`PRESETS` or a custom :class:`DemoPreset`.
-    seed : int
-        Non-negative seed; the same seed, preset and sizes give byte-identical values.
-    n_times : int, optional
-        Number of time steps instead of the preset's, spread over its events.
-    shape : tuple of int, optional
-        Grid ``(ny, nx)`` instead of the preset's; each side >= 32.
-    overwrite : bool
-        Replace an existing store at ``path`` (else ParameterError).
-    progress : bool
-        Show a progress bar on stderr once generating has taken two seconds.
+    Written beside ``path`` and renamed into place (never half-written), in blocks of frames.
+    It holds ``rainfall_rate`` (float32 mm h-1, one zstd chunk per frame) on a 1 km grid with
+    2-D lat/lon, ``crs`` and ``missing_times``; events are separated by gaps of weeks, rates are
+    quantised (:func:`quantized_rates`), pixels outside the radars are NaN. ``preset``: a name of
+    :data:`PRESETS` or a :class:`DemoPreset`; the same seed and sizes give identical values;
+    ``n_times``/``shape`` override the preset's; an existing store raises ParameterError unless
+    ``overwrite``.
 
     Examples
     --------

@@ -35,32 +35,12 @@ _UNIT_AREA = 256 * 256  # pixel area to which per-area densities refer
 class DemoPreset:
     """Layout and content knobs of a demo archive.
 
-    Parameters
-    ----------
-    name : str
-        Preset name (also stored in the archive's ``demo_preset`` attribute).
-    shape : tuple of int
-        Grid size ``(ny, nx)`` in 1 km pixels.
-    event_starts : tuple of str
-        ISO start time of each rain event (one time axis holds them all).
-    event_lengths : tuple of int
-        Nominal time slots of each event, present steps plus its missing steps.
-    missing_per_event : tuple of int
-        Single steps dropped inside each event and listed in ``missing_times``.
-    time_step_minutes : int
-        Nominal time step.
-    first_event_step_minutes : int or None
-        If set, the first event uses this (coarser) step and the archive's global attribute
-        ``consistent_timestep_start`` marks where the regular ``time_step_minutes`` regime starts.
-    radars : tuple of (float, float, float)
-        Coverage circles ``(centre_row, centre_col, radius)`` as fractions of
-        ``(ny, nx, min(ny, nx))``; pixels outside all circles are NaN.
-    cells_per_unit_area : float
-        Mean number of live convective cells per 256 x 256 pixels.
-    clutter : bool
-        Put a few fixed ground-clutter pixels (about 240-7800 mm/h) inside the coverage.
-    description : str
-        One line for humans.
+    ``shape`` is ``(ny, nx)`` in 1 km pixels; each event has an ISO start, a length in time slots
+    and a number of single missing steps (listed in ``missing_times``); ``first_event_step_minutes``
+    gives the first event a coarser step (marked by ``consistent_timestep_start``); ``radars`` are
+    coverage circles ``(row, col, radius)`` as fractions of the grid (NaN outside);
+    ``cells_per_unit_area`` counts convective cells per 256 x 256 pixels; ``clutter`` adds fixed
+    ground-clutter pixels of about 240-7800 mm/h.
 
     Examples
     --------
@@ -68,16 +48,8 @@ class DemoPreset:
     ...     name="mini", shape=(64, 64), event_starts=("2022-05-01T12:00",),
     ...     event_lengths=(10,), missing_per_event=(1,),
     ... )
-    >>> preset.n_times
-    9
-    >>> PRESETS["tiny"].n_times
-    130
-    >>> import xarray as xr
-    >>> from mlcast_pipes.demo import generate_demo
-    >>> path = generate_demo("mini.zarr", preset, seed=0)
-    >>> ds = xr.open_zarr(path)
-    >>> ds["rainfall_rate"].shape, ds["missing_times"].size
-    ((9, 64, 64), 1)
+    >>> preset.n_times, PRESETS["tiny"].n_times
+    (9, 130)
 
     """
 
@@ -166,16 +138,9 @@ PRESETS: dict[str, DemoPreset] = {
 
 
 def quantized_rates() -> _F32:
-    """Return every non-zero rain rate (mm/h, float32) the demo can hold, in increasing order.
+    """Every non-zero rain rate (mm/h, float32, increasing) a demo archive can hold.
 
-    The demo quantises like an operational product: Marshall-Palmer reflectivity
-    ``Z = 200 R^1.6`` rounded to 0.5 dBZ, from 5 to 95 dBZ. Every finite value of a demo
-    archive is 0 or one of these.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 array of the allowed positive rates.
+    Marshall-Palmer ``Z = 200 R^1.6`` rounded to 0.5 dBZ, 5 to 95 dBZ, as in operational products.
 
     Examples
     --------

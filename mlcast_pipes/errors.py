@@ -18,12 +18,10 @@ __all__ = [
 
 
 class MLCastPipesError(Exception):
-    """Base class of every error raised on purpose by mlcast-pipes.
+    """Base class of every error raised on purpose by mlcast-pipes; catch it to handle them all.
 
     Examples
     --------
-    Catch it to handle any mlcast-pipes error at once:
-
     >>> from mlcast_pipes.epochs import Shard
     >>> try:
     ...     Shard(count=2, index=5)
@@ -39,15 +37,8 @@ class CatalogError(MLCastPipesError, KeyError):
 
     Examples
     --------
-    An unknown id; the message suggests close matches (it is also a ``KeyError``):
-
-    >>> from mlcast_pipes.catalog import resolve_entry
-    >>> try:
-    ...     resolve_entry("dmi_10_minute")
-    ... except CatalogError as exc:
-    ...     print(isinstance(exc, KeyError), exc)
-    True unknown dataset id 'dmi_10_minute' in the bundled catalog. Did you mean
-    'dmi_10_minutes', ...
+    >>> issubclass(CatalogError, KeyError)
+    True
 
     """
 
@@ -60,13 +51,8 @@ class DatasetError(MLCastPipesError, ValueError):
 
     Examples
     --------
-    >>> from mlcast_pipes.reader import FrameReader
-    >>> try:
-    ...     FrameReader("missing.zarr", "rainfall_rate").shape
-    ... except DatasetError as exc:
-    ...     print(exc)
-    Could not open a zarr group at 'missing.zarr' (FileNotFoundError: ...). Check that the path
-    or URL points at the root of a zarr store ...
+    >>> issubclass(DatasetError, ValueError)
+    True
 
     """
 
@@ -76,14 +62,8 @@ class ParameterError(MLCastPipesError, ValueError):
 
     Examples
     --------
-    It is also a ``ValueError``:
-
-    >>> from mlcast_pipes.epochs import Shard
-    >>> try:
-    ...     Shard(count=0)
-    ... except ValueError as exc:
-    ...     print(type(exc).__name__, "-", exc)
-    ParameterError - invalid shard 0 of 0: the index must be in [0, count)
+    >>> issubclass(ParameterError, ValueError)
+    True
 
     """
 
@@ -93,12 +73,8 @@ class IndexFileError(MLCastPipesError, ValueError):
 
     Examples
     --------
-    >>> from mlcast_pipes.indexes.format import read_sidecar
-    >>> try:
-    ...     read_sidecar("idx/nothing.meta.json")
-    ... except IndexFileError as exc:
-    ...     print(exc)
-    metadata sidecar 'idx/nothing.meta.json' not found; fix: rerun prepare to rebuild the index
+    >>> issubclass(IndexFileError, ValueError)
+    True
 
     """
 
@@ -108,21 +84,8 @@ class StaleIndexError(IndexFileError):
 
     Examples
     --------
-    An index written by another format version of mlcast-pipes (a stale index is also an
-    :class:`IndexFileError`):
-
-    >>> from pathlib import Path
-    >>> from mlcast_pipes.indexes.format import sidecar_path
-    >>> from mlcast_pipes.indexes.index_csv import validate_index
-    >>> csv = Path("old.samples.csv")
-    >>> csv.touch()
-    >>> _ = sidecar_path(csv).write_text('{"format_version": 0}')
-    >>> try:
-    ...     validate_index(csv)
-    ... except IndexFileError as exc:
-    ...     print(type(exc).__name__, "-", exc)
-    StaleIndexError - index '...old.samples.csv' has format version 0, this mlcast-pipes reads
-    version ...; fix: rerun `mlcast-pipes prepare` for this dataset, or pass recompute=True ...
+    >>> issubclass(StaleIndexError, IndexFileError)
+    True
 
     """
 
@@ -132,16 +95,8 @@ class PipelineOrderError(MLCastPipesError, TypeError):
 
     Examples
     --------
-    A sampler chained straight after the opener, without ``.tile()`` (also a ``TypeError``):
-
-    >>> import mlcast_pipes
-    >>> from torchdata.datapipes.iter import IterableWrapper
-    >>> try:
-    ...     IterableWrapper(["demo"]).open_mlcast().uniform_sample()
-    ... except TypeError as exc:
-    ...     print(type(exc).__name__, "-", exc)
-    PipelineOrderError - the 'uniform' sampler needs tiles: chain it after .tile()
-    (TilingSampler), got MLCastOpener before it
+    >>> issubclass(PipelineOrderError, TypeError)
+    True
 
     """
 
@@ -151,14 +106,7 @@ class ReadError(MLCastPipesError, OSError):
 
     Examples
     --------
-    A training copy that was deleted (it is also an ``OSError``):
-
-    >>> from mlcast_pipes.indexes.training_copy import TrainingCopy
-    >>> try:
-    ...     TrainingCopy("deleted.zarr").read(0)
-    ... except OSError as exc:
-    ...     print(type(exc).__name__, "-", exc)
-    ReadError - cannot read sample 0 from the training copy deleted.zarr: ...; delete the copy
-    and rerun `mlcast-pipes prepare ... --materialize`
+    >>> issubclass(ReadError, OSError)
+    True
 
     """

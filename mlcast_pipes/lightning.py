@@ -30,36 +30,18 @@ _STAGES = ("train", "val", "test")
 class MLCastDataModule(pl.LightningDataModule):
     """A LightningDataModule around :func:`~mlcast_pipes.make_dataloader`.
 
-    The training loader takes its epoch from the trainer (a fresh draw and order per epoch,
-    however often Lightning restarts or reloads it); validation and test loaders use
-    ``shuffle=False`` (the same samples in the same order every time). Under DDP every rank
-    gets its share of each epoch with the same number of batches. The training loader's
-    position is saved with the checkpoint and restored on resume, mid-epoch included (same
-    ``num_workers`` and number of devices).
-
-    Parameters
-    ----------
-    train, val, test : IterDataPipe, optional
-        Pipelines ending in ``.to_tensor(batch_size=...)``.
-    num_workers : int
-        Worker processes per loader.
-    seed : int
-        Base seed of the loaders (see :func:`~mlcast_pipes.make_dataloader`).
-    prefetch : int
-        Items prefetched per worker and in the main process.
-    drop_remainder : bool
-        Under DDP, leave the records that do not divide evenly among the ranks out instead of
-        padding with copies (marked ``meta["padded"]``).
-    reuse_batch_memory : bool
-        As for :func:`~mlcast_pipes.make_dataloader`.
+    ``train``, ``val``, ``test``: pipelines ending in ``.to_tensor(batch_size=...)``. The training
+    loader takes its epoch from the trainer (a fresh draw per epoch) and its position is saved
+    with checkpoints and restored on resume, mid-epoch included (same ``num_workers`` and
+    devices); validation and test loaders keep one order. Under DDP every rank gets as many
+    batches, padded with copies marked ``meta["padded"]`` unless ``drop_remainder``.
 
     Examples
     --------
     >>> from torchdata.datapipes.iter import IterableWrapper
     >>> tiles = IterableWrapper(["demo"]).open_mlcast().tile()
     >>> train = tiles.uniform_sample(n_samples=64).normalize().to_tensor(batch_size=8)
-    >>> val = tiles.uniform_sample(n_samples=16, seed=1).normalize().to_tensor(batch_size=8)
-    >>> dm = MLCastDataModule(train=train, val=val, num_workers=2)
+    >>> dm = MLCastDataModule(train=train, num_workers=2)
     >>> dm.num_workers  # then: lightning.Trainer(...).fit(model, datamodule=dm)
     2
 

@@ -45,17 +45,9 @@ _MAKES = {"tiles": "TilingSampler", "samples": "a sampler (BinNormSampler, Sampl
 def compose(steps: Sequence[Any]) -> IterDataPipe[Any]:
     """Chain pipeline steps, checking that each gets what it needs from the one before.
 
-    Parameters
-    ----------
-    steps : sequence
-        A source first (``MLCastCatalogDataset``, ``OpenXarrayDataset`` or any datapipe of opened
-        archives), then step objects: ``TilingSampler``, ``BinNormSampler`` / ``Sampler``
-        (optional), ``NormalizeForTraining`` (optional), ``ToTorchTensor``.
-
-    Returns
-    -------
-    IterDataPipe
-        The same chain as the functional form (``.tile().binnorm_sample()...``).
+    ``steps``: a source first (``MLCastCatalogDataset``, ``OpenXarrayDataset`` or a datapipe of
+    opened archives), then step objects; the result is the same chain as the functional form.
+    Raises PipelineOrderError for steps in an order that cannot work.
 
     Examples
     --------

@@ -88,22 +88,11 @@ def _bins_info(pool: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def summary_table(pool: pd.DataFrame, epoch_rows: npt.ArrayLike | None = None) -> pd.DataFrame:
-    """Per-bin summary of a pool and of one epoch drawn from it.
+    """Per-bin summary of a pool and of one epoch drawn from it (rows from ``draw_epoch``).
 
-    Parameters
-    ----------
-    pool : pandas.DataFrame
-        A sample pool or sampling index table (``bin_id``; bins described by
-        ``pool.attrs["bins"]`` when the sampler set them).
-    epoch_rows : array_like of int, optional
-        Row positions of an epoch (:func:`mlcast_pipes.sampling.draw_epoch`).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per bin (empty bins included when known): ``bin_id``, ``label``, ``lower``,
-        ``upper``, ``n_pool``, ``share_pool``, ``n_drawn``, ``n_unique_drawn``, ``share_drawn``,
-        ``draws_per_tile`` (how often a tile of the bin is drawn on average).
+    Returns one row per bin (empty bins included when ``pool.attrs["bins"]`` lists them):
+    ``bin_id``, ``label``, ``lower``, ``upper``, ``n_pool``, ``share_pool``, ``n_drawn``,
+    ``n_unique_drawn``, ``share_drawn``, ``draws_per_tile``.
 
     Examples
     --------
@@ -150,31 +139,11 @@ def plot_scalar_histogram(
     all_values: npt.ArrayLike | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Draw the scalar's distribution before sampling (all tiles) and after (one epoch).
+    """Write a PNG of the scalar's distribution before sampling (all tiles) and after (one epoch).
 
-    Histogram panel: share of tiles per log-spaced scalar interval (log-log), so that before and
-    after compare whatever their sizes; tiles at scalar <= 0 (no place on a log axis) are counted
-    in the legend; grey lines mark bin edges. Binned pools get a second panel: share of tiles
-    per bin in the pool and in the epoch (log scale; a balanced sampler gives equal epoch bars).
-
-    Parameters
-    ----------
-    pool : pandas.DataFrame
-        Sample pool or sampling index table (``scalar_value``, ``bin_id``).
-    epoch_rows : array_like of int or None
-        Rows of an epoch (None: only the pool is shown).
-    path : str or path
-        PNG file to write.
-    all_values : array_like of float, optional
-        The scalar of every candidate tile before sampling, for samplers whose pool is already
-        a selection (``importance``: pass the tiling table's ``imp_s1``); the legend then gives
-        the acceptance rate. Default: the pool's.
-    title : str, optional
-        Figure title (default: sampler name and parameters from ``pool.attrs``).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+    Log-log shares per scalar interval (tiles at scalar <= 0 are counted in the legend); binned
+    pools get a second panel of shares per bin. ``all_values``: the scalar of every candidate
+    when the pool is already a selection (``importance``: the tiling table's ``imp_s1``).
 
     Examples
     --------
@@ -182,8 +151,6 @@ def plot_scalar_histogram(
     >>> pool = pd.DataFrame({"scalar_value": [0.0, 2.0, 30.0, 400.0], "bin_id": [0, 1, 1, 2]})
     >>> path = Path(tempfile.mkdtemp()) / "hist.png"
     >>> fig = plot_scalar_histogram(pool, np.array([0, 1, 3, 3]), path)
-    >>> path.is_file()
-    True
 
     """
     rows = _rows(len(pool), epoch_rows) if epoch_rows is not None else None
@@ -292,28 +259,11 @@ def plot_sample_density(
     title: str | None = None,
     coverage: npt.ArrayLike | None = None,
 ) -> Figure:
-    """Map how often each pixel of the domain is covered by a sample.
+    """Write a PNG map of how often each pixel of the domain is covered by a sample (row 0 on top).
 
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Rows with ``y_start``, ``x_start``, ``y_tile``, ``x_tile`` (a tiling or sampling index).
-    domain_shape : (int, int)
-        (rows, columns) of the archive's frames.
-    path : str or path
-        PNG file to write.
-    rows : array_like of int, optional
-        Count only these rows (e.g. an epoch; repeats count again).
-    title : str, optional
-        Figure title.
-    coverage : array_like of bool, optional
-        ``domain_shape`` mask of the pixels with radar data (not NaN); its edge is drawn in red
-        and the title gives the share of it never covered.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        The image has row 0 at the top (usually north in MLCast archives).
+    ``table`` needs ``y_start``, ``x_start``, ``y_tile``, ``x_tile``; ``rows`` counts only those
+    rows (repeats count again); ``coverage`` is a mask of the pixels with radar data, outlined in
+    red, and the title gives the share of it never covered.
 
     Examples
     --------
@@ -321,9 +271,6 @@ def plot_sample_density(
     >>> tiles = pd.DataFrame({"y_start": [0, 64], "x_start": [0, 0], "y_tile": [64, 64],
     ...                       "x_tile": [64, 64]})
     >>> path = Path(tempfile.mkdtemp()) / "density.png"
-    >>> fig = plot_sample_density(tiles, (128, 128), path, rows=np.array([0, 0, 1]))
-    >>> path.is_file()
-    True
     >>> yy, xx = np.mgrid[:128, :128]
     >>> radar = (yy - 64) ** 2 + (xx - 64) ** 2 < 60**2
     >>> fig = plot_sample_density(tiles, (128, 128), path, coverage=radar)
@@ -407,39 +354,14 @@ def plot_samples_over_time(
     n_bins: int = 100,
     title: str | None = None,
 ) -> Figure:
-    """Histograms of sample start times, stacked per bin.
-
-    Top: over calendar time (``time_start``; gaps between events show as empty stretches).
-    Bottom: over the time index (``t_start``), where events separated by long gaps sit side by
-    side, so that each event's share is readable.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Rows with ``time_start`` (ISO strings) and/or ``t_start`` (step index); ``bin_id``
-        optional.
-    path : str or path
-        PNG file to write.
-    rows : array_like of int, optional
-        Count only these rows (e.g. an epoch; repeats count again).
-    n_bins : int
-        Number of histogram bins.
-    title : str, optional
-        Figure title.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+    """Write a PNG of sample start times stacked per bin, over ``time_start`` and ``t_start``.
 
     Examples
     --------
     >>> import tempfile
     >>> table = pd.DataFrame({"time_start": ["2021-06-12T10:00:00", "2021-07-20T12:00:00"],
     ...                       "t_start": [0, 60], "bin_id": [0, 1]})
-    >>> path = Path(tempfile.mkdtemp()) / "time.png"
-    >>> fig = plot_samples_over_time(table, path)
-    >>> path.is_file()
-    True
+    >>> fig = plot_samples_over_time(table, Path(tempfile.mkdtemp()) / "time.png")
 
     """
     sel = _rows(len(table), rows)
@@ -517,25 +439,10 @@ def plot_batch_sample(
     index: int = 0,
     max_frames: int = 8,
 ) -> Path:
-    """Draw the frames of one sample of a batch (inputs, then targets) on a shared colour scale.
+    """Write a PNG of one sample of a batch (inputs, then targets) on a shared colour scale.
 
-    Parameters
-    ----------
-    batch : tensor, tuple or dict
-        A batch from ``.to_tensor()``: a ``[B, T, y, x]`` tensor (channel axis of size 1
-        allowed), an ``(inputs, targets)`` tuple, or a dict with ``"data"`` or
-        ``"inputs"``/``"targets"``. Torch tensors are converted without importing torch.
-    path : str or path
-        PNG file to write.
-    index : int
-        Which sample of the batch.
-    max_frames : int
-        At most this many frames per part (evenly spaced).
-
-    Returns
-    -------
-    pathlib.Path
-        The PNG written.
+    ``batch`` is what ``.to_tensor()`` yields: a ``[B, T, y, x]`` tensor, an ``(inputs, targets)``
+    tuple or a dict; returns the path written.
 
     Examples
     --------
@@ -600,11 +507,7 @@ def _candidate_values(folder: Path, meta: dict[str, Any]) -> npt.NDArray[np.floa
 def _radar_mask(
     source: Any, shape: tuple[int, int], *, required: bool
 ) -> npt.NDArray[np.bool_] | None:
-    """Pixels with data (not NaN) in any of up to 8 frames of the archive, or None.
-
-    A recorded path that is not here (or no longer opens) gives None; an archive the caller
-    named (``required``) must open.
-    """
+    """Pixels with data in any of up to 8 frames, or None (unless ``required``)."""
     if not source or not (required or Path(str(source)).exists()):
         return None
     from mlcast_pipes.dataset import open_mlcast
@@ -674,32 +577,12 @@ def inspect_index(
     epoch: int = 0,
     archive: str | os.PathLike[str] | None = None,
 ) -> str:
-    """Summarise a tiling or sampling index file and draw its diagnostic figures.
+    """Summarise a tiling or sampling index file and write its diagnostic PNGs; returns the report.
 
-    A sampling index (its sidecar says kind "sampling") gets the per-bin summary of one epoch,
-    the candidates and acceptance rate of the sampler, the scalar histogram (candidates and
-    pool when the tiling index lies beside it), the coverage map and the time histogram of that
-    epoch. A tiling index gets its size, time range, statistics, the coverage and time figures
-    of all its tiles and a map of the tiles' mean wet fraction. Coverage maps span the
-    archive's frames (shape from the sidecars) and outline its radar coverage (pixels not NaN)
-    when the archive can be opened (``archive``, or the local path the index records).
-
-    Parameters
-    ----------
-    path : str or path
-        A ``{tiling_id}.samples.csv`` or ``{sampling_id}.samples.csv`` file.
-    out_dir : str or path, optional
-        Folder of the PNG figures (default: beside the index).
-    seed, epoch : int
-        The epoch drawn for a sampling index.
-    archive : str or path, optional
-        The archive, to draw its radar coverage (default: the path recorded by ``prepare``,
-        when it exists here).
-
-    Returns
-    -------
-    str
-        A printable report naming the figures written.
+    A sampling index gets one epoch's per-bin summary (``seed``, ``epoch``) and its figures; a
+    tiling index its size, time range, statistics and coverage figures. ``archive`` (default: the
+    path recorded by ``prepare``, when it exists) outlines the radar coverage. Figures go to
+    ``out_dir`` (default: beside the index).
 
     Examples
     --------

@@ -24,16 +24,8 @@ __all__ = [
 class DatasetInfo:
     """What the steps after tiling need to know about a source archive, shared by its records.
 
-    Attributes
-    ----------
-    spec : SourceSpec
-        How to reopen the archive in any process.
-    standard_name, units : str
-        CF attributes of the data variable (used to pick and check normalisations).
-    time_step : numpy.timedelta64
-        The nominal time step of the archive.
-    fingerprint : str
-        Metadata fingerprint of the archive when it was opened.
+    ``spec`` reopens the archive in any process; ``standard_name`` and ``units`` pick and check
+    normalisations; ``fingerprint`` is the archive's metadata fingerprint when it was opened.
 
     Examples
     --------
@@ -61,36 +53,13 @@ class DatasetInfo:
 class TileSample:
     """One space-time tile of an archive: its position, its statistics, and its pixels once read.
 
-    Attributes
-    ----------
-    info : DatasetInfo
-        The archive the tile comes from.
-    tile_id : int
-        Row of the tile in the tiling index.
-    t_start, n_time : int
-        First time index (in the archive's time axis) and number of steps.
-    y_start, y_tile, x_start, x_tile : int
-        Row/column index of the top-left corner and the tile size.
-    time_start : str
-        ISO 8601 time of the first step.
-    sample_id : int or None
-        Row in the sampling index (None when the tile was not drawn by a sampler).
-    scalar_value, bin_id : float or None, int or None
-        The sampler's scalar and bin for this tile.
-    data : numpy.ndarray or None
-        The pixels, shape (n_time, y_tile, x_tile), once read (normalised after ``.normalize()``).
-    mask : numpy.ndarray or None
-        True where the source had data, when a normaliser was asked for a mask.
-    normalization : str or None
-        Name of the normalisation applied to ``data``, if any.
-    padded : bool
-        A copy of a record of the same epoch, added so that every rank of a distributed run
-        gets the same number of samples (leave it out of validation metrics).
+    ``tile_id`` is its row in the tiling index, ``sample_id`` its row in the sampling index (None
+    when not drawn by a sampler). ``data`` has shape (n_time, y_tile, x_tile) once read;
+    ``mask`` is True where the source had data (when asked for). ``padded`` marks a copy added
+    so that every rank gets as many samples: leave it out of validation metrics.
 
     Examples
     --------
-    A record from ``.tile()`` holds no pixels until ``load()`` reads them:
-
     >>> from torchdata.datapipes.iter import IterableWrapper
     >>> from mlcast_pipes.demo import generate_demo
     >>> path = generate_demo("record.zarr", preset="tiny", n_times=24, overwrite=True)
@@ -98,8 +67,8 @@ class TileSample:
     ...     n_time_window=4, tile_size=(64, 64), index_dir="idx"
     ... )
     >>> record = next(iter(tiles))
-    >>> record.data is None, record.load().shape, record.request.n
-    (True, (4, 64, 64), 4)
+    >>> record.data is None, record.load().shape
+    (True, (4, 64, 64))
 
     """
 

@@ -31,38 +31,20 @@ Source = str | os.PathLike[str] | xr.Dataset | xr.DataArray
 
 @functional_datapipe("open_mlcast")
 class MLCastOpener(Step, IterDataPipe[xr.DataArray]):
-    """Open each catalog id, path or URL of the upstream datapipe as an MLCast DataArray.
+    """Open each catalog id, path, URL or xarray object upstream as an MLCast DataArray.
 
-    Functional name: ``open_mlcast``. Each worker process opens its own handle, lazily,
-    when it iterates, and keeps it for later epochs: a local store is opened again only when
-    its metadata changed (:func:`~mlcast_pipes.dataset.metadata_stamp`: frames appended,
-    coordinates rewritten), a remote one is kept for the life of the process.
-
-    Parameters
-    ----------
-    source_datapipe : IterDataPipe of str, xarray.Dataset or xarray.DataArray
-        Catalog ids (``"demo"``, ``"precipitation.dmi_10_minutes"``), local paths, fsspec URLs
-        or in-memory xarray objects (see :func:`~mlcast_pipes.dataset.open_mlcast`; worker
-        processes receive such an object by pickling and copy it into their own memory).
-    var_name : str, optional
-        Data variable; picked by CF standard_name when None.
-    catalog : str or path, optional
-        An intake-v1 catalog file to resolve ids with (the bundled catalog when None).
-    storage_options : mapping, optional
-        fsspec options for URLs (e.g. ``{"anon": True, "endpoint_url": ...}``).
-    strict : bool
-        Raise on any deviation from the MLCast structure instead of warning.
-    dataset_id : str, optional
-        Name the indexes of the one source with this id instead of the archive's identifier
-        (for a subset or copy that kept the identifier of the whole archive).
+    Each worker opens its own handle lazily and keeps it across epochs; a local store is reopened
+    only when its metadata changed. ``var_name`` defaults to the CF standard_name pick;
+    ``strict`` raises instead of warning on deviations from the MLCast structure. ``dataset_id``
+    names the indexes of the one source instead of the archive's identifier (for a subset that
+    kept it).
 
     Examples
     --------
     >>> from torchdata.datapipes.iter import IterableWrapper
     >>> import mlcast_pipes
-    >>> dp = IterableWrapper(["demo"]).open_mlcast()
-    >>> type(dp).__name__
-    'MLCastOpener'
+    >>> next(iter(IterableWrapper(["demo"]).open_mlcast())).dims
+    ('time', 'y', 'x')
 
     """
 
@@ -169,16 +151,7 @@ class _Nothing(IterDataPipe[Any]):
 
 
 class MLCastCatalogDataset(_SingleSource):
-    """Open one archive of an MLCast intake catalog by id (the seed's first pipeline step).
-
-    Parameters
-    ----------
-    dataset_id : str
-        ``"precipitation.<entry>"``, the short ``"<entry>"``, or ``"demo"``.
-    var_name : str, optional
-        Data variable; picked by CF standard_name when None.
-    catalog : str or path, optional
-        Your own catalog file; the bundled one when None.
+    """Open one archive of an MLCast intake catalog by id (full, short or ``"demo"``).
 
     Examples
     --------
@@ -207,17 +180,7 @@ class MLCastCatalogDataset(_SingleSource):
 
 
 class OpenXarrayDataset(_SingleSource):
-    """Open one zarr archive by local path or fsspec URL (the seed's user-provided dataset step).
-
-    Parameters
-    ----------
-    url : str, path, xarray.Dataset or xarray.DataArray
-        Local path or fsspec URL (``s3://``, ``https://``, ...) of a zarr store, or an
-        in-memory xarray object.
-    var_name : str, optional
-        Data variable; picked by CF standard_name when None.
-    storage_options : mapping, optional
-        fsspec options (credentials, ``endpoint_url``, ``anon``).
+    """Open one zarr archive by local path, fsspec URL (with ``storage_options``) or xarray object.
 
     Examples
     --------

@@ -32,8 +32,7 @@ T = TypeVar("T")
 class Step:
     """A pipeline step: a datapipe that ``provides`` one stage from one of those it ``accepts``.
 
-    ``source_datapipe`` is the one datapipe it reads. Steps override :meth:`prepare` when they
-    build index files and :meth:`time_steps` when their records have a known length.
+    It reads ``source_datapipe``; :meth:`prepare` builds its index files, if any.
 
     Examples
     --------

@@ -34,13 +34,10 @@ _SHARED_BATCHES: list[Any] = [False]  # False, True (fresh shared memory) or Wor
 
 
 def stack_into_shared_memory(enabled: bool = True, buffers: WorkerBuffers | None = None) -> None:
-    """Build this process's batches straight in shared memory (in data loader workers).
+    """Build this process's batches straight in shared memory, so sending them copies nothing.
 
-    A batch sent to another process travels through shared memory; stacked there from the
-    start, it is not copied again when it is sent. With ``buffers`` (a worker's side of a
-    :class:`~mlcast_pipes.batchpool.BatchPool`) the shared memory is recycled once the main
-    process has let go of a batch. :func:`mlcast_pipes.make_dataloader` sets this up in its
-    worker processes.
+    ``buffers`` (a worker's side of a :class:`~mlcast_pipes.batchpool.BatchPool`) recycles the
+    memory; :func:`mlcast_pipes.make_dataloader` sets this up in its workers.
 
     Examples
     --------
@@ -78,46 +75,20 @@ def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
 class ToTensorDataPipe(Step, IterDataPipe[Any]):
     """Turn tiles into float32 torch tensors, optionally batched, split and augmented.
 
-    Functional name: ``to_tensor``. Output, per item (``B`` only when ``batch_size`` is set):
-
-    * a tensor ``[B, n_time, y, x]``, or ``(inputs, targets)`` when ``n_input``/``n_target``
-      are given;
-    * a dict when ``metadata=True`` or the normaliser made a mask: keys ``"data"`` (or
-      ``"inputs"``/``"targets"``), ``"mask"`` (bool, same layout) and ``"meta"`` (tile ids,
-      sample ids, positions as int64 tensors; ``padded`` as a bool tensor, True for the
-      copies that even out the ranks of a distributed run; ``time_start`` and
-      ``dataset_id`` as lists).
-
-    Parameters
-    ----------
-    source_datapipe : IterDataPipe of TileSample
-        Tiles, normally after ``.normalize()``.
-    batch_size : int, optional
-        Stack this many samples per item (inside the worker processes).
-    n_input, n_target : int, optional
-        Split the time axis into the first ``n_input`` steps and the next ``n_target``; they must
-        add up to the samples' length.
-    augment : bool
-        Random rotations by 90 degrees and flips (half turns only for non-square tiles), seeded
-        by (seed, epoch, sample): reproducible whatever the number of workers.
-    seed : int
-        Seed of the augmentation.
-    metadata : bool
-        Return dicts with per-sample metadata (for validation bookkeeping).
-    layout : {"TYX", "CTYX", "TCYX"}
-        Add a channel axis of size 1 before or after time.
-    drop_last : bool
-        Drop a last, smaller batch.
-    allow_nan : bool
-        Let NaN through (by default a NaN raises: normalise first, or ask for it).
+    Yields ``[B, n_time, y, x]`` tensors (``B`` only with ``batch_size``), ``(inputs, targets)``
+    with ``n_input``/``n_target`` (they must add up to the samples' length), or dicts with
+    ``"data"`` (or ``"inputs"``/``"targets"``), ``"mask"`` and ``"meta"`` when ``metadata=True``
+    or the normaliser made a mask (``meta["padded"]`` marks copies that even out the ranks).
+    ``augment``: rotations by 90 degrees and flips seeded by (seed, epoch, sample), the same
+    whatever the workers. ``layout`` adds a channel axis. A NaN raises unless ``allow_nan``.
 
     Examples
     --------
     >>> from torchdata.datapipes.iter import IterableWrapper
     >>> import mlcast_pipes
-    >>> dp = IterableWrapper(["demo"]).open_mlcast().tile().normalize().to_tensor(batch_size=4)
-    >>> dp.batch_size
-    4
+    >>> dp = IterableWrapper(["demo"]).open_mlcast().tile().normalize()
+    >>> next(iter(dp.to_tensor(batch_size=4, n_input=4, n_target=8)))[1].shape
+    torch.Size([4, 8, 128, 128])
 
     """
 

@@ -85,36 +85,18 @@ def open_mlcast(
 ) -> xr.DataArray:
     """Open an MLCast archive lazily as a ``(time, y, x)`` DataArray and check its structure.
 
-    Parameters
-    ----------
-    source : str, os.PathLike, xarray.Dataset or xarray.DataArray
-        A catalog id (``"demo"``, ``"dmi_10_minutes"``), a zarr path, an fsspec URL, or an
-        xarray object (copied once per process into an in-memory zarr store).
-    var_name : str, optional
-        Data variable; by default chosen by CF ``standard_name`` (:data:`STANDARD_NAMES`).
-    catalog : str, os.PathLike, mapping or None
-        Your own intake-v1 catalog to resolve ids with (default: the bundled one).
-    storage_options : mapping, optional
-        fsspec options for URLs, over the catalog's; timeouts are added for http(s) and s3.
-    strict : bool
-        Raise DatasetError on any spec deviation instead of warning (MLCastSpecWarning).
-    dataset_id : str, optional
-        Id for index files; else ``mlcast_dataset_identifier`` (+ version), else the store's
-        name (``xarray-<content hash>`` for an object); passed through :func:`sanitize_id`.
-
-    Returns a dask-backed DataArray (chunks as on disk) whose attrs add ``dataset_id`` and
-    ``missing_times`` and whose ``encoding["mlcast_source"]`` holds its :class:`SourceSpec`. Raises
-    CatalogError for an unknown catalog id, DatasetError for a store the pipeline cannot use.
+    ``source``: a catalog id, zarr path, fsspec URL or xarray object (copied once per process into
+    an in-memory store). ``var_name`` defaults to the CF ``standard_name`` pick; ``strict`` raises
+    DatasetError instead of warning on spec deviations; ``dataset_id`` names index files (default:
+    the archive's identifier, else the store's name). The result's attrs add ``dataset_id`` and
+    ``missing_times``. Raises CatalogError for an unknown id, DatasetError for an unusable store.
 
     Examples
     --------
     >>> from mlcast_pipes.demo import ensure_demo
-    >>> path = ensure_demo("tiny.zarr", preset="tiny", seed=0)
-    >>> da = open_mlcast(path)
+    >>> da = open_mlcast(ensure_demo("tiny.zarr", preset="tiny", seed=0))
     >>> da.dims, da.shape, da.attrs["units"]
     (('time', 'y', 'x'), (130, 256, 256), 'mm h-1')
-    >>> open_mlcast(xr.open_zarr(path).load()).attrs["dataset_id"].startswith("xarray-")
-    True
 
     """
     if isinstance(source, xr.Dataset | xr.DataArray):

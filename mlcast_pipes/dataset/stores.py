@@ -120,18 +120,8 @@ def with_timeouts(
 ) -> dict[str, Any]:
     """Storage options with bounded connect/read timeouts (http(s), S3) and S3 attempts added.
 
-    A server that accepts a connection and then stays silent must not stall a pass or a
-    training loop (aiohttp's own default is 300 s). Options the user gives win.
-
-    Parameters
-    ----------
-    url : str
-        The store's URL; only ``http(s)://`` and ``s3://`` get defaults.
-    storage_options : mapping, optional
-        The user's fsspec options.
-    s3_attempts : int
-        botocore attempts per request (the reader passes 1: its own bounded retry loop is the
-        only one, otherwise retries multiply across botocore, s3fs and the reader).
+    A silent server must not stall a pass or a training loop; options the user gives win.
+    ``s3_attempts`` is botocore's per request (the reader passes 1 and retries on its own).
 
     Examples
     --------

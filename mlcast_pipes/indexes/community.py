@@ -106,11 +106,8 @@ def load_community_csv(
 ) -> pd.DataFrame:
     """Read the MLCast community sampler's ``t,x,y`` CSV as a tiling table and unbinned pool.
 
-    That tool orders arrays ``(t, x, y)``: with ``x_is_axis=1`` (default) its ``x`` is our
-    ``y_start`` (rows) and its ``y`` our ``x_start``; ``x_is_axis=2`` maps them by name.
-    ``times`` (the archive's time coordinate) fills ``time_start``. The result works with the
-    samplers and :func:`draw_epoch`. Raises IndexFileError for bad files, ParameterError for bad
-    options.
+    With ``x_is_axis=1`` (default, that tool's ``(t, x, y)`` order) its ``x`` is our ``y_start``
+    (``x_is_axis=2``: by name); ``times`` fills ``time_start``. Raises IndexFileError for bad files.
 
     Examples
     --------

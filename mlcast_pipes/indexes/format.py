@@ -439,9 +439,8 @@ def atomic_write(
 ) -> Iterator[AtomicTextFile]:
     """Write a text file atomically: readers see the old file or the complete new one.
 
-    The text goes to a hidden temp file, fsynced and renamed over ``path`` on a clean exit; an
-    exception removes it. ``before_commit`` runs just before the rename (e.g. to drop an old
-    sidecar). Yields an :class:`AtomicTextFile`; IndexFileError if the folder is not writable.
+    Yields an :class:`AtomicTextFile` over a hidden temp file, renamed over ``path`` on a clean
+    exit (``before_commit`` runs just before); IndexFileError if the folder is not writable.
 
     Examples
     --------

@@ -46,12 +46,11 @@ def write_index(
     columns: Sequence[str],
     float_format: str = "%.6g",
 ) -> dict[str, Any]:
-    """Stream an index CSV to disk chunk by chunk, then its sidecar; atomic as a whole.
+    """Write an index CSV chunk by chunk, then its sidecar, atomically; return the sidecar.
 
-    Rows go to an fsynced temp file, any old sidecar is removed, the temp file replaces the CSV and
-    the sidecar (row count, size, sha256) is written last: an interrupted write never leaves an
-    index that looks complete. ``chunks`` are DataFrames with exactly ``columns`` (may be lazy);
-    ``meta`` is a mapping or a function called after the last chunk. Returns the sidecar.
+    The sidecar (row count, size, sha256) is written last, so an interrupted write never leaves an
+    index that looks complete. ``chunks`` are DataFrames with exactly ``columns``; ``meta`` is a
+    mapping or a function called after the last chunk.
 
     Examples
     --------

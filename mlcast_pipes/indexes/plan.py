@@ -77,10 +77,9 @@ class TilingPlan:
     >>> import mlcast_pipes as mp
     >>> from mlcast_pipes.demo import ensure_demo
     >>> archive = ensure_demo(Path(tempfile.gettempdir()) / "mlcast-doctest-tiny.zarr", "tiny")
-    >>> da = mp.open_mlcast(archive)
     >>> params = TilingParams(n_time_window=12, tile_size=(64, 64))
     >>> plan = TilingPlan(params, Path(tempfile.mkdtemp()))
-    >>> table = plan.table(da)  # computed once, then loaded from {tiling_id}.samples.csv
+    >>> table = plan.table(mp.open_mlcast(archive))  # computed once, then read back
     >>> table.name.endswith(".64x64.12"), table.record(0).n_time
     (True, 12)
 
@@ -232,10 +231,9 @@ class TileTable:
     >>> import mlcast_pipes as mp
     >>> from mlcast_pipes.demo import ensure_demo
     >>> archive = ensure_demo(Path(tempfile.gettempdir()) / "mlcast-doctest-tiny.zarr", "tiny")
-    >>> da = mp.open_mlcast(archive)
     >>> params = TilingParams(n_time_window=12, tile_size=(64, 64))
     >>> plan = TilingPlan(params, Path(tempfile.mkdtemp()))
-    >>> table = plan.table(da)
+    >>> table = plan.table(mp.open_mlcast(archive))
     >>> pool = table.sampling_index("uniform", {}, n_time_sample=6, seed=0,
     ...                             index_dir=plan.index_dir)
     >>> len(pool.table) == len(table.rows)

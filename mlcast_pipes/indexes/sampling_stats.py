@@ -94,12 +94,10 @@ def compute_sampling_stats(
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[float, float]:
-    """``(mean, std)`` in mm/h of the sampled tiles, as the ``fitted`` normaliser sees them.
+    """``(mean, std)`` in mm/h of the sampled pixels, clipped to ``[0, clip_max]``, NaN left out.
 
-    Pixels become rain rate, are clipped to ``[0, clip_max]`` as :func:`make_normalizer` does, NaN
-    left out. ``weighting="epoch"`` weighs rows by their share of an epoch (what the model sees),
-    ``"pool"`` counts each once; ``max_tiles`` takes a seeded subset. Raises ParameterError for bad
-    options or when no pixel is valid.
+    ``weighting="epoch"`` weighs rows by their share of an epoch, ``"pool"`` counts each once;
+    ``max_tiles`` takes a seeded subset. ParameterError when no pixel is valid.
 
     Examples
     --------
@@ -109,12 +107,9 @@ def compute_sampling_stats(
     >>> import mlcast_pipes as mp
     >>> from mlcast_pipes.demo import ensure_demo
     >>> archive = ensure_demo(Path(tempfile.gettempdir()) / "mlcast-doctest-tiny.zarr", "tiny")
-    >>> da = mp.open_mlcast(archive)
-    >>> params = TilingParams(n_time_window=12, tile_size=(64, 64))
-    >>> plan = TilingPlan(params, Path(tempfile.mkdtemp()))
-    >>> table = plan.table(da)
-    >>> pool = table.sampling_index("uniform", {}, n_time_sample=None, seed=0,
-    ...                             index_dir=plan.index_dir)
+    >>> plan = TilingPlan(TilingParams(n_time_window=12, tile_size=(64, 64)), Path("i"))
+    >>> table = plan.table(mp.open_mlcast(archive))
+    >>> pool = table.sampling_index("uniform", {}, n_time_sample=None, seed=0, index_dir=Path("i"))
     >>> mean, std = compute_sampling_stats(table, pool)
     >>> 0 < mean < std
     True
@@ -197,11 +192,9 @@ def sampling_stats(
     recompute: bool = False,
     progress: bool = False,
 ) -> SamplingStats:
-    """Load or compute ``{sampling_id}.stats.csv`` (see :func:`compute_sampling_stats`).
+    """Load or compute ``{sampling_id}.stats.csv`` beside the sampling CSV, under a file lock.
 
-    Written atomically beside the sampling CSV under a file lock, so workers and ranks compute it
-    once. It is recomputed when older than the sampling CSV, made with other options (recorded in
-    ``{sampling_id}.stats.meta.json``), or with ``recompute``.
+    Recomputed when older than the sampling CSV, made with other options, or with ``recompute``.
 
     Examples
     --------
@@ -211,15 +204,11 @@ def sampling_stats(
     >>> import mlcast_pipes as mp
     >>> from mlcast_pipes.demo import ensure_demo
     >>> archive = ensure_demo(Path(tempfile.gettempdir()) / "mlcast-doctest-tiny.zarr", "tiny")
-    >>> da = mp.open_mlcast(archive)
-    >>> params = TilingParams(n_time_window=12, tile_size=(64, 64))
-    >>> plan = TilingPlan(params, Path(tempfile.mkdtemp()))
-    >>> table = plan.table(da)
-    >>> pool = table.sampling_index("uniform", {}, n_time_sample=None, seed=0,
-    ...                             index_dir=plan.index_dir)
-    >>> stats = sampling_stats(table, pool)
-    >>> stats.path.name == f"{pool.sampling_id}.stats.csv", stats.variable
-    (True, 'rainfall_rate')
+    >>> plan = TilingPlan(TilingParams(n_time_window=12, tile_size=(64, 64)), Path("i"))
+    >>> table = plan.table(mp.open_mlcast(archive))
+    >>> pool = table.sampling_index("uniform", {}, n_time_sample=None, seed=0, index_dir=Path("i"))
+    >>> sampling_stats(table, pool).path.name == f"{pool.sampling_id}.stats.csv"
+    True
 
     """
     path = stats_path(sampling_index)

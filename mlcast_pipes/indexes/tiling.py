@@ -95,7 +95,6 @@ class TileIndex:
 
         ``path`` is the CSV or sidecar, or the folder with ``index_id``; a change of
         ``expected_params`` or ``expected_fingerprint`` raises StaleIndexError naming it.
-
         """
         csv = resolve_csv_path(path, index_id)
         wanted = (
@@ -303,25 +302,20 @@ def prepare_tiling(
     verify: VerifyMode = "sha256",
     absent_chunks: Callable[[], list[int]] | None = None,
 ) -> TileIndex:
-    """Load the tiling index of ``da`` for ``params``, or compute and write it.
+    """Load the tiling index of ``da`` for ``params``, or compute and write it (``prepare``).
 
-    This is the ``prepare`` pass. The index is ``{index_dir}/{tiling_id}.samples.csv`` plus its
-    sidecar; ``da`` is ``(time, y, x)``, lazy (dask, chunks ``(1, H, W)``) or in memory. A
-    complete index of the same parameters and ``fingerprint`` is loaded; a stale one raises
-    StaleIndexError (unless ``recompute`` or ``on_stale="recompute"``); a missing or incomplete
-    one is computed in one dask pass, ``block_frames`` frames at a time, and written atomically.
-    ``dataset_id`` starts the tiling id; ``to_rate`` maps native values to mm/h (None: already
-    mm/h); ``missing_times`` and ``consistent_timestep_start`` default to the attributes of
-    ``da``; ``verify`` checks an existing index by ``"sha256"`` or ``"size"``;
-    ``absent_chunks`` gives the time chunks absent from the store (recorded in the sidecar).
-    Raises ParameterError (bad parameters, or no valid tile, with counts per reason),
-    StaleIndexError, or IndexFileError (damaged index, folder not writable).
+    The index is ``{index_dir}/{tiling_id}.samples.csv`` plus its sidecar, computed in one dask
+    pass of ``block_frames`` frames at a time and written atomically. An index of other
+    parameters or ``fingerprint`` raises StaleIndexError unless ``recompute`` (or
+    ``on_stale="recompute"``). ``to_rate`` maps native values to mm/h (None: already mm/h);
+    ``missing_times`` and ``consistent_timestep_start`` default to ``da``'s attributes;
+    ``absent_chunks`` (time chunks absent from the store) is recorded. Raises ParameterError
+    (bad parameters, no valid tile) or IndexFileError (damaged index, folder not writable).
 
     Examples
     --------
     >>> times = np.datetime64("2024-05-01T00:00") + np.arange(8) * np.timedelta64(5, "m")
     >>> rain = np.zeros((8, 64, 64), dtype=np.float32)
-    >>> rain[:, :32, :32] = 2.0
     >>> rain[:, 40:, 40:] = np.nan
     >>> da = xr.DataArray(rain, dims=("time", "y", "x"), coords={"time": times})
     >>> params = TilingParams(n_time_window=4, tile_size=(32, 32))
@@ -332,12 +326,6 @@ def prepare_tiling(
       stride [4, 32, 32])
       rejected: 0 for time gaps, 2 for NaN fraction > 0.05
       file: idx/demo.32x32.4.samples.csv
-    >>> try:
-    ...     prepare_tiling(da, params, "idx", dataset_id="demo", fingerprint="v2")
-    ... except StaleIndexError as exc:
-    ...     print(exc)
-    index 'idx/demo.32x32.4.samples.csv' is stale: the dataset fingerprint changed (index: 'v1',
-    dataset now: 'v2'); ...
 
     """
     if not isinstance(params, TilingParams):

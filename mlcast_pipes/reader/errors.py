@@ -76,8 +76,7 @@ def _classify(exc: BaseException) -> bool | None:
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying a read may help (network-like error), as opposed to a broken chunk.
 
-    The exception decides when it can; otherwise its explicit causes (``raise ... from``) are
-    asked in turn, so a library error wrapping a refused connection counts as transient.
+    Explicit causes (``raise ... from``) are asked in turn when the exception itself does not tell.
 
     Examples
     --------

@@ -88,39 +88,20 @@ class _FrameCache:
 class FrameReader:
     """Read tiles of one (time, y, x) variable of a zarr archive, decoding each frame once.
 
-    Decoded frames are kept in an LRU cache bounded by ``cache_bytes`` (0: no caching across
-    calls). The archive is opened lazily and reopened after fork, so each worker has its own
-    handle and cache. Values are decoded like xarray's ``open_zarr`` (fill values to NaN, scale
-    and offset applied) and returned as float32 copies.
-
-    Parameters
-    ----------
-    url : str
-        Local path or fsspec URL of the zarr store (format 2 or 3).
-    var_name : str
-        Name of the (time, y, x) data variable.
-    storage_options : dict, optional
-        fsspec options for URLs; connect/read timeouts are added for http(s) unless given.
-    cache_bytes : int
-        Bound of the decoded-frame cache, in bytes (frames cached in their on-disk dtype).
-    retries, retry_backoff
-        Retries of a read failing with a transient error, and the first wait (doubled after).
-    read_deadline : float or None
-        Bound in seconds of a remote read over all its retries (then ReadError). Default
-        :data:`READ_DEADLINE` or ``$MLCAST_PIPES_READ_DEADLINE``; None: no bound.
+    Frames are decoded as ``open_zarr`` does (fill values to NaN, scale and offset) into an LRU
+    cache of ``cache_bytes`` (0: none) and returned as float32 copies; each worker (after fork)
+    gets its own handle and cache. A read failing with a transient error is retried ``retries``
+    times; ``read_deadline`` (seconds, default :data:`READ_DEADLINE`) bounds a remote read over
+    all retries, then ReadError.
 
     Examples
     --------
     >>> import xarray as xr
-    >>> from mlcast_pipes.reader import TileRequest
     >>> rain = np.arange(24, dtype="float32").reshape(2, 3, 4)  # (time, y, x)
     >>> _ = xr.Dataset({"rain": (("time", "y", "x"), rain)}).to_zarr("frames.zarr", mode="w")
     >>> reader = FrameReader("frames.zarr", "rain")
     >>> reader.read_tile(0, 2, 1, 2, 1, 2)[1].tolist()  # [0:2, 1:3, 1:3]
     [[17.0, 18.0], [21.0, 22.0]]
-    >>> tiles = reader.read_tiles([TileRequest(0, 2, 0, 1, 0, 4), TileRequest(1, 1, 2, 1, 0, 4)])
-    >>> [t.shape for t in tiles], reader.cached_frames
-    ([(2, 1, 4), (1, 1, 4)], [0, 1])
 
     """
 
@@ -638,9 +619,8 @@ MISSING_CHUNKS_ENV = "MLCAST_PIPES_MISSING_CHUNKS"
 def expect_chunks(url: str, var_name: str, absent: Iterable[int]) -> None:
     """Declare which time chunks of a variable were absent when it was indexed.
 
-    Any other chunk found missing while reading raises ReadError (with
-    ``$MLCAST_PIPES_MISSING_CHUNKS=warn``: read as no data, with a warning). Without a
-    declaration a missing chunk reads as the fill value, as zarr does.
+    Any other missing chunk then raises ReadError (``$MLCAST_PIPES_MISSING_CHUNKS=warn``: read as
+    no data, with a warning); undeclared, a missing chunk reads as the fill value.
 
     Examples
     --------

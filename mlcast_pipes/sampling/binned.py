@@ -110,11 +110,9 @@ def binnorm(
 ) -> pd.DataFrame:
     """Bin a per-tile scalar so that every bin can be drawn equally often (bin normalisation).
 
-    Tiles with ``aggregation`` <= ``dry_threshold`` form the dry bin 0 (None: no dry bin); the
-    wet tiles are split into bins 1, 2, ... (left-closed, the last closed) placed by ``bin_edges``:
-    ``"log"``, ``"linear"``, ``"quantile"`` (equal counts) or explicit increasing edges.
-    ``n_scalar_total_bins`` counts the dry bin (default 10 for named edges). Empty bins give a
-    :class:`SamplingWarning`; bad options a ParameterError. ``seed`` is unused.
+    Tiles with ``aggregation`` <= ``dry_threshold`` form the dry bin 0 (None: none); wet tiles
+    go to bins 1, 2, ... by ``bin_edges`` (``"log"``, ``"linear"``, ``"quantile"`` or explicit
+    edges); ``n_scalar_total_bins`` counts the dry bin. Empty bins give a SamplingWarning.
 
     Examples
     --------

@@ -49,10 +49,8 @@ def community(
 ) -> pd.DataFrame:
     """The cubes of the MLCast community sampler's ``t,x,y`` CSV, as a pool of tiles.
 
-    Each cube is matched to the tile starting at the same time, row and column, so tile with the
-    cubes' size and strides (``.tile(n_time_window=24, tile_size=(256, 256), stride=(3, 16, 16))``).
-    Cubes the tiling rejected are left out with a :class:`SamplingWarning`. The id covers the
-    file's sha256 (``csv_sha256``), so an edited file gets a new index.
+    Cubes are matched to tiles by start, so tile with the cubes' size and strides; cubes the
+    tiling rejected are left out with a :class:`SamplingWarning`; an edited file gets a new id.
 
     Examples
     --------

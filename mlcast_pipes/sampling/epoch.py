@@ -140,13 +140,11 @@ def _stream_slice(m: int, start: int, count: int, seed: int, stream: int) -> npt
 def draw_epoch(
     pool: pd.DataFrame, *, n_samples: int | None, seed: int, epoch: int
 ) -> npt.NDArray[np.int64]:
-    """Row positions into ``pool`` for one epoch; the same for the same (pool, seed, epoch).
+    """Shuffled row positions into ``pool`` for one epoch, the same for the same (seed, epoch).
 
-    Binned pools (several ``bin_id`` >= 0; negative ones left out) draw every bin equally often,
-    the remainder going to bins in a seeded order, round robin across epochs; within a bin draws
-    walk a shuffled list across epochs (a small bin repeats, a big one is subsampled without
-    repeats). Unbinned pools walk permutations of all rows. ``n_samples`` None: the pool's rows.
-    The result is shuffled. Raises ParameterError for bad counts, seed or epoch, or an empty pool.
+    Binned pools (``bin_id`` >= 0) draw every bin equally often, a small bin repeating, a big one
+    subsampled without repeats across epochs; unbinned pools walk permutations of all rows.
+    ``n_samples`` None: the pool's rows. ParameterError for bad counts or an empty pool.
 
     Examples
     --------

@@ -51,13 +51,10 @@ _ALIASES: dict[str, str] = {}
 
 
 def register_sampler(name: str, *aliases: str) -> Callable[[F], F]:
-    """Decorator registering a sampler function under ``name`` (and aliases).
+    """Register a sampler ``f(table, *, seed, **params) -> pool`` under ``name`` (and aliases).
 
-    A sampler is ``f(table, *, seed, **params) -> pool``: it takes a tiling index table and returns
-    ``source_tile_id``, ``scalar_value``, ``bin_id`` (-1: unbinned) and optionally ``weight``; it
-    may describe its bins in ``pool.attrs["bins"]`` / ``["bin_edges"]``. Parameters are
-    keyword-only with defaults. Re-registering the same function replaces it; another function
-    under a taken or malformed name, or one without a keyword-only ``seed``, is a ParameterError.
+    The pool has ``source_tile_id``, ``scalar_value``, ``bin_id`` (-1: unbinned), optionally
+    ``weight``. Raises ParameterError for a taken or malformed name or a missing keyword ``seed``.
 
     Examples
     --------
@@ -190,11 +187,7 @@ def resolve_sampler_params(method: str, **params: Any) -> dict[str, Any]:
 
 
 def run_sampler(method: str, table: pd.DataFrame, *, seed: int, **params: Any) -> pd.DataFrame:
-    """Run a registered sampler on a tiling table and check the pool it returns.
-
-    The pool has ``source_tile_id``, ``scalar_value``, ``bin_id``, ``weight`` and a fresh index;
-    ``attrs`` holds ``sampler``, ``params`` and, when binned, ``bins`` and ``bin_edges``. Raises
-    ParameterError for bad parameters or when the sampler kept no tile.
+    """Run a registered sampler on a tiling table and check its pool (ParameterError: no tile kept).
 
     Examples
     --------

@@ -102,11 +102,9 @@ def time_windows(
 ) -> TimeWindows:
     """Valid windows of each regular segment, and the archive-wide candidates that cross a break.
 
-    A segment is a run of frames one nominal step apart with no ``missing_times`` between them
-    (regimes split at ``consistent_timestep_start``). Its windows start at its first step and
-    every ``t_stride`` steps after, so a gap never shifts the lattice. Windows of the archive-wide
-    lattice that cross a break are listed as rejected, with their reason. Raises DatasetError if
-    ``times`` are not increasing datetime64.
+    A segment is a run of frames one step apart with no ``missing_times``; its windows start at
+    its first step and every ``t_stride`` steps after. Raises DatasetError if ``times`` are not
+    increasing datetime64.
 
     Examples
     --------

@@ -77,18 +77,9 @@ def _as_int_tuple(name: str, value: Any, n: int, what: str) -> tuple[int, ...]:
 class TilingParams:
     """Parameters of the tiling step: window length, tile size, strides and statistics.
 
-    Parameters
-    ----------
-    stride
-        Step between candidate tiles ``(t, y, x)``; None: ``(n_time_window, *tile_size)``.
-    max_nan_fraction
-        A tile is kept if its NaN fraction is at most this, in [0, 1].
-    wet_threshold
-        Rain rate (mm/h) above which a pixel counts as wet (``frac_wet``).
-    quantiles, importance_scales
-        Quantile levels (columns ``p50``, ...) and DGMR importance scales in mm/h (``imp_s1``).
-    clip_max
-        Cap (mm/h) of the rates the statistics see, as ``.normalize()`` clips; None: no cap.
+    ``stride`` ``(t, y, x)`` defaults to ``(n_time_window, *tile_size)``; a tile is kept if its
+    NaN fraction is at most ``max_nan_fraction``; ``wet_threshold``, ``importance_scales`` and
+    ``clip_max`` (the cap ``.normalize()`` applies; None: none) are in mm/h.
 
     Examples
     --------

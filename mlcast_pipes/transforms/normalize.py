@@ -44,8 +44,7 @@ DEFAULT_CLIP_MAX = 300.0
 class MeanStdAccumulator:
     """Streaming, NaN-aware mean and variance; parts combine with :meth:`merge` (Chan's formula).
 
-    ``count`` is the number of non-NaN values, ``mean`` their mean, ``m2`` the sum of squared
-    deviations.
+    ``count`` counts the non-NaN values; ``m2`` is their sum of squared deviations.
 
     Examples
     --------
@@ -188,7 +187,6 @@ class Normalizer:
 
         Filled NaN pixels come back as no rain, clipped clutter as the clip value. Raises
         ParameterError for mm/h of an amount archive whose time step is unknown.
-
         """
         work = self.transform.inverse(_as_float(y))
         if native:
@@ -212,16 +210,12 @@ def make_normalizer(
     dbz_floor: float = DEFAULT_DBZ_FLOOR,
     **params: Any,
 ) -> Normalizer:
-    """Build the :class:`Normalizer` of a variable.
+    """Build the :class:`Normalizer` of a variable (``standard_name``, ``units``).
 
-    ``method`` is ``"auto"`` (``ldcast`` for rates and amounts, ``mlcast_dbz`` for reflectivity)
-    or a name from :func:`available_transforms`; ``**params`` go to the transform (e.g.
-    ``mean``/``std`` for ``fitted``). The transform reads the archive's values when it accepts
-    their kind (``standard_name``, ``units``); otherwise they become mm/h first (Marshall-Palmer
-    above ``dbz_floor`` for dBZ, division by ``time_step`` for amounts). ``clip_max`` clips
-    clutter in mm/h (None: off); ``fill_nan`` replaces NaN (``"auto"``: the transform's image of
-    no rain, None: keep NaN); ``mask`` also returns the validity mask. Raises ParameterError for
-    unknown methods or units, bad parameters, or a method that cannot read the variable.
+    ``method``: ``"auto"`` (``ldcast`` for rates, ``mlcast_dbz`` for reflectivity) or a name of
+    :func:`available_transforms`; ``**params`` go to the transform. ``clip_max`` clips clutter in
+    mm/h (None: off); ``fill_nan`` replaces NaN (``"auto"``: no rain, None: keep); ``mask`` also
+    returns the validity mask. Raises ParameterError for unknown methods or units.
 
     Examples
     --------
