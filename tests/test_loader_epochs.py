@@ -14,6 +14,7 @@ from torch.utils.data import IterDataPipe
 import mlcast_pipes as mp
 from mlcast_pipes.datapipes.steps import walk
 from mlcast_pipes.errors import ParameterError
+from mlcast_pipes.loader import set_resume
 
 
 def _pipe(
@@ -236,3 +237,34 @@ def test_two_ranks_deliver_equal_batch_counts(tiny_archive, index_dir, tmp_path)
                 assert a["n"] == 4 and len(real_a) == len(real_b) == 31
                 assert not any(a["padded"] + b["padded"])
         assert ranks[0][name][0]["ids"] != ranks[0][name][1]["ids"]
+
+
+def test_a_mix_refuses_to_resume_mid_epoch(tiny_archive, index_dir, tmp_path):
+    from mlcast_pipes.demo import generate_demo
+
+    other = generate_demo(tmp_path / "other.zarr", preset="tiny", n_times=24, seed=3)
+
+    def pipe() -> IterDataPipe:
+        sampled = [
+            mp.OpenXarrayDataset(str(p))
+            .tile(n_time_window=4, tile_size=(64, 64), index_dir=index_dir)
+            .uniform_sample(n_samples=6, seed=k)
+            for k, p in enumerate((tiny_archive, other))
+        ]
+        return mp.mix(sampled, seed=0).normalize().to_tensor(batch_size=2, metadata=True)
+
+    loader = mp.make_dataloader(pipe(), num_workers=0)
+    batches = iter(loader)
+    next(batches), next(batches)
+    state = loader.state_dict()
+    assert state["batch"] == 2
+    resumed = mp.make_dataloader(pipe(), num_workers=0)
+    with pytest.raises(ParameterError, match="cannot resume in the middle of an epoch"):
+        resumed.load_state_dict(state)
+    with pytest.raises(ParameterError, match="start of an epoch"):
+        mp.make_dataloader(pipe(), num_workers=0, start_batch=2)
+    with pytest.raises(ParameterError, match="mix"):
+        set_resume(pipe(), 2)
+    # at an epoch boundary a mix resumes whole
+    resumed.load_state_dict({**state, "epoch": 1, "batch": 0})
+    assert len(_batches(resumed)) == 6
