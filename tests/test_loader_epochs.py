@@ -268,3 +268,51 @@ def test_a_mix_refuses_to_resume_mid_epoch(tiny_archive, index_dir, tmp_path):
     # at an epoch boundary a mix resumes whole
     resumed.load_state_dict({**state, "epoch": 1, "batch": 0})
     assert len(_batches(resumed)) == 6
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_several_archives_with_workers_deliver_exactly_once(
+    tiny_archive, index_dir, tmp_path, batch_size
+):
+    from torchdata.datapipes.iter import IterableWrapper
+
+    from mlcast_pipes.demo import generate_demo
+
+    paths = [
+        str(generate_demo(tmp_path / f"a{k}.zarr", preset="tiny", n_times=24, seed=k))
+        for k in range(3)
+    ]
+
+    def pipe() -> IterDataPipe:
+        return (
+            IterableWrapper(paths)
+            .open_mlcast()
+            .tile(n_time_window=4, tile_size=(64, 64), index_dir=index_dir)
+            .uniform_sample(n_samples=5, seed=5)
+            .normalize()
+            .to_tensor(batch_size=batch_size, metadata=True)
+        )
+
+    def keys(batch) -> list[tuple[str, int]]:
+        meta = batch["meta"]
+        return [(d, int(i)) for d, i in zip(meta["dataset_id"], meta["sample_id"], strict=True)]
+
+    reference = Counter(k for b in pipe() for k in keys(b))
+    assert len(reference) == 15 and set(reference.values()) == {1}
+    loader = mp.make_dataloader(pipe(), num_workers=2)
+    try:
+        full = [keys(b) for b in loader]  # each archive's odd sample went to another worker
+        assert Counter(k for b in full for k in b) == reference
+        assert len(loader) == len(full)
+        loader.set_epoch(0)
+        batches = iter(loader)
+        taken = [keys(next(batches)) for _ in range(3)]
+        state = loader.state_dict()
+    finally:
+        loader.shutdown()
+    resumed = mp.make_dataloader(pipe(), num_workers=2)
+    try:
+        resumed.load_state_dict(state)
+        assert taken + [keys(b) for b in resumed] == full
+    finally:
+        resumed.shutdown()
