@@ -479,7 +479,8 @@ class Loader:
         """Where the loader stands: the epoch and the batches of it delivered so far.
 
         Save it with a checkpoint; :meth:`load_state_dict` on a loader of the same pipeline,
-        ``num_workers`` and ranks resumes with exactly the remaining batches.
+        ``num_workers``, ranks, seed, shuffle and batching (checked) resumes with exactly the
+        remaining batches.
 
         Examples
         --------
@@ -513,8 +514,7 @@ class Loader:
             "batch": batch,
             "num_workers": self.num_workers,
             "world_size": self.world_size,
-            "shuffle": self.shuffle,
-            "seed": self.seed,
+            **self._plan_settings(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -537,11 +537,29 @@ class Loader:
                     f"{mine}: resume with the same number of workers and ranks (or resume at "
                     "the start of the epoch with set_epoch)"
                 )
+        for key, value in self._plan_settings().items():
+            if key in state and state[key] != value:
+                raise ParameterError(
+                    f"this loader state was saved with {key}={state[key]!r}, this loader has "
+                    f"{value!r}: the epoch would be drawn or cut differently, losing and "
+                    f"repeating samples. Resume with {key}={state[key]!r} (or start a new "
+                    "epoch with set_epoch)"
+                )
         batch = int(state.get("batch", 0))
         if batch > 0:
             _refuse_mixed_resume(walk(self.pipe))
         self.epoch = int(state["epoch"])
         self._start_batch = self._batch = batch
+
+    def _plan_settings(self) -> dict[str, Any]:
+        """The settings that decide an epoch's draw and batches (a resume needs the same)."""
+        return {
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "batch_size": self._batch_size,
+            "drop_last": self._drop_last,
+            "drop_remainder": self.drop_remainder,
+        }
 
     def _completes(self, batch: int) -> bool:
         """Whether ``batch`` batches are the whole of the current epoch (False if unknown)."""

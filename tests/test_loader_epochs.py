@@ -316,3 +316,30 @@ def test_several_archives_with_workers_deliver_exactly_once(
         assert taken + [keys(b) for b in resumed] == full
     finally:
         resumed.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("change", "loader_kw", "pipe_kw"),
+    [
+        ("seed", {"seed": 1}, {}),
+        ("shuffle", {"shuffle": False}, {}),
+        ("batch_size", {}, {"batch_size": 3}),
+        ("drop_last", {}, {"drop_last": True}),
+    ],
+)
+def test_load_state_dict_refuses_a_state_of_another_draw_or_batching(
+    tiny_archive, index_dir, change, loader_kw, pipe_kw
+):
+    loader = mp.make_dataloader(_pipe(tiny_archive, index_dir, n_samples=12), num_workers=0)
+    batches = iter(loader)
+    next(batches)
+    state = loader.state_dict()
+    assert state["batch"] == 1
+    other = mp.make_dataloader(
+        _pipe(tiny_archive, index_dir, n_samples=12, **pipe_kw), num_workers=0, **loader_kw
+    )
+    with pytest.raises(ParameterError, match=f"saved with {change}=.*Resume with {change}="):
+        other.load_state_dict(state)
+    same = mp.make_dataloader(_pipe(tiny_archive, index_dir, n_samples=12), num_workers=0)
+    same.load_state_dict(state)
+    assert len(_batches(same)) == len(loader) - 1
