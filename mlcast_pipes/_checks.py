@@ -12,11 +12,12 @@ __all__ = [
 ]
 
 
-def as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+def as_int(name: str, value: Any, *, minimum: int | None = None, hint: str = "") -> int:
     """``value`` as an ``int`` (Python or numpy integer, or a float with no fraction).
 
-    Raises ParameterError, naming ``name`` and the fix, for anything else (``2.5``, ``"4"``,
-    ``True``, a list) and for values below ``minimum``.
+    The one integer check of the package's parameters. Raises ParameterError, naming
+    ``name`` and the fix, for anything else (``2.5``, ``"4"``, ``True``, a list) and for
+    values below ``minimum``; ``hint`` follows the value in the message.
 
     Examples
     --------
@@ -25,8 +26,8 @@ def as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     >>> as_int("batch_size", 2.5, minimum=1)
     Traceback (most recent call last):
     ...
-    mlcast_pipes.errors.ParameterError: batch_size must be a whole number >= 1, got 2.5 (float);
-    fix: pass e.g. batch_size=1
+    mlcast_pipes.errors.ParameterError: batch_size must be an integer >= 1, got 2.5 (float);
+    fix: pass a whole number, e.g. batch_size=1
 
     """
     if isinstance(value, bool):
@@ -39,11 +40,12 @@ def as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     bound = f" >= {minimum}" if minimum is not None else ""
     if number is None:
         raise ParameterError(
-            f"{name} must be a whole number{bound}, got {value!r} ({type(value).__name__}); "
-            f"fix: pass e.g. {name}={max(minimum or 0, 1)}"
+            f"{name} must be an integer{bound}, got {value!r} ({type(value).__name__}){hint}; "
+            f"fix: pass a whole number, e.g. {name}={max(minimum or 0, 1)}"
         )
     if minimum is not None and number < minimum:
         raise ParameterError(
-            f"{name} must be{bound}, got {number}; fix: pass {name}={minimum} or more"
+            f"{name} must be an integer{bound}, got {number}{hint}; "
+            f"fix: {name} must be{bound}, pass {name}={minimum} or more"
         )
     return number

@@ -21,6 +21,7 @@ from mlcast_pipes.epochs import (
     plan_shard,
     shard_size,
     skip_records,
+    table_slices,
 )
 from mlcast_pipes.errors import ParameterError
 from mlcast_pipes.indexes.plan import TileTable, iso_time
@@ -195,6 +196,7 @@ class SampleDelivery:
                 for part in np.split(positions, cuts):
                     yield k, part
             return
+        slices = table_slices([len(k) for k in keys], shard, order.drop_remainder)
         for k, table_keys in enumerate(keys):
             groups = plan_shard(
                 table_keys,
@@ -202,6 +204,7 @@ class SampleDelivery:
                 epoch=epoch,
                 shard=shard,
                 drop_remainder=order.drop_remainder,
+                bounds=slices[k],
             )
             rng = random.Random(int(epoch_rng(self.seed, epoch, shard.index, k).integers(2**63)))
             for block in mix_blocks(groups, self.mix_groups, rng):

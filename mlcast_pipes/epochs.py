@@ -29,6 +29,7 @@ __all__ = [
     "shard_records",
     "shard_size",
     "skip_records",
+    "table_slices",
 ]
 
 
@@ -129,7 +130,8 @@ def shard_size(keys: Sequence[np.ndarray], shard: Shard, order: EpochOrder) -> i
     if order.ordered:
         n = sum(len(k) for k in keys)
         return ordered_records(n, shard, order.batch_size, order.drop_remainder)
-    return sum(shard_records(len(k), shard, order.drop_remainder) for k in keys)
+    slices = table_slices([len(k) for k in keys], shard, order.drop_remainder)
+    return sum(hi - lo for lo, hi in slices)
 
 
 def combine_shards(levels: Mapping[int, tuple[int, int]]) -> Shard:
@@ -185,8 +187,40 @@ def shard_records(n: int, shard: Shard, drop_remainder: bool = False) -> int:
     [16, 16, 16, 16]
 
     """
-    n = even_size(n, shard.ranks, drop_remainder)
-    return (shard.index + 1) * n // shard.count - shard.index * n // shard.count
+    lo, hi = table_slices([n], shard, drop_remainder)[0]
+    return hi - lo
+
+
+def table_slices(
+    sizes: Sequence[int], shard: Shard, drop_remainder: bool = False
+) -> list[tuple[int, int]]:
+    """The (start, stop) slice of each table's evened sequence that ``shard`` delivers.
+
+    Every table is evened out over the ranks (:func:`even_size`) and each rank's part is cut
+    into one contiguous slice per worker. The records a table cannot share evenly between the
+    workers go to the workers in turn, last worker first, continuing from table to table: over
+    all tables the workers' record counts differ by at most one, the later workers holding the
+    extra ones (DataLoader2 takes items from its workers in turn and needs no more).
+
+    Examples
+    --------
+    Three tables of 5 records, two workers: the odd records go to worker 1, 0, then 1.
+
+    >>> [table_slices([5, 5, 5], Shard(2, w)) for w in (0, 1)]
+    [[(0, 2), (0, 3), (0, 2)], [(2, 5), (3, 5), (2, 5)]]
+
+    """
+    workers = shard.workers
+    out: list[tuple[int, int]] = []
+    extras = 0  # records given out beyond the even shares so far
+    for n in sizes:
+        per_rank = even_size(int(n), shard.ranks, drop_remainder) // shard.ranks
+        base, rem = divmod(per_rank, workers)
+        counts = [base + int((workers - 1 - w - extras) % workers < rem) for w in range(workers)]
+        lo = shard.rank * per_rank + sum(counts[: shard.worker])
+        out.append((lo, lo + counts[shard.worker]))
+        extras += rem
+    return out
 
 
 def group_by_key(keys: np.ndarray) -> list[np.ndarray]:
@@ -229,6 +263,7 @@ def plan_shard(
     shard: Shard,
     shuffle: bool = True,
     drop_remainder: bool = False,
+    bounds: tuple[int, int] | None = None,
 ) -> list[np.ndarray]:
     """Plan one shard's part of an epoch as groups of row positions sharing a read window.
 
@@ -253,6 +288,9 @@ def plan_shard(
         Randomise the order of groups and of rows within groups.
     drop_remainder : bool
         Even the ranks out by leaving the last rows out instead of padding.
+    bounds : (int, int), optional
+        The shard's slice of the evened sequence (default: its slice of this table alone);
+        give the one :func:`table_slices` computes for this table of several.
 
     Returns
     -------
@@ -277,9 +315,7 @@ def plan_shard(
         extra = np.resize(np.concatenate(groups), n_even - n)
         cuts = np.flatnonzero(np.diff(np.asarray(keys)[extra])) + 1
         groups = [*groups, *(g + len(keys) for g in np.split(extra, cuts))]
-    n = n_even
-    lo = shard.index * n // shard.count
-    hi = (shard.index + 1) * n // shard.count
+    lo, hi = bounds if bounds is not None else table_slices([n], shard, drop_remainder)[0]
     out: list[np.ndarray] = []
     start = 0
     for group in groups:

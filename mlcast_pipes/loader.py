@@ -237,6 +237,7 @@ def set_resume(pipe: IterDataPipe[Any], batch: int) -> None:
     if batch <= 0:
         return
     dps = walk(pipe)
+    _refuse_mixed_resume(dps)
     batch_size, drop_last = _batching(dps)
     resumable = [dp for dp in dps if isinstance(dp, Resumable)]
     if not resumable:
@@ -245,6 +246,22 @@ def set_resume(pipe: IterDataPipe[Any], batch: int) -> None:
         )
     for dp in resumable:
         dp.set_resume(batch, batch_size, drop_last)
+
+
+def _refuse_mixed_resume(dps: list[Any]) -> None:
+    """Refuse a mid-epoch resume of a graph holding a ``mix()``: it cannot be replayed exactly.
+
+    The batches skipped hold an unknown number of each mixed pipeline's records, and the
+    mix's interleaving would restart: samples would be lost.
+    """
+    from mlcast_pipes.datapipes.mix import MixDataPipe
+
+    if any(isinstance(dp, MixDataPipe) for dp in dps):
+        raise ParameterError(
+            "a pipeline holding mix() cannot resume in the middle of an epoch (start_batch > 0 "
+            "or a state saved mid-epoch): its interleaving cannot be replayed, samples would be "
+            "lost. Resume at the start of an epoch instead (set_epoch(epoch), start_batch=0)"
+        )
 
 
 def set_epoch(pipe: IterDataPipe[Any], epoch: int) -> None:
@@ -349,6 +366,8 @@ class Loader:
 
             self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
         self._configure(pipe)
+        if start_batch > 0:
+            _refuse_mixed_resume(walk(pipe))
         services: list[Any] = []
         self._direct = not distributed or _shard_ranks_directly(pipe)
         if not self._direct:
@@ -460,7 +479,8 @@ class Loader:
         """Where the loader stands: the epoch and the batches of it delivered so far.
 
         Save it with a checkpoint; :meth:`load_state_dict` on a loader of the same pipeline,
-        ``num_workers`` and ranks resumes with exactly the remaining batches.
+        ``num_workers``, ranks, seed, shuffle and batching (checked) resumes with exactly the
+        remaining batches.
 
         Examples
         --------
@@ -494,8 +514,7 @@ class Loader:
             "batch": batch,
             "num_workers": self.num_workers,
             "world_size": self.world_size,
-            "shuffle": self.shuffle,
-            "seed": self.seed,
+            **self._plan_settings(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -518,8 +537,29 @@ class Loader:
                     f"{mine}: resume with the same number of workers and ranks (or resume at "
                     "the start of the epoch with set_epoch)"
                 )
+        for key, value in self._plan_settings().items():
+            if key in state and state[key] != value:
+                raise ParameterError(
+                    f"this loader state was saved with {key}={state[key]!r}, this loader has "
+                    f"{value!r}: the epoch would be drawn or cut differently, losing and "
+                    f"repeating samples. Resume with {key}={state[key]!r} (or start a new "
+                    "epoch with set_epoch)"
+                )
+        batch = int(state.get("batch", 0))
+        if batch > 0:
+            _refuse_mixed_resume(walk(self.pipe))
         self.epoch = int(state["epoch"])
-        self._start_batch = self._batch = int(state.get("batch", 0))
+        self._start_batch = self._batch = batch
+
+    def _plan_settings(self) -> dict[str, Any]:
+        """The settings that decide an epoch's draw and batches (a resume needs the same)."""
+        return {
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "batch_size": self._batch_size,
+            "drop_last": self._drop_last,
+            "drop_remainder": self.drop_remainder,
+        }
 
     def _completes(self, batch: int) -> bool:
         """Whether ``batch`` batches are the whole of the current epoch (False if unknown)."""

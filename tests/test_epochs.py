@@ -1,14 +1,17 @@
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from mlcast_pipes.epochs import (
+    EpochOrder,
     Shard,
     combine_shards,
     group_by_key,
     mix_groups,
     plan_shard,
+    shard_size,
 )
 from mlcast_pipes.errors import ParameterError
 
@@ -134,3 +137,31 @@ def test_plan_ordered_is_one_sequence_whatever_the_shards(ranks, workers):
     real = [(k, p) for k, p in delivered if p < size[k]]
     assert real == reference  # the same order, whatever the number of ranks and workers
     assert len(delivered) == -(-n // ranks) * ranks
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_several_tables_give_the_workers_counts_within_one(ranks, workers):
+    from mlcast_pipes.epochs import table_slices
+
+    rng = np.random.default_rng(ranks * 10 + workers)
+    for _ in range(20):
+        sizes = [int(n) for n in rng.integers(0, 12, size=int(rng.integers(1, 6)))]
+        keys = [rng.integers(0, 3, size=n) for n in sizes]
+        count = ranks * workers
+        seen = [Counter() for _ in sizes]
+        totals = []
+        for index in range(count):
+            shard = Shard(count, index, ranks)
+            slices = table_slices(sizes, shard)
+            totals.append(sum(hi - lo for lo, hi in slices))
+            assert totals[-1] == shard_size(keys, shard, EpochOrder())
+            for k, bounds in enumerate(slices):
+                groups = plan_shard(keys[k], seed=1, epoch=0, shard=shard, bounds=bounds)
+                seen[k].update(int(p) for g in groups for p in g if p < sizes[k])
+        per_rank = [totals[r * workers : (r + 1) * workers] for r in range(ranks)]
+        for mine in per_rank:  # later workers hold the odd records, one at most
+            assert mine == sorted(mine) and mine[-1] - mine[0] <= 1
+        assert len({sum(mine) for mine in per_rank}) == 1  # every rank the same
+        for k, n in enumerate(sizes):
+            assert seen[k] == Counter(range(n))  # every row exactly once (padding aside)

@@ -14,6 +14,7 @@ from torch.utils.data import IterDataPipe
 import mlcast_pipes as mp
 from mlcast_pipes.datapipes.steps import walk
 from mlcast_pipes.errors import ParameterError
+from mlcast_pipes.loader import set_resume
 
 
 def _pipe(
@@ -236,3 +237,109 @@ def test_two_ranks_deliver_equal_batch_counts(tiny_archive, index_dir, tmp_path)
                 assert a["n"] == 4 and len(real_a) == len(real_b) == 31
                 assert not any(a["padded"] + b["padded"])
         assert ranks[0][name][0]["ids"] != ranks[0][name][1]["ids"]
+
+
+def test_a_mix_refuses_to_resume_mid_epoch(tiny_archive, index_dir, tmp_path):
+    from mlcast_pipes.demo import generate_demo
+
+    other = generate_demo(tmp_path / "other.zarr", preset="tiny", n_times=24, seed=3)
+
+    def pipe() -> IterDataPipe:
+        sampled = [
+            mp.OpenXarrayDataset(str(p))
+            .tile(n_time_window=4, tile_size=(64, 64), index_dir=index_dir)
+            .uniform_sample(n_samples=6, seed=k)
+            for k, p in enumerate((tiny_archive, other))
+        ]
+        return mp.mix(sampled, seed=0).normalize().to_tensor(batch_size=2, metadata=True)
+
+    loader = mp.make_dataloader(pipe(), num_workers=0)
+    batches = iter(loader)
+    next(batches), next(batches)
+    state = loader.state_dict()
+    assert state["batch"] == 2
+    resumed = mp.make_dataloader(pipe(), num_workers=0)
+    with pytest.raises(ParameterError, match="cannot resume in the middle of an epoch"):
+        resumed.load_state_dict(state)
+    with pytest.raises(ParameterError, match="start of an epoch"):
+        mp.make_dataloader(pipe(), num_workers=0, start_batch=2)
+    with pytest.raises(ParameterError, match="mix"):
+        set_resume(pipe(), 2)
+    # at an epoch boundary a mix resumes whole
+    resumed.load_state_dict({**state, "epoch": 1, "batch": 0})
+    assert len(_batches(resumed)) == 6
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_several_archives_with_workers_deliver_exactly_once(
+    tiny_archive, index_dir, tmp_path, batch_size
+):
+    from torchdata.datapipes.iter import IterableWrapper
+
+    from mlcast_pipes.demo import generate_demo
+
+    paths = [
+        str(generate_demo(tmp_path / f"a{k}.zarr", preset="tiny", n_times=24, seed=k))
+        for k in range(3)
+    ]
+
+    def pipe() -> IterDataPipe:
+        return (
+            IterableWrapper(paths)
+            .open_mlcast()
+            .tile(n_time_window=4, tile_size=(64, 64), index_dir=index_dir)
+            .uniform_sample(n_samples=5, seed=5)
+            .normalize()
+            .to_tensor(batch_size=batch_size, metadata=True)
+        )
+
+    def keys(batch) -> list[tuple[str, int]]:
+        meta = batch["meta"]
+        return [(d, int(i)) for d, i in zip(meta["dataset_id"], meta["sample_id"], strict=True)]
+
+    reference = Counter(k for b in pipe() for k in keys(b))
+    assert len(reference) == 15 and set(reference.values()) == {1}
+    loader = mp.make_dataloader(pipe(), num_workers=2)
+    try:
+        full = [keys(b) for b in loader]  # each archive's odd sample went to another worker
+        assert Counter(k for b in full for k in b) == reference
+        assert len(loader) == len(full)
+        loader.set_epoch(0)
+        batches = iter(loader)
+        taken = [keys(next(batches)) for _ in range(3)]
+        state = loader.state_dict()
+    finally:
+        loader.shutdown()
+    resumed = mp.make_dataloader(pipe(), num_workers=2)
+    try:
+        resumed.load_state_dict(state)
+        assert taken + [keys(b) for b in resumed] == full
+    finally:
+        resumed.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("change", "loader_kw", "pipe_kw"),
+    [
+        ("seed", {"seed": 1}, {}),
+        ("shuffle", {"shuffle": False}, {}),
+        ("batch_size", {}, {"batch_size": 3}),
+        ("drop_last", {}, {"drop_last": True}),
+    ],
+)
+def test_load_state_dict_refuses_a_state_of_another_draw_or_batching(
+    tiny_archive, index_dir, change, loader_kw, pipe_kw
+):
+    loader = mp.make_dataloader(_pipe(tiny_archive, index_dir, n_samples=12), num_workers=0)
+    batches = iter(loader)
+    next(batches)
+    state = loader.state_dict()
+    assert state["batch"] == 1
+    other = mp.make_dataloader(
+        _pipe(tiny_archive, index_dir, n_samples=12, **pipe_kw), num_workers=0, **loader_kw
+    )
+    with pytest.raises(ParameterError, match=f"saved with {change}=.*Resume with {change}="):
+        other.load_state_dict(state)
+    same = mp.make_dataloader(_pipe(tiny_archive, index_dir, n_samples=12), num_workers=0)
+    same.load_state_dict(state)
+    assert len(_batches(same)) == len(loader) - 1

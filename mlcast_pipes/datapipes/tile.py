@@ -17,7 +17,7 @@ from torch.utils.data import IterDataPipe, functional_datapipe
 
 from mlcast_pipes.datapipes._sharding import EpochShardMixin
 from mlcast_pipes.datapipes.steps import Stage, Step, StepFactory
-from mlcast_pipes.epochs import plan_ordered, plan_shard
+from mlcast_pipes.epochs import plan_ordered, plan_shard, table_slices
 from mlcast_pipes.errors import ParameterError
 from mlcast_pipes.indexes.format import default_index_dir
 from mlcast_pipes.indexes.plan import TilingPlan, iter_tables
@@ -154,7 +154,10 @@ class TileDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
             for k, positions in runs:
                 yield from _records(tables[k], positions)
             return
-        for table in tables:
+        slices = table_slices(
+            [len(t.column("t_start")) for t in tables], shard, self._drop_remainder
+        )
+        for table, bounds in zip(tables, slices, strict=True):
             keys = table.column("t_start")
             groups = plan_shard(
                 keys,
@@ -163,6 +166,7 @@ class TileDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
                 shard=shard,
                 shuffle=self.shuffle_windows,
                 drop_remainder=self._drop_remainder,
+                bounds=bounds,
             )
             for group in groups:
                 yield from _records(table, group)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
-import operator
 import os
 import struct
 from dataclasses import asdict, dataclass, fields
@@ -13,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from mlcast_pipes._checks import as_int
 from mlcast_pipes.errors import ParameterError
 
 __all__ = ["READ_DEADLINE", "READ_DEADLINE_ENV", "ReaderStats", "TileRequest"]
@@ -146,13 +146,7 @@ class _CFDecoding:
 
 
 def _as_int(value: Any, name: str) -> int:
-    try:
-        return operator.index(value)
-    except TypeError as exc:
-        raise ParameterError(
-            f"{name} must be an integer index, got {value!r} ({type(value).__name__}); "
-            "pass a Python or numpy integer."
-        ) from exc
+    return as_int(name, value)
 
 
 def _open_store(url: str, storage_options: dict[str, Any] | None) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from mlcast_pipes._checks import as_int
 from mlcast_pipes.errors import DatasetError, ParameterError
 
 __all__ = [
@@ -149,10 +150,8 @@ class SamplingWarning(UserWarning):
 
 
 def _int_param(value: object, name: str, minimum: int, hint: str = "") -> int:
-    """Check an integer parameter (bools and floats refused) and return it as int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ParameterError(f"{name} must be an integer >= {minimum}, got {value!r}{hint}")
-    return int(value)
+    """Check an integer parameter (see :func:`~mlcast_pipes._checks.as_int`)."""
+    return as_int(name, value, minimum=minimum, hint=hint)
 
 
 def _check_seed(value: object, name: str) -> int:

@@ -6,13 +6,13 @@ A TilingParams fixes tile size, stride, window length and the statistics columns
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from mlcast_pipes._checks import as_int
 from mlcast_pipes.errors import ParameterError
 from mlcast_pipes.indexes.format import (
     format_number,
@@ -34,19 +34,6 @@ DEFAULT_IMPORTANCE_SCALES: tuple[float, ...] = (1.0,)
 # ================================================================================================
 # parameters
 # ================================================================================================
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ParameterError(f"{name}={value!r} must be an integer; fix: pass a whole number")
-    try:
-        return operator.index(value)
-    except TypeError:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ParameterError(
-            f"{name}={value!r} must be an integer; fix: pass a whole number"
-        ) from None
-
-
 def _as_float(name: str, value: Any) -> float:
     try:
         f = float(value)
@@ -60,7 +47,7 @@ def _as_float(name: str, value: Any) -> float:
 def _as_int_tuple(name: str, value: Any, n: int, what: str) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | np.ndarray):
         raise ParameterError(f"{name}={value!r} must be a tuple of {n} integers ({what})")
-    items = tuple(_as_int(name, v) for v in value)
+    items = tuple(as_int(name, v) for v in value)
     if len(items) != n:
         raise ParameterError(
             f"{name}={value!r} must have {n} entries ({what}); fix: pass e.g. {(128,) * n}"
@@ -99,7 +86,7 @@ class TilingParams:
     clip_max: float | None = DEFAULT_CLIP_MAX
 
     def __post_init__(self) -> None:
-        n = _as_int("n_time_window", self.n_time_window)
+        n = as_int("n_time_window", self.n_time_window)
         if n < 1:
             raise ParameterError(
                 f"n_time_window={n} must be at least 1; fix: use the number of time steps per tile"
