@@ -21,6 +21,12 @@ import dask.array as dsa
 import psutil
 import xarray as xr
 
+from mlcast_pipes.bench.read import (
+    _batch_quality,
+    _dask_free_rate,
+    _decode_floor,
+    _latency_run,
+)
 from mlcast_pipes.errors import DatasetError, ParameterError
 
 __all__ = ["bench_prepare", "bench_read", "run_bench"]
@@ -107,8 +113,8 @@ def _stage(name: str) -> None:
         _STAGES.update(1)
 
 
-#: Stages of each benchmark, as :func:`_stage` ticks them.
-_N_STAGES = {"prepare": 6, "read": 7}
+#: Stages of each benchmark, as :func:`_stage` ticks them (one more for ``read`` with latency).
+_N_STAGES = {"prepare": 6, "read": 9}
 
 
 def bench_prepare(
@@ -306,6 +312,8 @@ def bench_read(
     naive_samples: int = 24,
     epochs: int = 3,
     index_dir: str | os.PathLike[str] | None = None,
+    latency_ms: float | None = None,
+    floor_threads: int | None = None,
 ) -> dict[str, Any]:
     """Compare training-read paths on an archive with ``fraction`` of its tiles sampled, in one run.
 
@@ -320,12 +328,23 @@ def bench_read(
     the sampled set decodes each touched frame once. The speed-up over (a) is bounded by the
     samples per read window (``samples_per_window``) times the cores in use.
 
+    Beside (a), a dask-free per-sample read (``xr.open_zarr(path, chunks=None)``, then
+    ``.isel().values``). The floor decodes each chunk the epoch touches once (reused buffers,
+    ``floor_threads`` threads, one per core by default) and log-transforms the samples' pixels;
+    ``c_over_floor`` is (c) against it. Batch quality runs a ``binnorm`` chain (10 bins, as many
+    samples as the epoch) under DataLoader2 and counts, per delivered batch, duplicates (samples
+    minus distinct ``(tile_id, t_start)``) and distinct read windows (``t_start``), against the
+    same samples shuffled with a fixed seed. With ``latency_ms``, a loopback HTTP server serving
+    the archive's folder sleeps that long per request while (c) runs over ``http://``;
+    ``latency_over_local`` is its rate over the local one.
+
     Returns
     -------
     dict
-        Samples/s per path, ratios to (a), amplification and its minimum, chain overhead over
-        the direct reader, peak memory per worker, distinct read windows per batch for several
-        ``mix_groups``.
+        Samples/s per path, ratios to (a) and to the floor, amplification and its minimum, chain
+        overhead over the direct reader, peak memory per worker, distinct read windows per batch
+        for several ``mix_groups``, batch quality against the shuffled reference, and the
+        latency figures when asked for.
 
     Examples
     --------
@@ -349,6 +368,8 @@ def bench_read(
     1.0
     >>> result["b_chain_samples_per_s"] > 0
     True
+    >>> result["floor_frames_decoded"] == result["floor_frames_touched"]
+    True
 
     """
     import numpy as np
@@ -365,19 +386,26 @@ def bench_read(
     with tempfile.TemporaryDirectory(prefix="mlcast-bench-") as tmp:
         folder = Path(index_dir) if index_dir is not None else Path(tmp)
 
-        def chain(tensor: bool = True, **sample_kw: Any) -> Any:
-            tiles = mp.OpenXarrayDataset(str(path)).tile(
-                n_time_window=n_time_window, tile_size=tile_size, index_dir=folder
+        def chain(
+            tensor: bool = True,
+            source: str = str(path),
+            where: Path = folder,
+            method: str = "uniform",
+            metadata: bool = False,
+            **sample_kw: Any,
+        ) -> Any:
+            tiles = mp.OpenXarrayDataset(source).tile(
+                n_time_window=n_time_window, tile_size=tile_size, index_dir=where
             )
             n_tiles = len(tiles.plan.table(next(iter(tiles.source_datapipe))).rows)
             # paths (a)-(c) read the source even if a training copy is in index_dir; (d) the copy
             sample_kw.setdefault("materialized", False)
-            sampled = tiles.sample(
-                "uniform", n_tiles=max(1, round(fraction * n_tiles)), seed=0, **sample_kw
-            )
+            if method == "uniform":
+                sample_kw["n_tiles"] = max(1, round(fraction * n_tiles))
+            sampled = tiles.sample(method, seed=0, **sample_kw)
             if not tensor:
                 return sampled
-            return sampled.normalize().to_tensor(batch_size=batch_size)
+            return sampled.normalize().to_tensor(batch_size=batch_size, metadata=metadata)
 
         sampler = chain(tensor=False)
         pool_index = sampler.sampling_indexes()[0]
@@ -420,6 +448,10 @@ def bench_read(
         naive_amp = (
             float(np.mean(n_time[:k])) * height * width / (float(np.mean(n_time[:k])) * ty * tx)
         )
+        samples = [
+            (int(t_start[i]), int(n_time[i]), int(ys[i]), int(xs[i])) for i in range(n_epoch)
+        ]
+        dask_free_rate = _dask_free_rate(spec.url, spec.var_name, samples[:k], tile_size)
         _stage("(a) naive reads")
 
         # the reader called directly on the epoch's read groups, against the sampler alone
@@ -455,6 +487,13 @@ def bench_read(
         chain_amp = stats.bytes_decoded / max(stats.bytes_delivered, 1)
         _stage("(b) chain")
 
+        # the floor: each touched frame decoded once, one thread per core, plus the transform
+        close_readers()
+        floor = _decode_floor(
+            spec.url, spec.var_name, samples, tile_size, floor_threads or os.cpu_count() or 1
+        )
+        _stage("floor")
+
         # distinct read windows per batch (records only, no pixels read)
         windows_per_batch = {}
         for n_mix in (1, 4, 16):
@@ -474,6 +513,24 @@ def bench_read(
             n_mem, _ = _drain(loader)
         loader.shutdown()
         _stage("worker memory")
+
+        # batch quality of a binnorm chain's delivered batches, against the shuffled epoch
+        close_readers()
+        loader = mp.make_dataloader(
+            chain(method="binnorm", n_scalar_total_bins=10, n_samples=int(n_epoch), metadata=True),
+            num_workers=workers,
+        )
+        quality = _batch_quality(loader, batch_size)
+        loader.shutdown()
+        _stage("batch quality")
+
+        latency: dict[str, Any] = {}
+        if latency_ms is not None:
+            latency = _latency_run(
+                Path(path), folder / "http", float(latency_ms), chain, workers, epochs
+            )
+            latency["latency_over_local"] = round(latency["latency_samples_per_s"] / rates_c[1], 3)
+            _stage("latency")
 
         # (d) as (c), on the training copy (one sample per chunk)
         from mlcast_pipes.indexes.training_copy import copy_path, materialize
@@ -503,6 +560,11 @@ def bench_read(
         "cpu_count": os.cpu_count(),
         "a_naive_samples_per_s": round(naive_rate, 1),
         "a_naive_threads_samples_per_s": round(naive_rates["threads"], 1),
+        "a_dask_free_samples_per_s": round(dask_free_rate, 1),
+        "floor_samples_per_s": round(floor["samples_per_s"], 1),
+        "floor_threads": floor["threads"],
+        "floor_frames_touched": floor["frames_touched"],
+        "floor_frames_decoded": floor["chunks_decoded"],
         "direct_reader_samples_per_s": round(n_epoch / direct_s, 1),
         "b_chain_samples_per_s": round(rate_b, 1),
         "c_dataloader2_samples_per_s": round(rate_c, 1),
@@ -512,6 +574,10 @@ def bench_read(
         "b_over_a": round(rate_b / naive_rate, 1),
         "c_over_a": round(rate_c / naive_rate, 1),
         "c_over_a_first_epoch": round(rates_c[0] / naive_rate, 1),
+        "c_over_dask_free": round(rate_c / dask_free_rate, 2),
+        "c_over_floor": round(rate_c / floor["samples_per_s"], 3),
+        "batch_quality_binnorm": quality,
+        **latency,
         "windows_per_batch_by_mix_groups": windows_per_batch,
         "batch_size": batch_size,
         "amplification_naive": round(naive_amp, 2),
@@ -545,6 +611,7 @@ def run_bench(
     epochs: int = 3,
     tile_size: tuple[int, int] = (128, 128),
     n_time_window: int = 12,
+    latency_ms: float | None = None,
     progress: bool = False,
 ) -> str:
     """Run the benchmarks behind ``mlcast-pipes bench`` and return a printable report.
@@ -567,6 +634,9 @@ def run_bench(
     tile_size, n_time_window
         Tile size of both benchmarks; steps per tile of the read benchmark (the prepare
         benchmark times 12 and 24).
+    latency_ms : float, optional
+        Also run the read benchmark's DataLoader2 chain over a loopback HTTP server that sleeps
+        this long per request.
     progress : bool
         Show a progress bar of the measured stages (and of generating the demo archive) on
         stderr.
@@ -625,7 +695,11 @@ def run_bench(
 
     global _STAGES
     with progress_bar(
-        sum(_N_STAGES[s] for s in sections), "bench", unit="stages", enabled=progress, delay=0
+        sum(_N_STAGES[s] for s in sections) + (latency_ms is not None and "read" in sections),
+        "bench",
+        unit="stages",
+        enabled=progress,
+        delay=0,
     ) as bar:
         _STAGES = bar
         try:
@@ -639,6 +713,7 @@ def run_bench(
                     fraction=fraction,
                     workers=workers,
                     epochs=epochs,
+                    latency_ms=latency_ms,
                 )
         finally:
             _STAGES = None
