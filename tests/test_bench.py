@@ -41,8 +41,9 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
     )
     n = out["samples_per_epoch"]
     assert n > 0
-    # sampler alone, chain, (c) for its 2 epochs and the memory epoch, (d) for its 2 epochs
-    assert out["samples_checked"] == [n] * 7
+    # sampler alone, chain, (c) for its 2 epochs, the CPU-time and the memory epochs, (d) for
+    # its 2 epochs
+    assert out["samples_checked"] == [n] * 8
     assert out["amplification_over_minimum"] == pytest.approx(1.0, abs=0.01)
     assert out["amplification_naive"] > out["amplification_chain"]
     assert out["samples_per_window"] >= 1
@@ -57,6 +58,7 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
     assert out["a_dask_free_samples_per_s"] > 0
     assert out["floor_frames_decoded"] == out["floor_frames_touched"] > 0
     assert out["c_over_floor"] > 0 and out["c_over_dask_free"] > 0
+    assert out["floor_cpu_s"] > 0 and out["c_cpu_s"] > 0 and out["floor_cpu_over_c_cpu"] > 0
     quality = out["batch_quality_binnorm"]
     assert quality["samples"] == n  # as many binnorm samples as the epoch, all delivered
     assert quality["batches"] >= n / out["batch_size"]

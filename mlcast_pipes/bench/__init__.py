@@ -23,6 +23,7 @@ import xarray as xr
 
 from mlcast_pipes.bench.read import (
     _batch_quality,
+    _cpu_seconds,
     _dask_free_rate,
     _decode_floor,
     _latency_run,
@@ -332,12 +333,13 @@ def bench_read(
     ``.isel().values``); both on one core, alternated twice, the best pass of each kept. The
     floor decodes each chunk the epoch touches once (reused buffers, ``floor_threads`` threads,
     one per core by default) and log-transforms the samples' pixels; ``c_over_floor`` is (c)
-    against it. Batch quality runs a ``binnorm`` chain (10 bins, as many
-    samples as the epoch) under DataLoader2 and counts, per delivered batch, duplicates (samples
-    minus distinct ``(tile_id, t_start)``) and distinct read windows (``t_start``), against the
-    same samples shuffled with a fixed seed. With ``latency_ms``, a loopback HTTP server serving
-    the archive's folder sleeps that long per request while (c) runs over ``http://``;
-    ``latency_over_local`` is its rate over the local one.
+    against it; ``floor_cpu_over_c_cpu`` compares their CPU seconds for the epoch (workers and
+    this process), which holds also on a loaded machine. Batch quality runs a ``binnorm`` chain
+    (10 bins, as many samples as the epoch) under DataLoader2 and counts, per delivered batch,
+    duplicates (samples minus distinct ``(tile_id, t_start)``) and distinct read windows
+    (``t_start``), against the same samples shuffled with a fixed seed. With ``latency_ms``, a
+    loopback HTTP server serving the archive's folder sleeps that long per request while (c)
+    runs over ``http://``; ``latency_over_local`` is its rate over the local one.
 
     Returns
     -------
@@ -364,7 +366,7 @@ def bench_read(
     ...     epochs=2,
     ... )
     >>> result["tiles_in_index"], result["samples_per_epoch"], result["samples_checked"]
-    (35, 7, [7, 7, 7, 7, 7, 7, 7])
+    (35, 7, [7, 7, 7, 7, 7, 7, 7, 7])
     >>> result["amplification_over_minimum"]  # the chain decodes each touched frame once
     1.0
     >>> result["b_chain_samples_per_s"] > 0
@@ -508,6 +510,10 @@ def bench_read(
         close_readers()
         loader = mp.make_dataloader(chain(), num_workers=workers)
         rates_c = _drain_epochs(loader, epochs)
+        # CPU seconds of one more epoch, workers included: against the floor's, load-independent
+        cpu0 = _cpu_seconds()
+        n_cpu, _ = _drain(loader)
+        chain_cpu_s = _cpu_seconds() - cpu0
         _stage("(c) DataLoader2")
         # the workers' memory in one more epoch: sampling it (smaps) costs CPU, so not while timed
         with _ChildrenPeakRSS(interval_s=0.05) as mem:
@@ -577,6 +583,9 @@ def bench_read(
         "c_over_a_first_epoch": round(rates_c[0] / naive_rate, 1),
         "c_over_dask_free": round(rate_c / dask_free_rate, 2),
         "c_over_floor": round(rate_c / floor["samples_per_s"], 3),
+        "floor_cpu_s": round(floor["cpu_s"], 3),
+        "c_cpu_s": round(chain_cpu_s, 3),
+        "floor_cpu_over_c_cpu": round(floor["cpu_s"] / chain_cpu_s, 3),
         "batch_quality_binnorm": quality,
         **latency,
         "windows_per_batch_by_mix_groups": windows_per_batch,
@@ -586,7 +595,7 @@ def bench_read(
         "amplification_minimum": round(min_amp, 2),
         "amplification_over_minimum": round(chain_amp / min_amp, 3),
         "sampler_overhead_over_reader": round(sampler_s / direct_s - 1, 3),
-        "samples_checked": [n_sampler, n_b, *rates_c[2], n_mem, *rates_d[2]],
+        "samples_checked": [n_sampler, n_b, *rates_c[2], n_cpu, n_mem, *rates_d[2]],
         "peak_rss_per_worker_mb": round(mem.peak / 2**20, 1),
         "peak_uss_per_worker_mb": round(getattr(mem, "peak_uss", 0) / 2**20, 1),
         "d_copy_samples_per_s": round(rate_d, 1),

@@ -7,6 +7,7 @@ read windows) against a shuffled epoch, and reads over a loopback server with la
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 import warnings
 from collections import defaultdict
@@ -83,17 +84,31 @@ def _decode_floor(
                 transform.forward(block[row, y : y + ty, x : x + tx])
         return done
 
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(threads, "mlcast-floor") as pool:
         decoded = sum(pool.map(work, runs))
     seconds = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0
     return {
         "samples_per_s": len(samples) / seconds,
         "chunks_decoded": decoded,
         "frames_touched": len({t + k for t, n, _, _ in samples for k in range(n)}),
         "threads": threads,
         "seconds": seconds,
+        "cpu_s": cpu_s,
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its children alive now (the workers)."""
+    import psutil
+
+    proc = psutil.Process()
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a worker that just ended
+            total += sum(child.cpu_times()[:2])
+    return float(total)
 
 
 def _batch_figures(batches: Iterable[Sequence[tuple[int, int]]]) -> tuple[float, float, int]:
