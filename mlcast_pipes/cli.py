@@ -268,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--epochs", type=int, default=3, help="epochs per loader; the first one is start-up"
     )
+    bench.add_argument(
+        "--latency-ms",
+        type=float,
+        default=None,
+        help="also read over a loopback HTTP server sleeping this long per request (read)",
+    )
     bench.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
@@ -532,6 +538,7 @@ def _bench(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         tile_size=_tile_size(args.tile_size),
         n_time_window=args.n_time_window,
+        latency_ms=args.latency_ms,
         progress=not args.no_progress,
     )
     print(report)

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 from mlcast_pipes.bench import bench_read
+from mlcast_pipes.bench.read import (
+    _batch_figures,
+    _batch_quality,
+    _dask_free_rate,
+    _decode_floor,
+    _shuffled,
+)
+from mlcast_pipes.bench.server import _LatencyServer
+from mlcast_pipes.chunkio import ChunkReader
 from mlcast_pipes.errors import ParameterError
 
 
@@ -22,11 +37,13 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
         naive_samples=4,
         epochs=2,
         index_dir=tmp_path,
+        latency_ms=5,
     )
     n = out["samples_per_epoch"]
     assert n > 0
-    # sampler alone, chain, (c) for its 2 epochs and the memory epoch, (d) for its 2 epochs
-    assert out["samples_checked"] == [n] * 7
+    # sampler alone, chain, (c) for its 2 epochs, the CPU-time and the memory epochs, (d) for
+    # its 2 epochs
+    assert out["samples_checked"] == [n] * 8
     assert out["amplification_over_minimum"] == pytest.approx(1.0, abs=0.01)
     assert out["amplification_naive"] > out["amplification_chain"]
     assert out["samples_per_window"] >= 1
@@ -37,6 +54,21 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
         assert out[key] > 0
     assert out["d_copy_size_mb"] > 0
     assert out["peak_rss_per_worker_mb"] > 0
+    # the references: a dask-free read, the floor (each touched frame once), batch quality
+    assert out["a_dask_free_samples_per_s"] > 0
+    assert out["floor_frames_decoded"] == out["floor_frames_touched"] > 0
+    assert out["c_over_floor"] > 0 and out["c_over_dask_free"] > 0
+    assert out["floor_cpu_s"] > 0 and out["c_cpu_s"] > 0 and out["floor_cpu_over_c_cpu"] > 0
+    quality = out["batch_quality_binnorm"]
+    assert quality["samples"] == n  # as many binnorm samples as the epoch, all delivered
+    assert quality["batches"] >= n / out["batch_size"]
+    for key in ("windows_per_batch", "shuffled_windows_per_batch"):
+        assert 1 <= quality[key] <= out["batch_size"]
+    assert 0 <= quality["shuffled_duplicates_per_batch"] < out["batch_size"]
+    # over loopback HTTP with latency: the whole epoch, each time, slower than locally
+    assert out["latency_samples_checked"] == [n, n]
+    assert out["latency_requests_per_epoch"] > 0
+    assert out["latency_over_local"] > 0
 
 
 def test_bench_read_twice_in_one_index_dir(tiny_archive: Path, tmp_path: Path) -> None:
@@ -56,3 +88,64 @@ def test_bench_read_rejects_bad_parameters(tiny_archive: Path) -> None:
         bench_read(tiny_archive, fraction=0)
     with pytest.raises(ParameterError, match="epochs"):
         bench_read(tiny_archive, epochs=1)
+
+
+def test_floor_decodes_each_touched_frame_once(
+    tiny_archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overlapping samples share frames: the floor decodes each of them exactly once."""
+    decoded: list[int] = []
+    original = ChunkReader._decode
+
+    def counting(self: ChunkReader, raw: np.ndarray, index: int, out: Any) -> np.ndarray:
+        decoded.append(index)
+        return original(self, raw, index, out)
+
+    monkeypatch.setattr(ChunkReader, "_decode", counting)
+    # (t_start, n_time, y, x): frames 0-3, 2-5 (overlap) twice at other tiles, and 10-13
+    samples = [(0, 4, 0, 0), (2, 4, 32, 32), (2, 4, 64, 0), (10, 4, 0, 64)]
+    floor = _decode_floor(str(tiny_archive), "rainfall_rate", samples, (32, 32), threads=2)
+    assert sorted(decoded) == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13]
+    assert floor["chunks_decoded"] == floor["frames_touched"] == 10
+    assert floor["threads"] == 2 and floor["samples_per_s"] > 0
+    assert _dask_free_rate(str(tiny_archive), "rainfall_rate", samples, (32, 32)) > 0
+
+
+def test_batch_figures_against_a_shuffle() -> None:
+    """Duplicates and windows per batch; a shuffle of an epoch without repeats has none."""
+    batches = [[(1, 0), (1, 0), (2, 0), (3, 5)], [(4, 5), (5, 5)]]
+    assert _batch_figures(batches) == (pytest.approx(0.5), pytest.approx(1.5), 2)
+    epoch = [(tile, t) for t in range(0, 60, 12) for tile in range(20)]  # 100 distinct samples
+    shuffled = _shuffled(epoch, 16, seed=0)
+    assert sorted(i for b in shuffled for i in b) == sorted(epoch)  # same samples, new order
+    assert [len(b) for b in shuffled] == [16] * 6 + [4]
+    dup, windows, n = _batch_figures(shuffled)
+    assert dup == 0 and n == 7 and windows > 2  # mixed windows, unlike the sorted epoch
+    assert _batch_figures([epoch[i : i + 16] for i in range(0, 100, 16)])[1] < windows
+
+    def batch(ids: list[tuple[int, int]]) -> dict[str, Any]:
+        tiles, starts = zip(*ids, strict=True)
+        return {"meta": {"tile_id": torch.tensor(tiles), "t_start": torch.tensor(starts)}}
+
+    quality = _batch_quality([batch(b) for b in batches], batch_size=4)
+    assert quality["samples"] == 6 and quality["batches"] == 2
+    assert quality["duplicates_per_batch"] == 0.5 and quality["windows_per_batch"] == 1.5
+
+
+def test_latency_server_delays_each_request_and_stops(tmp_path: Path) -> None:
+    """Each request waits at least the delay; the server stops at the end of its block."""
+    (tmp_path / "chunk").write_bytes(b"x" * 100)
+    with _LatencyServer(tmp_path, 60) as server:
+        url = f"{server.url}/chunk"
+        for _ in range(2):
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert response.read() == b"x" * 100
+            assert time.perf_counter() - t0 >= 0.06
+        server.delay_s = 0.0
+        with urllib.request.urlopen(url, timeout=5) as response:
+            response.read()
+        assert server.requests == 3
+    assert not server.running
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=2)

@@ -21,6 +21,13 @@ import dask.array as dsa
 import psutil
 import xarray as xr
 
+from mlcast_pipes.bench.read import (
+    _batch_quality,
+    _cpu_seconds,
+    _dask_free_rate,
+    _decode_floor,
+    _latency_run,
+)
 from mlcast_pipes.errors import DatasetError, ParameterError
 
 __all__ = ["bench_prepare", "bench_read", "run_bench"]
@@ -107,8 +114,8 @@ def _stage(name: str) -> None:
         _STAGES.update(1)
 
 
-#: Stages of each benchmark, as :func:`_stage` ticks them.
-_N_STAGES = {"prepare": 6, "read": 7}
+#: Stages of each benchmark, as :func:`_stage` ticks them (one more for ``read`` with latency).
+_N_STAGES = {"prepare": 6, "read": 9}
 
 
 def bench_prepare(
@@ -274,6 +281,8 @@ def bench_read(
     naive_samples: int = 24,
     epochs: int = 3,
     index_dir: str | os.PathLike[str] | None = None,
+    latency_ms: float | None = None,
+    floor_threads: int | None = None,
 ) -> dict[str, Any]:
     """Compare training-read paths with ``fraction`` of the tiles sampled; returns rates and ratios.
 
@@ -281,6 +290,11 @@ def bench_read(
     chain in this process; (c) the chain under DataLoader2 with ``workers`` processes for
     ``epochs`` epochs (the first includes worker start-up); (d) as (c) on the training copy.
     Read amplification is decoded bytes per delivered byte, also given over its minimum.
+    Beside (a), a dask-free per-sample read; the floor decodes each chunk the epoch touches
+    once (``floor_threads``) and log-transforms the samples' pixels (``c_over_floor``, and the
+    load-robust ``floor_cpu_over_c_cpu``); batch quality counts duplicates and distinct windows
+    per delivered binnorm batch against a shuffle of the same samples; ``latency_ms`` runs (c)
+    over a loopback HTTP server that sleeps that long per request (``latency_over_local``).
 
     Examples
     --------
@@ -290,6 +304,8 @@ def bench_read(
     ...                     batch_size=4, workers=0, naive_samples=2, epochs=2)
     >>> result["samples_per_epoch"], result["amplification_over_minimum"]
     (7, 1.0)
+    >>> result["floor_frames_decoded"] == result["floor_frames_touched"]
+    True
 
     """
     import numpy as np
@@ -306,19 +322,26 @@ def bench_read(
     with tempfile.TemporaryDirectory(prefix="mlcast-bench-") as tmp:
         folder = Path(index_dir) if index_dir is not None else Path(tmp)
 
-        def chain(tensor: bool = True, **sample_kw: Any) -> Any:
-            tiles = mp.OpenXarrayDataset(str(path)).tile(
-                n_time_window=n_time_window, tile_size=tile_size, index_dir=folder
+        def chain(
+            tensor: bool = True,
+            source: str = str(path),
+            where: Path = folder,
+            method: str = "uniform",
+            metadata: bool = False,
+            **sample_kw: Any,
+        ) -> Any:
+            tiles = mp.OpenXarrayDataset(source).tile(
+                n_time_window=n_time_window, tile_size=tile_size, index_dir=where
             )
             n_tiles = len(tiles.plan.table(next(iter(tiles.source_datapipe))).rows)
             # paths (a)-(c) read the source even if a training copy is in index_dir; (d) the copy
             sample_kw.setdefault("materialized", False)
-            sampled = tiles.sample(
-                "uniform", n_tiles=max(1, round(fraction * n_tiles)), seed=0, **sample_kw
-            )
+            if method == "uniform":
+                sample_kw["n_tiles"] = max(1, round(fraction * n_tiles))
+            sampled = tiles.sample(method, seed=0, **sample_kw)
             if not tensor:
                 return sampled
-            return sampled.normalize().to_tensor(batch_size=batch_size)
+            return sampled.normalize().to_tensor(batch_size=batch_size, metadata=metadata)
 
         sampler = chain(tensor=False)
         pool_index = sampler.sampling_indexes()[0]
@@ -341,22 +364,26 @@ def bench_read(
         # (a) naive per-sample reads, on one core and with dask's threads
         k = min(naive_samples, n_epoch)
         naive_read_tile(spec.url, spec.var_name, 0, 1, 0, 1, 0, 1)  # open once
-        naive_rates = {}
-        for scheduler in ("synchronous", "threads"):
+        samples = [
+            (int(t_start[i]), int(n_time[i]), int(ys[i]), int(xs[i])) for i in range(n_epoch)
+        ]
+
+        def naive_pass(scheduler: str) -> float:
             with dask.config.set(scheduler=scheduler):
                 t0 = time.perf_counter()
-                for i in range(k):
-                    naive_read_tile(
-                        spec.url,
-                        spec.var_name,
-                        int(t_start[i]),
-                        int(n_time[i]),
-                        int(ys[i]),
-                        ty,
-                        int(xs[i]),
-                        tx,
-                    )
-                naive_rates[scheduler] = k / (time.perf_counter() - t0)
+                for t, n, y, x in samples[:k]:
+                    naive_read_tile(spec.url, spec.var_name, t, n, y, ty, x, tx)
+                return k / (time.perf_counter() - t0)
+
+        # one core, with and without dask: alternated twice, best of each (the noisiest figures)
+        naive_rates = {"synchronous": 0.0, "threads": 0.0}
+        dask_free_rate = 0.0
+        for _ in range(2):
+            naive_rates["synchronous"] = max(naive_rates["synchronous"], naive_pass("synchronous"))
+            dask_free_rate = max(
+                dask_free_rate, _dask_free_rate(spec.url, spec.var_name, samples[:k], tile_size)
+            )
+        naive_rates["threads"] = naive_pass("threads")
         naive_rate = naive_rates["synchronous"]
         naive_amp = (
             float(np.mean(n_time[:k])) * height * width / (float(np.mean(n_time[:k])) * ty * tx)
@@ -396,6 +423,13 @@ def bench_read(
         chain_amp = stats.bytes_decoded / max(stats.bytes_delivered, 1)
         _stage("(b) chain")
 
+        # the floor: each touched frame decoded once, one thread per core, plus the transform
+        close_readers()
+        floor = _decode_floor(
+            spec.url, spec.var_name, samples, tile_size, floor_threads or os.cpu_count() or 1
+        )
+        _stage("floor")
+
         # distinct read windows per batch (records only, no pixels read)
         windows_per_batch = {}
         for n_mix in (1, 4, 16):
@@ -409,12 +443,34 @@ def bench_read(
         close_readers()
         loader = mp.make_dataloader(chain(), num_workers=workers)
         rates_c = _drain_epochs(loader, epochs)
+        # CPU seconds of one more epoch, workers included: against the floor's, load-independent
+        cpu0 = _cpu_seconds()
+        n_cpu, _ = _drain(loader)
+        chain_cpu_s = _cpu_seconds() - cpu0
         _stage("(c) DataLoader2")
         # the workers' memory in one more epoch: sampling it (smaps) costs CPU, so not while timed
         with _ChildrenPeakRSS(interval_s=0.05) as mem:
             n_mem, _ = _drain(loader)
         loader.shutdown()
         _stage("worker memory")
+
+        # batch quality of a binnorm chain's delivered batches, against the shuffled epoch
+        close_readers()
+        loader = mp.make_dataloader(
+            chain(method="binnorm", n_scalar_total_bins=10, n_samples=int(n_epoch), metadata=True),
+            num_workers=workers,
+        )
+        quality = _batch_quality(loader, batch_size)
+        loader.shutdown()
+        _stage("batch quality")
+
+        latency: dict[str, Any] = {}
+        if latency_ms is not None:
+            latency = _latency_run(
+                Path(path), folder / "http", float(latency_ms), chain, workers, epochs
+            )
+            latency["latency_over_local"] = round(latency["latency_samples_per_s"] / rates_c[1], 3)
+            _stage("latency")
 
         # (d) as (c), on the training copy (one sample per chunk)
         from mlcast_pipes.indexes.training_copy import copy_path, materialize
@@ -444,6 +500,11 @@ def bench_read(
         "cpu_count": os.cpu_count(),
         "a_naive_samples_per_s": round(naive_rate, 1),
         "a_naive_threads_samples_per_s": round(naive_rates["threads"], 1),
+        "a_dask_free_samples_per_s": round(dask_free_rate, 1),
+        "floor_samples_per_s": round(floor["samples_per_s"], 1),
+        "floor_threads": floor["threads"],
+        "floor_frames_touched": floor["frames_touched"],
+        "floor_frames_decoded": floor["chunks_decoded"],
         "direct_reader_samples_per_s": round(n_epoch / direct_s, 1),
         "b_chain_samples_per_s": round(rate_b, 1),
         "c_dataloader2_samples_per_s": round(rate_c, 1),
@@ -453,6 +514,13 @@ def bench_read(
         "b_over_a": round(rate_b / naive_rate, 1),
         "c_over_a": round(rate_c / naive_rate, 1),
         "c_over_a_first_epoch": round(rates_c[0] / naive_rate, 1),
+        "c_over_dask_free": round(rate_c / dask_free_rate, 2),
+        "c_over_floor": round(rate_c / floor["samples_per_s"], 3),
+        "floor_cpu_s": round(floor["cpu_s"], 3),
+        "c_cpu_s": round(chain_cpu_s, 3),
+        "floor_cpu_over_c_cpu": round(floor["cpu_s"] / chain_cpu_s, 3),
+        "batch_quality_binnorm": quality,
+        **latency,
         "windows_per_batch_by_mix_groups": windows_per_batch,
         "batch_size": batch_size,
         "amplification_naive": round(naive_amp, 2),
@@ -460,7 +528,7 @@ def bench_read(
         "amplification_minimum": round(min_amp, 2),
         "amplification_over_minimum": round(chain_amp / min_amp, 3),
         "sampler_overhead_over_reader": round(sampler_s / direct_s - 1, 3),
-        "samples_checked": [n_sampler, n_b, *rates_c[2], n_mem, *rates_d[2]],
+        "samples_checked": [n_sampler, n_b, *rates_c[2], n_cpu, n_mem, *rates_d[2]],
         "peak_rss_per_worker_mb": round(mem.peak / 2**20, 1),
         "peak_uss_per_worker_mb": round(getattr(mem, "peak_uss", 0) / 2**20, 1),
         "d_copy_samples_per_s": round(rate_d, 1),
@@ -486,13 +554,15 @@ def run_bench(
     epochs: int = 3,
     tile_size: tuple[int, int] = (128, 128),
     n_time_window: int = 12,
+    latency_ms: float | None = None,
     progress: bool = False,
 ) -> str:
     """Run the benchmarks of ``mlcast-pipes bench`` (``what``: prepare, read, all); return a report.
 
     Measures a cached demo archive of ``preset`` unless ``path`` is given; ``json_path`` also
-    writes the figures as JSON; ``progress`` shows a bar on stderr. Other options go to
-    :func:`bench_prepare` / :func:`bench_read`.
+    writes the figures as JSON; ``latency_ms`` adds the read chain over a slow loopback server;
+    ``progress`` shows a bar on stderr. Other options go to :func:`bench_prepare` /
+    :func:`bench_read`.
 
     Examples
     --------
@@ -530,7 +600,11 @@ def run_bench(
 
     global _STAGES
     with progress_bar(
-        sum(_N_STAGES[s] for s in sections), "bench", unit="stages", enabled=progress, delay=0
+        sum(_N_STAGES[s] for s in sections) + (latency_ms is not None and "read" in sections),
+        "bench",
+        unit="stages",
+        enabled=progress,
+        delay=0,
     ) as bar:
         _STAGES = bar
         try:
@@ -544,6 +618,7 @@ def run_bench(
                     fraction=fraction,
                     workers=workers,
                     epochs=epochs,
+                    latency_ms=latency_ms,
                 )
         finally:
             _STAGES = None

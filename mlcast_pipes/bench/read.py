@@ -1,0 +1,203 @@
+"""Reference figures of the read benchmark.
+
+A dask-free per-sample read, the decode floor of an epoch, the diversity of batches (duplicates,
+read windows) against a shuffled epoch, and reads over a loopback server with latency.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__: list[str] = []
+
+#: One sample of an epoch: (t_start, n_time, y_start, x_start).
+_Sample = tuple[int, int, int, int]
+
+
+def _dask_free_rate(
+    path: str, var_name: str, samples: Sequence[_Sample], tile: tuple[int, int]
+) -> float:
+    """Samples/s of ``xr.open_zarr(path, chunks=None)`` then ``.isel(...).values`` per sample."""
+    with warnings.catch_warnings():  # zarr v3 stores without consolidated metadata
+        warnings.simplefilter("ignore", RuntimeWarning)
+        da = xr.open_zarr(path, chunks=None)[var_name]
+    dt, dy, dx = da.dims
+    ty, tx = tile
+    _ = da.isel({dt: slice(0, 1), dy: slice(0, 1), dx: slice(0, 1)}).values  # open once
+    t0 = time.perf_counter()
+    for t, n, y, x in samples:
+        _ = da.isel({dt: slice(t, t + n), dy: slice(y, y + ty), dx: slice(x, x + tx)}).values
+    return len(samples) / (time.perf_counter() - t0)
+
+
+def _decode_floor(
+    path: str,
+    var_name: str,
+    samples: Sequence[_Sample],
+    tile: tuple[int, int],
+    threads: int,
+) -> dict[str, Any]:
+    """Decode each chunk the samples touch once, cut their tiles and log-transform them.
+
+    Chunks are split into ``threads`` contiguous runs, one thread each, every thread decoding
+    into its own reused buffer (:class:`~mlcast_pipes.chunkio.ChunkReader`); each tile step is
+    passed through LDCast's transform as the chain's ``normalize`` does.
+    """
+    import zarr
+
+    from mlcast_pipes.chunkio import ChunkReader
+    from mlcast_pipes.transforms.registry import LDCastTransform
+
+    array = zarr.open_group(path, mode="r")[var_name]
+    chunks = ChunkReader(array)
+    ct = chunks.chunks[0]
+    ty, tx = tile
+    cuts: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # chunk -> (row, y, x)
+    for t, n, y, x in samples:
+        for f in range(t, t + n):
+            cuts[f // ct].append((f % ct, y, x))
+    ids = sorted(cuts)
+    threads = max(1, min(threads, len(ids)))
+    runs = [list(part) for part in np.array_split(np.asarray(ids, dtype=np.int64), threads)]
+    transform = LDCastTransform()
+
+    def work(run: list[int]) -> int:
+        buffer = np.empty(chunks.out_shape(0), dtype=chunks.dtype)
+        done = 0
+        for c in run:
+            out = buffer if chunks.out_shape(c) == buffer.shape else None
+            block = chunks.read([int(c)], out=[out])[0]
+            if isinstance(block, BaseException):
+                raise block
+            done += 1
+            for row, y, x in cuts[int(c)]:
+                transform.forward(block[row, y : y + ty, x : x + tx])
+        return done
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(threads, "mlcast-floor") as pool:
+        decoded = sum(pool.map(work, runs))
+    seconds = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0
+    return {
+        "samples_per_s": len(samples) / seconds,
+        "chunks_decoded": decoded,
+        "frames_touched": len({t + k for t, n, _, _ in samples for k in range(n)}),
+        "threads": threads,
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+    }
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its children alive now (the workers)."""
+    import psutil
+
+    proc = psutil.Process()
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a worker that just ended
+            total += sum(child.cpu_times()[:2])
+    return float(total)
+
+
+def _batch_figures(batches: Iterable[Sequence[tuple[int, int]]]) -> tuple[float, float, int]:
+    """(mean duplicates, mean distinct windows, batches) of batches of ``(tile_id, t_start)``.
+
+    Duplicates are the samples of a batch minus its distinct ids; windows its distinct t_start.
+    """
+    dups, windows = [], []
+    for batch in batches:
+        if not batch:
+            continue
+        dups.append(len(batch) - len(set(batch)))
+        windows.append(len({t for _, t in batch}))
+    if not dups:
+        return 0.0, 0.0, 0
+    return float(np.mean(dups)), float(np.mean(windows)), len(dups)
+
+
+def _shuffled(
+    ids: Sequence[tuple[int, int]], batch_size: int, seed: int = 0
+) -> list[list[tuple[int, int]]]:
+    """The same samples in a seeded random order, cut into batches of ``batch_size``."""
+    order = np.random.default_rng(seed).permutation(len(ids))
+    flat = [ids[i] for i in order]
+    return [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
+
+
+def _batch_ids(batch: Any) -> list[tuple[int, int]]:
+    """``(tile_id, t_start)`` of each sample of a batch made with ``to_tensor(metadata=True)``."""
+    meta = batch["meta"]
+    return [
+        (int(a), int(b))
+        for a, b in zip(meta["tile_id"].tolist(), meta["t_start"].tolist(), strict=True)
+    ]
+
+
+def _batch_quality(batches: Iterable[Any], batch_size: int, seed: int = 0) -> dict[str, Any]:
+    """Duplicates and read windows per delivered batch, against a shuffle of the same samples."""
+    delivered = [_batch_ids(b) for b in batches]
+    dup, win, n_batches = _batch_figures(delivered)
+    flat = [i for b in delivered for i in b]
+    ref_dup, ref_win, _ = _batch_figures(_shuffled(flat, batch_size, seed))
+    return {
+        "samples": len(flat),
+        "batches": n_batches,
+        "duplicates_per_batch": round(dup, 3),
+        "windows_per_batch": round(win, 2),
+        "shuffled_duplicates_per_batch": round(ref_dup, 3),
+        "shuffled_windows_per_batch": round(ref_win, 2),
+        "duplicates_over_shuffled": round(dup / ref_dup, 3) if ref_dup > 0 else None,
+        "windows_over_shuffled": round(win / ref_win, 3) if ref_win > 0 else None,
+    }
+
+
+def _latency_run(
+    archive: Path, index_dir: Path, delay_ms: float, chain: Any, workers: int, epochs: int
+) -> dict[str, Any]:
+    """Samples/s of the chain under DataLoader2 reading ``archive`` over loopback HTTP.
+
+    The server answers at once while the index is prepared and the first (start-up) epoch runs,
+    then sleeps ``delay_ms`` per request for the timed epochs; it stops before returning.
+    """
+    import mlcast_pipes as mp
+    from mlcast_pipes.bench.server import _LatencyServer
+    from mlcast_pipes.reader import close_readers
+
+    close_readers()
+    with _LatencyServer(archive.parent, 0.0) as server:
+        url = f"{server.url}/{archive.name}"
+        loader = mp.make_dataloader(chain(source=url, where=index_dir), num_workers=workers)
+        try:
+            counts, seconds = [], []
+            for epoch in range(epochs):
+                if epoch == 1:
+                    server.delay_s = delay_ms / 1000.0
+                    before = server.requests
+                n = 0
+                t0 = time.perf_counter()
+                for batch in loader:
+                    n += int(batch.shape[0])
+                seconds.append(time.perf_counter() - t0)
+                counts.append(n)
+        finally:
+            loader.shutdown()
+            close_readers()
+        requests = server.requests - before
+    return {
+        "latency_ms": delay_ms,
+        "latency_samples_per_s": round(sum(counts[1:]) / sum(seconds[1:]), 1),
+        "latency_requests_per_epoch": round(requests / max(1, epochs - 1), 1),
+        "latency_samples_checked": counts,
+    }
