@@ -60,12 +60,8 @@ def tune_malloc() -> bool:
 
     Sets ``M_MMAP_THRESHOLD`` to 32 MB and ``M_TRIM_THRESHOLD`` to 256 MB, so that samples
     allocated anew for every read reuse freed heap pages instead of fresh ``mmap`` pages.
-    :func:`make_dataloader` calls it in its workers; call it in a process that iterates a chain.
-
-    Returns
-    -------
-    bool
-        Whether the settings took effect (False off glibc, e.g. on macOS).
+    :func:`make_dataloader` calls it in its workers. Returns whether the settings took effect
+    (False off glibc, e.g. on macOS).
 
     Examples
     --------
@@ -166,19 +162,12 @@ def _reset_worker(
 
 
 class WorkerDiedError(MLCastPipesError, RuntimeError):
-    """A worker process of the data loader ended without finishing its epoch.
+    """A worker process of the data loader ended without finishing its epoch (rerun the epoch).
 
     Examples
     --------
-    A training script can rerun the epoch when a worker died (e.g. killed for memory):
-
-    >>> def run_epoch(loader):
-    ...     raise WorkerDiedError("a data loader worker died mid-epoch: pid 4242 (exit code 1)")
-    >>> try:
-    ...     run_epoch(loader=None)
-    ... except WorkerDiedError as exc:
-    ...     print(isinstance(exc, (MLCastPipesError, RuntimeError)), "-", exc)
-    True - a data loader worker died mid-epoch: pid 4242 (exit code 1)
+    >>> issubclass(WorkerDiedError, (MLCastPipesError, RuntimeError))
+    True
 
     """
 
