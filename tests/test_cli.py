@@ -278,3 +278,14 @@ def test_prepare_with_the_community_sampler(
     assert "(3 samples in the pool)" in capsys.readouterr().out
     (sampling,) = index.glob("*.community.*.samples.csv")
     assert sorted(pd.read_csv(sampling)["source_tile_id"]) == sorted(tiles["tile_id"])
+
+
+def test_the_help_lists_the_registry_s_built_in_samplers() -> None:
+    import subprocess
+    import sys
+
+    from mlcast_pipes.cli import _BUILTIN_SAMPLERS
+
+    code = "from mlcast_pipes.sampling import available_samplers; print(available_samplers())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(list(_BUILTIN_SAMPLERS))
