@@ -32,6 +32,7 @@ __all__ = [
     "INDEX_DIR_ENV",
     "SIDECAR_SUFFIX",
     "TILING_BASE_COLUMNS",
+    "TILING_POSITION_COLUMNS",
     "AtomicTextFile",
     "VerifyMode",
     "atomic_write",
@@ -67,8 +68,8 @@ CSV_SUFFIX = ".samples.csv"
 SIDECAR_SUFFIX = ".meta.json"
 
 
-#: Columns of a tiling index that do not depend on the parameters (quantile and importance follow).
-TILING_BASE_COLUMNS: tuple[str, ...] = (
+#: Columns that place a tile in the archive (every tiling index starts with them).
+TILING_POSITION_COLUMNS: tuple[str, ...] = (
     "tile_id",
     "time_start",
     "t_start",
@@ -77,6 +78,11 @@ TILING_BASE_COLUMNS: tuple[str, ...] = (
     "n_time_window",
     "y_tile",
     "x_tile",
+)
+
+#: Columns of a tiling index that do not depend on the parameters (quantile and importance follow).
+TILING_BASE_COLUMNS: tuple[str, ...] = (
+    *TILING_POSITION_COLUMNS,
     "nan_count",
     "nan_fraction",
     "sum",

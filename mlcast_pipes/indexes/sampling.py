@@ -20,6 +20,7 @@ from mlcast_pipes.errors import IndexFileError, ParameterError, StaleIndexError
 from mlcast_pipes.indexes.format import (
     CSV_SUFFIX,
     SIDECAR_SUFFIX,
+    TILING_POSITION_COLUMNS,
     VerifyMode,
     index_paths,
     package_version,
@@ -30,7 +31,6 @@ from mlcast_pipes.indexes.format import (
 )
 from mlcast_pipes.indexes.index_csv import read_index_table, validate_index, write_index
 from mlcast_pipes.sampling.base import (
-    _TILING_POSITION_COLUMNS,
     SAMPLES_COLUMNS,
     SamplingWarning,
     _check_n_time_sample,
@@ -294,7 +294,7 @@ def build_sampling_index(
     seed = _check_seed(seed, "seed")
     name = sampler_name(method)
     resolved = resolve_sampler_params(name, **params)
-    missing = [c for c in _TILING_POSITION_COLUMNS if c not in tiling_table.columns]
+    missing = [c for c in TILING_POSITION_COLUMNS if c not in tiling_table.columns]
     if missing:
         raise IndexFileError(
             f"the tiling table lacks the column(s) {', '.join(missing)} (it has "

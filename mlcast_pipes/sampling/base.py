@@ -52,19 +52,6 @@ SAMPLES_COLUMNS: tuple[str, ...] = (
 )
 
 
-#: Position columns a tiling table must have to build a sampling index.
-_TILING_POSITION_COLUMNS: tuple[str, ...] = (
-    "tile_id",
-    "time_start",
-    "t_start",
-    "y_start",
-    "x_start",
-    "n_time_window",
-    "y_tile",
-    "x_tile",
-)
-
-
 #: Per-tile statistics a scalar can be taken from (quantiles only when the tiling stored them).
 STAT_AGGREGATIONS: tuple[str, ...] = (
     "sum",
