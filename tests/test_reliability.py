@@ -238,21 +238,28 @@ def test_unknown_and_list_valued_step_arguments(tiny_archive, index_dir):
         mp.load_pipeline({"steps": steps})
 
 
-def test_infinite_values_never_reach_a_tensor_or_vanish_from_a_pool(tiny_archive, tmp_path):
+def _tiles_with_an_infinite_pixel(tiny_archive, tmp_path):
+    """.tile() over a copy of the tiny archive whose pixel (10, 10) is +inf in every frame."""
     import numpy as np
-    import pandas as pd
     import zarr
-
-    from mlcast_pipes.sampling import run_sampler
 
     archive = _copy(tiny_archive, tmp_path)
     arr = zarr.open_array(str(archive / "rainfall_rate"), mode="r+")
     data = np.nan_to_num(arr[:])
     data[:, 10, 10] = np.inf
     arr[:] = data
-    tiles = mp.OpenXarrayDataset(str(archive)).tile(
+    return mp.OpenXarrayDataset(str(archive)).tile(
         n_time_window=6, tile_size=(64, 64), index_dir=tmp_path / "index"
     )
+
+
+def test_infinite_values_never_reach_a_tensor_or_vanish_from_a_pool(tiny_archive, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from mlcast_pipes.sampling import run_sampler
+
+    tiles = _tiles_with_an_infinite_pixel(tiny_archive, tmp_path)
     with pytest.raises(mp.ParameterError, match="infinite values"):
         list(tiles.to_tensor(batch_size=4))
     table = pd.DataFrame({"tile_id": range(4), "mean": [0.0, 1.0, np.inf, 2.0]})
@@ -262,18 +269,10 @@ def test_infinite_values_never_reach_a_tensor_or_vanish_from_a_pool(tiny_archive
 
 def test_infinite_values_are_not_passed_off_as_the_clip_value(tiny_archive, tmp_path):
     import numpy as np
-    import zarr
 
     from mlcast_pipes.transforms import make_normalizer
 
-    archive = _copy(tiny_archive, tmp_path)
-    arr = zarr.open_array(str(archive / "rainfall_rate"), mode="r+")
-    data = np.nan_to_num(arr[:])
-    data[:, 10, 10] = np.inf
-    arr[:] = data
-    tiles = mp.OpenXarrayDataset(str(archive)).tile(
-        n_time_window=6, tile_size=(64, 64), index_dir=tmp_path / "index"
-    )
+    tiles = _tiles_with_an_infinite_pixel(tiny_archive, tmp_path)
     table = tiles.plan.table(next(iter(tiles.source_datapipe))).rows
     corner = table[(table["y_start"] == 0) & (table["x_start"] == 0)]
     assert np.isinf(corner["max"]).all()  # not the clip value: the pools refuse it

@@ -192,8 +192,8 @@ def _frame_into(frame: np.ndarray, spec: KernelSpec, rec: np.void) -> None:
     rec["clip"] = 0
     if spec.clip_max is not None:
         over = vals > spec.clip_max
-        over &= np.isfinite(vals)  # +inf stays: the samplers' pools refuse infinite statistics
         if over.any():
+            over &= np.isfinite(vals)  # +inf stays: the samplers' pools refuse infinite statistics
             seg_clip = np.zeros(hc * ncx, dtype=np.int64)
             seg_clip[nz] = np.add.reduceat(over, offs, dtype=np.int64)
             rec["clip"] = seg_clip.reshape(ncy, cy, ncx).sum(axis=1).ravel()
