@@ -5,18 +5,19 @@ The torch-free core of the sampling datapipes: they only choose the epoch and th
 
 from __future__ import annotations
 
-import random
+import concurrent.futures
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from mlcast_pipes.epochs import (
+    BufferPlan,
     EpochOrder,
     Shard,
     epoch_rng,
-    group_by_key,
-    mix_blocks,
+    plan_buffer,
     plan_ordered,
     plan_shard,
     shard_size,
@@ -57,14 +58,23 @@ class _TablePlan:
 class SampleDelivery:
     """Plans the epochs of sampling pools and yields one shard's records, pixels read.
 
+    Each shard reads its read windows in a random order, each window once (all its samples cut
+    from frames decoded once), and delivers the samples through a shuffle buffer
+    (:func:`~mlcast_pipes.epochs.plan_buffer`) while the next windows are read in a background
+    thread: batches are as mixed as a shuffled epoch at the cost of ``shuffle_buffer`` samples
+    in memory per worker.
+
     Parameters
     ----------
     seed : int
         Seeds each epoch's draw and order.
     n_samples : int, optional
         Samples per epoch and archive (default: the size of the pool).
-    mix_groups : int
-        Read windows mixed together in each shard's stream.
+    shuffle_buffer : int
+        Distinct samples held per worker to mix batches (memory: this many samples, e.g.
+        256 x 12 x 128 x 128 float32 = 200 MB); 1 delivers window after window.
+    read_ahead : int
+        Read groups read ahead in a background thread (0: read when needed).
     load : bool
         Read pixels (grouped, each frame decoded once); False yields lazy records.
     materialized : bool, optional
@@ -95,15 +105,26 @@ class SampleDelivery:
         *,
         seed: int = 0,
         n_samples: int | None = None,
-        mix_groups: int = 4,
+        shuffle_buffer: int = 256,
+        read_ahead: int = 2,
         load: bool = True,
         materialized: bool | None = None,
     ) -> None:
-        if mix_groups < 1:
-            raise ParameterError(f"mix_groups must be >= 1, got {mix_groups}")
+        if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int):
+            raise ParameterError(f"shuffle_buffer must be an int, got {shuffle_buffer!r}")
+        if shuffle_buffer < 1:
+            raise ParameterError(
+                f"shuffle_buffer must be >= 1 sample, got {shuffle_buffer}; 1 delivers the "
+                "samples window after window"
+            )
+        if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 0:
+            raise ParameterError(
+                f"read_ahead must be an int >= 0 (read groups), got {read_ahead!r}"
+            )
         self.seed = seed
         self.n_samples = n_samples
-        self.mix_groups = mix_groups
+        self.shuffle_buffer = shuffle_buffer
+        self.read_ahead = read_ahead
         self.load = load
         self.materialized = materialized
         self._copies: dict[str, TrainingCopy] = {}
@@ -165,38 +186,60 @@ class SampleDelivery:
             batches, batch_size, drop_last = skip_batches
             sizes = [shard_size(keys, shard.of_worker(w), order) for w in range(shard.workers)]
             skip = skip_records(sizes, shard.worker, batches, batch_size, drop_last)
-        for k, block in self._blocks(epoch, shard, keys, order):
-            plan = plans[k]
-            if skip >= len(block):
-                skip -= len(block)
-                continue
-            block = block[skip:]
-            skip = 0
-            padded = block >= len(plan.rows)
-            records = self._read(plan, plan.rows[block % max(len(plan.rows), 1)])
-            for record, pad in zip(records, padded, strict=True):
-                record.padded = bool(pad)
-            yield from records
-
-    def _blocks(
-        self, epoch: int, shard: Shard, keys: list[np.ndarray], order: EpochOrder
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """(archive, plan positions) blocks this shard reads, in delivery order."""
         if order.ordered:
-            runs = plan_ordered(
-                keys,
-                shard=shard,
-                batch_size=order.batch_size,
-                drop_remainder=order.drop_remainder,
-            )
-            for k, positions in runs:  # one read per window
-                n = len(keys[k])
-                window = keys[k][positions % max(n, 1)]
-                cuts = np.flatnonzero(np.diff(window)) + 1
-                for part in np.split(positions, cuts):
-                    yield k, part
+            yield from self._ordered(plans, keys, shard, order, skip)
             return
+        groups, items = self._shard_groups(plans, keys, epoch, shard, order)
+        span = order.batch_size if order.batch_size > 1 else _DEFAULT_SPAN
+        rng = epoch_rng(self.seed, epoch, shard.index, _TAG_BUFFER)
+        buffer = plan_buffer(
+            groups, items.rows, items.windows, capacity=self.shuffle_buffer, span=span, rng=rng
+        )
+        yield from self._deliver(plans, groups, items, buffer, skip)
+
+    def _ordered(
+        self,
+        plans: list[_TablePlan],
+        keys: list[np.ndarray],
+        shard: Shard,
+        order: EpochOrder,
+        skip: int,
+    ) -> Iterator[TileSample]:
+        """A fixed epoch (evaluation): runs of one window read as they come."""
+        runs = plan_ordered(
+            keys, shard=shard, batch_size=order.batch_size, drop_remainder=order.drop_remainder
+        )
+        for k, positions in runs:
+            n = len(keys[k])
+            window = keys[k][positions % max(n, 1)]
+            cuts = np.flatnonzero(np.diff(window)) + 1
+            for block in np.split(positions, cuts):
+                if skip >= len(block):
+                    skip -= len(block)
+                    continue
+                block, skip = block[skip:], 0
+                plan = plans[k]
+                rows = plan.rows[block % max(len(plan.rows), 1)]
+                records = [
+                    self._record(plan, int(r), bool(p))
+                    for r, p in zip(rows, block >= len(plan.rows), strict=True)
+                ]
+                if self.load:
+                    for rec, data in zip(records, self._read(plan, rows), strict=True):
+                        rec.data = data
+                yield from records
+
+    def _shard_groups(
+        self,
+        plans: list[_TablePlan],
+        keys: list[np.ndarray],
+        epoch: int,
+        shard: Shard,
+        order: EpochOrder,
+    ) -> tuple[list[np.ndarray], _Items]:
+        """The shard's read groups of every archive, interleaved at random, as item indices."""
         slices = table_slices([len(k) for k in keys], shard, order.drop_remainder)
+        found: list[tuple[int, np.ndarray]] = []
         for k, table_keys in enumerate(keys):
             groups = plan_shard(
                 table_keys,
@@ -206,43 +249,200 @@ class SampleDelivery:
                 drop_remainder=order.drop_remainder,
                 bounds=slices[k],
             )
-            rng = random.Random(int(epoch_rng(self.seed, epoch, shard.index, k).integers(2**63)))
-            for block in mix_blocks(groups, self.mix_groups, rng):
-                yield k, block
+            found.extend((k, g) for g in groups)
+        rng = epoch_rng(self.seed, epoch, shard.index, _TAG_INTERLEAVE)
+        found = [found[i] for i in rng.permutation(len(found))] if len(plans) > 1 else found
+        empty = np.zeros(0, dtype=np.int64)
+        tables = np.concatenate([empty, *(np.full(len(g), k) for k, g in found)])
+        positions = np.concatenate([empty, *(g for _, g in found)]).astype(np.int64)
+        rows = np.empty(len(positions), dtype=np.int64)
+        windows = np.empty(len(positions), dtype=np.int64)
+        for k, plan in enumerate(plans):
+            mine = tables == k
+            row = plan.rows[positions[mine] % max(len(plan.rows), 1)]
+            rows[mine] = (k << 40) + row
+            windows[mine] = (k << 40) + np.asarray(plan.cols["t_start"][row], dtype=np.int64)
+        bounds = np.cumsum([0, *(len(g) for _, g in found)])
+        groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(found))]
+        return groups, _Items(tables.astype(np.int64), positions, rows, windows)
 
-    def _read(self, plan: _TablePlan, rows: np.ndarray) -> list[TileSample]:
-        """Records of pool rows ``rows``, in order, read window by window (or from the copy)."""
+    def _deliver(
+        self,
+        plans: list[_TablePlan],
+        groups: list[np.ndarray],
+        items: _Items,
+        buffer: BufferPlan,
+        skip: int,
+    ) -> Iterator[TileSample]:
+        """Yield the buffer plan's records from ``skip`` on, reading each needed row once."""
+        order = buffer.order[skip:]
+        if not len(order):
+            return
+        left = Counter(items.rows[order].tolist())  # copies still to deliver, per row
+        # each needed row is read by the first group holding it (in reading order)
+        reads: list[tuple[int, list[int]]] = []  # (group, items whose rows it reads)
+        seen: set[int] = set()
+        for g, members in enumerate(groups):
+            fresh = []
+            for i in members.tolist():
+                row = int(items.rows[i])
+                if row in left and row not in seen:
+                    seen.add(row)
+                    fresh.append(i)
+            if fresh:
+                reads.append((g, fresh))
+        store: dict[int, np.ndarray | None] = {}
+        with _Prefetch(self, plans, items, reads) as fetched:
+            for i, need in zip(order.tolist(), buffer.reads_before[skip:].tolist(), strict=True):
+                fetched.until(need, store)
+                k, pos = int(items.tables[i]), int(items.positions[i])
+                plan = plans[k]
+                row = int(items.rows[i])
+                rec = self._record(
+                    plan, int(plan.rows[pos % max(len(plan.rows), 1)]), pos >= len(plan.rows)
+                )
+                left[row] -= 1
+                data = store[row] if left[row] else store.pop(row)
+                if data is not None:
+                    rec.data = data.copy() if left[row] else data
+                yield rec
+
+    def _record(self, plan: _TablePlan, r: int, padded: bool) -> TileSample:
+        """The record of pool row ``r`` of a table (pixels not read)."""
         table, col = plan.table, plan.cols
-        records = []
-        for r in rows:
-            rec = TileSample(
-                info=table.info,
-                tile_id=int(col["source_tile_id"][r]),
-                t_start=int(col["t_start"][r]) + int(col["t_offset"][r]),
-                n_time=int(col["n_time_sample"][r]),
-                y_start=int(col["y_start"][r]),
-                y_tile=int(col["y_tile"][r]),
-                x_start=int(col["x_start"][r]),
-                x_tile=int(col["x_tile"][r]),
-                time_start=iso_time(
-                    col["time_start"][r], int(col["t_offset"][r]), table.info.time_step
-                ),
-                sample_id=int(col["sampled_tile_id"][r]),
-                scalar_value=float(col["scalar_value"][r]),
-                bin_id=int(col["bin_id"][r]),
-            )
-            records.append(rec)
-        if self.load and plan.copy is not None:
-            for rec, data in zip(records, plan.copy.read_many(rows), strict=True):
-                rec.data = data
-        elif self.load and records:
-            spec = table.info.spec
-            reader = get_reader(spec.url, spec.var_name, spec.storage_options)
-            for group in group_by_key(col["t_start"][rows]):  # one read per window
-                members = [records[int(i)] for i in group]
-                requests = [m.request for m in members]
-                for rec, data in zip(
-                    members, reader.read_tiles(requests, cache=False), strict=True
-                ):
-                    rec.data = data
-        return records
+        return TileSample(
+            info=table.info,
+            tile_id=int(col["source_tile_id"][r]),
+            t_start=int(col["t_start"][r]) + int(col["t_offset"][r]),
+            n_time=int(col["n_time_sample"][r]),
+            y_start=int(col["y_start"][r]),
+            y_tile=int(col["y_tile"][r]),
+            x_start=int(col["x_start"][r]),
+            x_tile=int(col["x_tile"][r]),
+            time_start=iso_time(
+                col["time_start"][r], int(col["t_offset"][r]), table.info.time_step
+            ),
+            sample_id=int(col["sampled_tile_id"][r]),
+            scalar_value=float(col["scalar_value"][r]),
+            bin_id=int(col["bin_id"][r]),
+            padded=padded,
+        )
+
+    def _read(self, plan: _TablePlan, rows: np.ndarray) -> list[np.ndarray]:
+        """Pixels of pool rows ``rows``, in order: from the training copy, or the source."""
+        if plan.copy is not None:
+            return plan.copy.read_many(rows)
+        if not len(rows):
+            return []
+        spec = plan.table.info.spec
+        reader = get_reader(spec.url, spec.var_name, spec.storage_options)
+        # one call for all: each frame is decoded once, the chunks fetched concurrently
+        return reader.read_tiles(
+            [self._record(plan, int(r), False).request for r in rows], cache=False
+        )
+
+
+#: Records per batch assumed when the loader has not told the batch size.
+_DEFAULT_SPAN = 16
+#: Random stream tags of an epoch's shuffle buffer and of the interleaving of archives.
+_TAG_BUFFER = 101
+_TAG_INTERLEAVE = 102
+
+
+@dataclass
+class _Items:
+    """The records of a shard's epoch: archive, plan position, row key and window key each."""
+
+    tables: np.ndarray
+    positions: np.ndarray
+    rows: np.ndarray
+    windows: np.ndarray
+
+
+class _Prefetch:
+    """Reads the needed rows in order, ``read_ahead`` read groups ahead, in a background thread.
+
+    Consecutive groups of one archive are read together (up to ``read_ahead`` groups or
+    :data:`_JOB_SAMPLES` samples): their frames are fetched concurrently, which hides the
+    latency of remote stores, while the consumer works through the groups read before.
+    """
+
+    def __init__(
+        self,
+        delivery: SampleDelivery,
+        plans: list[_TablePlan],
+        items: _Items,
+        reads: list[tuple[int, list[int]]],
+    ) -> None:
+        self.delivery = delivery
+        self.plans = plans
+        self.items = items
+        self.reads = reads
+        self.next = 0  # next entry of ``reads`` to put into the store
+        self.submitted = 0  # entries handed to jobs so far
+        self.jobs: deque[tuple[int, concurrent.futures.Future[dict[int, np.ndarray | None]]]] = (
+            deque()
+        )
+        self.ahead = delivery.read_ahead if delivery.load else 0
+        self.pool = (
+            concurrent.futures.ThreadPoolExecutor(1, "mlcast-read-ahead") if self.ahead else None
+        )
+
+    def __enter__(self) -> _Prefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _, future in self.jobs:
+            future.cancel()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _job(self, first: int) -> int:
+        """End (exclusive) of the job of consecutive entries starting at ``first``."""
+        table = int(self.items.tables[self.reads[first][1][0]])
+        end, samples = first, 0
+        while (
+            end < len(self.reads)
+            and end - first < max(self.ahead, 1)
+            and samples < _JOB_SAMPLES
+            and int(self.items.tables[self.reads[end][1][0]]) == table
+        ):
+            samples += len(self.reads[end][1])
+            end += 1
+        return end
+
+    def _fetch(self, first: int, end: int) -> dict[int, np.ndarray | None]:
+        """Pixels of the new rows of entries ``[first, end)`` (one archive), keyed by row."""
+        items = self.items
+        members = [i for _, group in self.reads[first:end] for i in group]
+        if not self.delivery.load:
+            return {int(items.rows[i]): None for i in members}
+        plan = self.plans[int(items.tables[members[0]])]
+        n = max(len(plan.rows), 1)
+        pool_rows = plan.rows[items.positions[members] % n]
+        got = self.delivery._read(plan, pool_rows)
+        return {int(items.rows[i]): data for i, data in zip(members, got, strict=True)}
+
+    def _top_up(self) -> None:
+        """Keep one job running beyond the entries the consumer holds."""
+        while self.pool is not None and self.submitted < len(self.reads) and len(self.jobs) < 2:
+            end = self._job(self.submitted)
+            self.jobs.append((end, self.pool.submit(self._fetch, self.submitted, end)))
+            self.submitted = end
+
+    def until(self, groups_read: int, store: dict[int, np.ndarray | None]) -> None:
+        """Put into ``store`` the rows of every read group before group ``groups_read``."""
+        while self.next < len(self.reads) and self.reads[self.next][0] < groups_read:
+            if self.pool is None:
+                end = self._job(self.next)
+                store.update(self._fetch(self.next, end))
+            else:
+                self._top_up()
+                end, future = self.jobs.popleft()
+                store.update(future.result())
+            self.next = end
+        self._top_up()
+
+
+#: Samples read together at most by one background read (bounds the memory read ahead).
+_JOB_SAMPLES = 64

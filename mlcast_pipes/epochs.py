@@ -5,25 +5,23 @@ Pure numpy: the datapipes call it so that every record of an epoch is delivered 
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 
 from mlcast_pipes.errors import ParameterError
 
 __all__ = [
+    "BufferPlan",
     "EpochOrder",
     "Shard",
     "combine_shards",
     "epoch_rng",
     "even_size",
     "group_by_key",
-    "mix_blocks",
-    "mix_groups",
     "ordered_records",
+    "plan_buffer",
     "plan_ordered",
     "plan_shard",
     "shard_records",
@@ -32,8 +30,6 @@ __all__ = [
     "table_slices",
 ]
 
-
-T = TypeVar("T")
 
 #: Sharding priorities as torch names them (``SHARDING_PRIORITIES``): DEFAULT 1, DISTRIBUTED 2,
 #: MULTIPROCESSING 3. Lower values are the outer level of the split.
@@ -329,61 +325,146 @@ def plan_shard(
     return out
 
 
-def mix_groups(groups: Iterable[list[T]], n_mix: int, rng: random.Random) -> Iterator[T]:
-    """Yield the items of consecutive groups, ``n_mix`` groups at a time, in shuffled order.
+@dataclass(frozen=True)
+class BufferPlan:
+    """A shard's delivery through a shuffle buffer: what is read, and when each record leaves.
 
-    With ``n_mix`` groups mixed, a batch drawn from the output holds samples of up to that
-    many read windows, at the memory cost of holding ``n_mix`` groups.
-
-    Examples
-    --------
-    The first two groups are mixed together, then the third alone:
-
-    >>> out = list(mix_groups([[1, 2], [3, 4], [5, 6]], 2, random.Random(0)))
-    >>> sorted(out[:4]), sorted(out[4:])
-    ([1, 2, 3, 4], [5, 6])
-
-    """
-    if n_mix < 1:
-        raise ParameterError(f"mix_groups must be >= 1, got {n_mix}")
-    pool: list[T] = []
-    held = 0
-    for group in groups:
-        pool.extend(group)
-        held += 1
-        if held == n_mix:
-            rng.shuffle(pool)
-            yield from pool
-            pool, held = [], 0
-    rng.shuffle(pool)
-    yield from pool
-
-
-def mix_blocks(
-    groups: Sequence[np.ndarray], n_mix: int, rng: random.Random
-) -> Iterator[np.ndarray]:
-    """Positions of consecutive groups, ``n_mix`` groups at a time, in shuffled delivery order.
-
-    The same order as :func:`mix_groups` gives for the same generator, computed on positions
-    only, so a resumed epoch can skip records without reading their pixels.
+    Attributes
+    ----------
+    order : numpy.ndarray
+        Item indices in delivery order.
+    reads_before : numpy.ndarray
+        For each delivered record, how many read groups (from the start) must be read first.
+    peak_held : int
+        Most distinct rows held at once (pixels kept in memory: buffer and deferred copies).
 
     Examples
     --------
-    >>> groups = [np.array([1, 2]), np.array([3, 4]), np.array([5, 6])]
-    >>> blocks = list(mix_blocks(groups, 2, random.Random(0)))
-    >>> [len(b) for b in blocks]
-    [4, 2]
-    >>> mixed = list(mix_groups([g.tolist() for g in groups], 2, random.Random(0)))
-    >>> np.concatenate(blocks).tolist() == mixed  # the order mix_groups delivers
-    True
+    >>> plan = plan_buffer([np.array([0, 1]), np.array([2])], np.arange(3), np.array([0, 0, 1]),
+    ...                    capacity=8, span=2, rng=np.random.default_rng(0))
+    >>> sorted(plan.order.tolist()), plan.peak_held
+    ([0, 1, 2], 3)
 
     """
-    if n_mix < 1:
-        raise ParameterError(f"mix_groups must be >= 1, got {n_mix}")
-    for i in range(0, len(groups), n_mix):
-        block = [int(p) for g in groups[i : i + n_mix] for p in g]
-        rng.shuffle(block)
-        yield np.asarray(block, dtype=np.int64)
+
+    order: np.ndarray
+    reads_before: np.ndarray
+    peak_held: int
+
+
+def plan_buffer(
+    groups: Sequence[np.ndarray],
+    rows: np.ndarray,
+    windows: np.ndarray,
+    *,
+    capacity: int,
+    span: int,
+    rng: np.random.Generator,
+) -> BufferPlan:
+    """Deliver read groups through a shuffle buffer so that batches look like a shuffled epoch.
+
+    Groups (e.g. all of a shard's samples of one read window) are read in the order given; the
+    buffer is refilled one group at a time while it holds fewer than ``capacity`` distinct rows,
+    and records leave it in random order. Within each run of ``span`` records (a batch) a
+    record's row appears once and windows differ where the buffer allows. Repeats of a row
+    (one read, shared pixels) enter the buffer at random later reads, and a row with as many
+    copies left as batches is delivered at once, so that repeats spread over the epoch.
+
+    Parameters
+    ----------
+    groups : sequence of numpy.ndarray
+        Item indices of each read group, in reading order.
+    rows, windows : numpy.ndarray
+        Per item: the row it reads (equal rows share pixels) and its read window.
+    capacity : int
+        Distinct rows held at most (plus one group), i.e. the samples kept in memory.
+    span : int
+        Records per batch downstream.
+    rng : numpy.random.Generator
+        The only source of randomness: the plan depends on it and the inputs alone.
+
+    Examples
+    --------
+    Two windows of three samples, batches of two: every batch mixes both windows.
+
+    >>> plan = plan_buffer([np.array([0, 1, 2]), np.array([3, 4, 5])], np.arange(6),
+    ...                    np.array([0, 0, 0, 1, 1, 1]), capacity=8, span=2,
+    ...                    rng=np.random.default_rng(0))
+    >>> [len({i // 3 for i in plan.order[b : b + 2]}) for b in (0, 2, 4)]
+    [2, 2, 2]
+
+    """
+    if capacity < 1:
+        raise ParameterError(f"shuffle_buffer must be >= 1 sample, got {capacity}")
+    span = max(int(span), 1)
+    n_groups = len(groups)
+    mean_rows = float(np.mean([len(np.unique(rows[g])) for g in groups])) if n_groups else 1.0
+    horizon = max(1, int(capacity / max(mean_rows, 1.0)))  # reads a repeat may wait
+    total = int(sum(len(g) for g in groups))
+    buf: list[int] = []
+    deferred: dict[int, list[int]] = {}
+    held: dict[int, int] = {}  # row -> copies not yet delivered
+    order = np.empty(total, dtype=np.int64)
+    before = np.empty(total, dtype=np.int64)
+    peak = 0
+    read = 0
+
+    def take(g: int) -> None:
+        seen: set[int] = set()
+        for item in groups[g].tolist():
+            row = int(rows[item])
+            room = min(horizon, n_groups - 1 - g)
+            if row in seen and room > 0:
+                deferred.setdefault(g + 1 + int(rng.integers(room)), []).append(item)
+            else:
+                buf.append(item)
+            seen.add(row)
+            held[row] = held.get(row, 0) + 1
+        buf.extend(deferred.pop(g, []))
+
+    in_batch: set[int] = set()
+    batch_windows: set[int] = set()
+    forced: list[int] = []
+    for k in range(total):
+        while read < n_groups and (len(held) < capacity or not buf):
+            take(read)
+            read += 1
+        if k % span == 0:
+            in_batch, batch_windows = set(), set()
+            batches_left = -(-(total - k) // span)
+            urgent: dict[int, int] = {}
+            for item in buf:
+                row = int(rows[item])
+                if held[row] >= batches_left:
+                    urgent.setdefault(row, item)
+            forced = list(urgent.values())
+        if forced:
+            pick = buf.index(forced.pop())
+        else:
+            pick = -1
+            for _ in range(8):  # a random record of a new row and window, if one comes up
+                j = int(rng.integers(len(buf)))
+                item = buf[j]
+                if int(rows[item]) not in in_batch and int(windows[item]) not in batch_windows:
+                    pick = j
+                    break
+            if pick < 0:
+                fresh = [j for j, item in enumerate(buf) if int(rows[item]) not in in_batch]
+                pick = (
+                    fresh[int(rng.integers(len(fresh)))] if fresh else int(rng.integers(len(buf)))
+                )
+        item = buf[pick]
+        buf[pick] = buf[-1]
+        buf.pop()
+        row = int(rows[item])
+        order[k], before[k] = item, read
+        in_batch.add(row)
+        batch_windows.add(int(windows[item]))
+        peak = max(peak, len(held))
+        held[row] -= 1
+        if not held[row]:
+            del held[row]
+    return BufferPlan(order, before, peak)
 
 
 def plan_ordered(

@@ -47,9 +47,9 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
     assert out["amplification_over_minimum"] == pytest.approx(1.0, abs=0.01)
     assert out["amplification_naive"] > out["amplification_chain"]
     assert out["samples_per_window"] >= 1
-    mix = out["windows_per_batch_by_mix_groups"]
-    assert set(mix) == {"1", "4", "16"}
-    assert 1 <= mix["1"] <= mix["16"] <= out["batch_size"]
+    mix = out["windows_per_batch_by_shuffle_buffer"]
+    assert set(mix) == {"1", "64", "256"}
+    assert 1 <= mix["1"] <= mix["256"] <= out["batch_size"]
     for key in ("a_naive_samples_per_s", "b_chain_samples_per_s", "c_dataloader2_samples_per_s"):
         assert out[key] > 0
     assert out["d_copy_size_mb"] > 0

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mlcast_pipes.dataset import open_mlcast
 from mlcast_pipes.delivery import SampleDelivery
 from mlcast_pipes.epochs import EpochOrder, Shard
+from mlcast_pipes.errors import ParameterError
 from mlcast_pipes.indexes.plan import TilingPlan
+from mlcast_pipes.reader import close_readers, get_reader
 from mlcast_pipes.tiling import TilingParams
 
 
@@ -44,3 +47,94 @@ def test_reads_pixels_and_skips_batches(tiny_archive: Path, index_dir: Path) -> 
     np.testing.assert_array_equal(rest[0].data, epoch[4].data)
     keys = delivery.epoch_keys(pools, 0)
     assert len(keys) == 1 and len(keys[0]) == 8
+
+
+def _binnorm_pools(archive: Path, index_dir: Path) -> list:
+    plan = TilingPlan(TilingParams(n_time_window=4, tile_size=(64, 64)), index_dir)
+    table = plan.table(open_mlcast(str(archive)))
+    pool = table.sampling_index(
+        "binnorm", {"n_scalar_total_bins": 6}, n_time_sample=None, seed=0, index_dir=index_dir
+    )
+    return [(table, pool)]
+
+
+def test_shuffled_epoch_resumes_with_the_records_it_would_have_delivered(
+    tiny_archive: Path, index_dir: Path
+) -> None:
+    pools = _binnorm_pools(tiny_archive, index_dir)
+    delivery = SampleDelivery(seed=3, n_samples=40, shuffle_buffer=12)
+    order = EpochOrder(batch_size=4)
+    epoch = list(delivery.records(pools, 0, Shard(count=2, index=1), order))
+    rest = list(
+        delivery.records(pools, 0, Shard(count=2, index=1), order, skip_batches=(4, 4, False))
+    )
+    # DataLoader2 takes batches from workers 0 and 1 in turn: 4 batches = 2 of this worker
+    assert [r.sample_id for r in rest] == [r.sample_id for r in epoch[8:]]
+    for a, b in zip(rest, epoch[8:], strict=True):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_repeats_are_read_once_and_delivered_as_equal_copies(
+    tiny_archive: Path, index_dir: Path
+) -> None:
+    pools = _binnorm_pools(tiny_archive, index_dir)
+    spec = pools[0][0].info.spec
+    for ahead in (0, 2):
+        close_readers()
+        delivery = SampleDelivery(seed=0, n_samples=60, shuffle_buffer=16, read_ahead=ahead)
+        records = list(delivery.records(pools, 0, Shard(), EpochOrder(batch_size=8)))
+        frames = {r.t_start + k for r in records for k in range(r.n_time)}
+        assert get_reader(spec.url, spec.var_name).stats.frames_decoded == len(frames)
+        by_id: dict[int, list] = {}
+        for r in records:
+            by_id.setdefault(r.sample_id, []).append(r)
+        repeated = [rs for rs in by_id.values() if len(rs) > 1]
+        assert repeated  # binnorm draws rare tiles several times
+        for rs in repeated:
+            assert len({id(r.data) for r in rs}) == len(rs)  # copies, not one shared array
+            for r in rs[1:]:
+                np.testing.assert_array_equal(r.data, rs[0].data)
+        if ahead == 0:
+            first = records
+        else:
+            assert [r.sample_id for r in records] == [r.sample_id for r in first]
+            for a, b in zip(records, first, strict=True):
+                np.testing.assert_array_equal(a.data, b.data)
+    reader = get_reader(str(tiny_archive), pools[0][0].info.spec.var_name)
+    one = records[0]
+    np.testing.assert_array_equal(one.data, reader.read_tiles([one.request])[0])
+
+
+def test_batches_mix_windows_and_spread_repeats(tiny_archive: Path, index_dir: Path) -> None:
+    pools = _binnorm_pools(tiny_archive, index_dir)
+    span = 8
+
+    def figures(records) -> tuple[float, float]:
+        batches = [records[i : i + span] for i in range(0, len(records), span)]
+        dups = np.mean([len(b) - len({r.sample_id for r in b}) for b in batches])
+        wins = np.mean([len({r.t_start for r in b}) for b in batches])
+        return float(dups), float(wins)
+
+    mixed = list(
+        SampleDelivery(seed=0, n_samples=80, load=False).records(
+            pools, 0, Shard(), EpochOrder(batch_size=span)
+        )
+    )
+    alone = list(
+        SampleDelivery(seed=0, n_samples=80, load=False, shuffle_buffer=1).records(
+            pools, 0, Shard(), EpochOrder(batch_size=span)
+        )
+    )
+    rng = np.random.default_rng(0)
+    shuffled = [figures([mixed[i] for i in rng.permutation(len(mixed))]) for _ in range(20)]
+    dup, win = figures(mixed)
+    assert dup <= np.mean([d for d, _ in shuffled])
+    assert win >= 0.9 * np.mean([w for _, w in shuffled])
+    assert figures(alone)[1] < win
+
+
+def test_shuffle_buffer_and_read_ahead_are_checked() -> None:
+    with pytest.raises(ParameterError, match="shuffle_buffer"):
+        SampleDelivery(shuffle_buffer=0)
+    with pytest.raises(ParameterError, match="read_ahead"):
+        SampleDelivery(read_ahead=-1)

@@ -1,4 +1,3 @@
-import random
 from collections import Counter
 
 import numpy as np
@@ -9,7 +8,6 @@ from mlcast_pipes.epochs import (
     Shard,
     combine_shards,
     group_by_key,
-    mix_groups,
     plan_shard,
     shard_size,
 )
@@ -64,16 +62,6 @@ def test_plan_shard_reproducible_and_fresh_per_epoch():
     c = np.concatenate(plan_shard(keys, seed=1, epoch=1, shard=Shard()))
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
-
-
-def test_mix_groups_keeps_every_item_once():
-    groups = [[(g, i) for i in range(3)] for g in range(7)]
-    out = list(mix_groups(iter(groups), 3, random.Random(0)))
-    assert sorted(out) == sorted(x for g in groups for x in g)
-    # the first 9 items come from the first three groups only
-    assert {g for g, _ in out[:9]} == {0, 1, 2}
-    with pytest.raises(ParameterError):
-        list(mix_groups(iter(groups), 0, random.Random(0)))
 
 
 def test_even_size_pads_or_drops_to_a_multiple_of_the_ranks():
@@ -165,3 +153,66 @@ def test_several_tables_give_the_workers_counts_within_one(ranks, workers):
         assert len({sum(mine) for mine in per_rank}) == 1  # every rank the same
         for k, n in enumerate(sizes):
             assert seen[k] == Counter(range(n))  # every row exactly once (padding aside)
+
+
+def _buffer_case(seed: int = 0):
+    """40 windows of 1-8 samples; some rows drawn several times (repeats share a window)."""
+    rng = np.random.default_rng(seed)
+    rows, windows, groups = [], [], []
+    for w in range(40):
+        distinct = rng.integers(1, 6)
+        members = []
+        for r in range(distinct):
+            for _ in range(1 + (rng.random() < 0.3) * rng.integers(1, 5)):
+                members.append(len(rows))
+                rows.append(w * 10 + r)
+                windows.append(w)
+        groups.append(np.asarray(members))
+    return groups, np.asarray(rows), np.asarray(windows)
+
+
+def test_plan_buffer_delivers_every_item_once_after_its_read():
+    from mlcast_pipes.epochs import plan_buffer
+
+    groups, rows, windows = _buffer_case()
+    plan = plan_buffer(groups, rows, windows, capacity=32, span=8, rng=np.random.default_rng(1))
+    assert sorted(plan.order.tolist()) == list(range(len(rows)))
+    group_of = {int(i): g for g, members in enumerate(groups) for i in members}
+    assert all(plan.reads_before[k] > group_of[int(i)] for k, i in enumerate(plan.order))
+    assert np.all(np.diff(plan.reads_before) >= 0)
+    assert plan.peak_held <= 32 + max(len(np.unique(rows[g])) for g in groups)
+    again = plan_buffer(groups, rows, windows, capacity=32, span=8, rng=np.random.default_rng(1))
+    assert np.array_equal(plan.order, again.order)  # the generator alone decides
+
+
+def test_plan_buffer_batches_are_as_varied_as_a_shuffle():
+    from mlcast_pipes.epochs import plan_buffer
+
+    groups, rows, windows = _buffer_case(2)
+    span = 8
+
+    def figures(order):
+        batches = [order[i : i + span] for i in range(0, len(order), span)]
+        dups = np.mean([len(b) - len(set(rows[b])) for b in batches])
+        wins = np.mean([len(set(windows[b])) for b in batches])
+        return dups, wins
+
+    plan = plan_buffer(groups, rows, windows, capacity=48, span=span, rng=np.random.default_rng(0))
+    dup, win = figures(plan.order)
+    shuffled = [figures(np.random.default_rng(s).permutation(len(rows))) for s in range(20)]
+    assert dup <= np.mean([d for d, _ in shuffled])
+    assert win >= 0.9 * np.mean([w for _, w in shuffled])
+    # without a buffer, one window after the other: far fewer windows per batch
+    _, alone = figures(
+        plan_buffer(
+            groups, rows, windows, capacity=1, span=span, rng=np.random.default_rng(0)
+        ).order
+    )
+    assert alone < 0.6 * win
+
+
+def test_plan_buffer_refuses_an_empty_buffer():
+    from mlcast_pipes.epochs import plan_buffer
+
+    with pytest.raises(ParameterError, match="shuffle_buffer"):
+        plan_buffer([], np.zeros(0), np.zeros(0), capacity=0, span=4, rng=np.random.default_rng())

@@ -432,8 +432,8 @@ def bench_read(
 
         # distinct read windows per batch (records only, no pixels read)
         windows_per_batch = {}
-        for n_mix in (1, 4, 16):
-            starts = [r.t_start for r in chain(tensor=False, mix_groups=n_mix, load=False)]
+        for n_mix in (1, 64, 256):
+            starts = [r.t_start for r in chain(tensor=False, shuffle_buffer=n_mix, load=False)]
             batches = [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
             distinct = [len(set(b)) for b in batches]
             windows_per_batch[str(n_mix)] = round(float(np.mean(distinct)), 2)
@@ -521,7 +521,7 @@ def bench_read(
         "floor_cpu_over_c_cpu": round(floor["cpu_s"] / chain_cpu_s, 3),
         "batch_quality_binnorm": quality,
         **latency,
-        "windows_per_batch_by_mix_groups": windows_per_batch,
+        "windows_per_batch_by_shuffle_buffer": windows_per_batch,
         "batch_size": batch_size,
         "amplification_naive": round(naive_amp, 2),
         "amplification_chain": round(chain_amp, 2),

@@ -53,9 +53,12 @@ class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
         Steps per sample (default: the tile's window); a seeded sub-window otherwise.
     seed : int
         Seeds the pool, the per-epoch order, and the sub-window offsets.
-    mix_groups : int
-        Read windows mixed together in each worker: a batch holds samples of up to this many
-        moments in time, at the memory cost of that many windows.
+    shuffle_buffer : int
+        Distinct samples each worker holds to mix its batches: every window is read once and
+        its samples leave the buffer at random, so batches are about as varied as a shuffled
+        epoch. Memory: this many samples (256 x 12 x 128 x 128 float32 = 200 MB).
+    read_ahead : int
+        Read windows read ahead in a background thread (0: none).
     load : bool
         Read pixels here (grouped, each frame decoded once). False yields lazy records.
     materialized : bool, optional
@@ -98,7 +101,8 @@ class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
         n_samples: int | None = None,
         n_time_sample: int | None = None,
         seed: int = 0,
-        mix_groups: int = 4,
+        shuffle_buffer: int = 256,
+        read_ahead: int = 2,
         load: bool = True,
         materialized: bool | None = None,
         index_dir: str | os.PathLike[str] | None = None,
@@ -123,6 +127,11 @@ class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
                 ".tile(shuffle_windows=..., seed=...) would have no effect: remove them from "
                 f".tile() and set the sampler's own seed=... (now {seed})"
             )
+        if "mix_groups" in params:
+            raise ParameterError(
+                "mix_groups was replaced by shuffle_buffer=N (samples held per worker to mix "
+                "batches; 256 by default): drop mix_groups"
+            )
         if n_samples is not None and n_samples <= 0:
             raise ParameterError(f"n_samples must be a positive number of samples, got {n_samples}")
         n_window = tile_datapipe.plan.params.n_time_window
@@ -139,7 +148,8 @@ class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
         self.n_samples = n_samples
         self.n_time_sample = n_time_sample
         self.seed = seed
-        self.mix_groups = mix_groups
+        self.shuffle_buffer = shuffle_buffer
+        self.read_ahead = read_ahead
         self.load = load
         self.materialized = materialized
         self.index_dir = Path(index_dir) if index_dir is not None else self.plan.index_dir
@@ -149,7 +159,8 @@ class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
         self._delivery = SampleDelivery(
             seed=seed,
             n_samples=n_samples,
-            mix_groups=mix_groups,
+            shuffle_buffer=shuffle_buffer,
+            read_ahead=read_ahead,
             load=load,
             materialized=materialized,
         )
@@ -231,7 +242,7 @@ class BinNormSampleDataPipe(SampleDataPipe):
         Number of bins, the dry bin included (10 by default; implied by explicit edges).
     bin_edges : str or sequence of float
         ``"log"``, ``"linear"``, ``"quantile"`` or explicit edges.
-    n_samples, n_time_sample, seed, mix_groups, load, index_dir, recompute
+    n_samples, n_time_sample, seed, shuffle_buffer, read_ahead, load, index_dir, recompute
         As for :class:`SampleDataPipe`.
 
     Examples
