@@ -628,3 +628,11 @@ def test_sampler_refuses_the_tiling_order_options(tiny_archive: Path, index_dir:
             tiles.uniform_sample(seed=5)
     tiles = opened.tile(n_time_window=12, tile_size=64, index_dir=index_dir)
     assert tiles.uniform_sample(seed=5).seed == 5
+
+
+def test_mix_groups_names_its_replacement(tiny_archive: Path, index_dir: Path) -> None:
+    tiles = mp.OpenXarrayDataset(str(tiny_archive)).tile(n_time_window=4, index_dir=index_dir)
+    with pytest.raises(ParameterError, match="shuffle_buffer"):
+        tiles.uniform_sample(mix_groups=4)
+    sampler = tiles.uniform_sample(shuffle_buffer=8, read_ahead=0)
+    assert (sampler.shuffle_buffer, sampler.read_ahead) == (8, 0)
