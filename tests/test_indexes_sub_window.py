@@ -208,3 +208,24 @@ def test_index_without_steps_is_stale_when_samples_are_shorter(tmp_path: Path) -
         da, params, tmp_path, dataset_id="syn", fingerprint="v1", recompute=True
     )
     assert rebuilt.has_steps and rebuilt.read_steps().shape == (rebuilt.n_tiles, 8)
+
+
+def test_subset_of_tiles_and_mismatched_steps(tmp_path: Path) -> None:
+    da, params = _synthetic(tmp_path)
+    index = prepare_tiling(da, params, tmp_path, dataset_id="syn", fingerprint="v1")
+    subset = index.table.iloc[1::2].reset_index(drop=True)  # e.g. a split: tile ids kept
+    meta = {**index.meta, "tiling_id": f"{index.tiling_id}.half"}
+    steps = index.read_steps()
+    pool = build_sampling_index(
+        subset, meta, method="uniform", index_dir=tmp_path, n_time_sample=4, seed=2,
+        steps=steps, aggregation="mean",
+    )  # fmt: skip
+    t = pool.table
+    assert set(t["source_tile_id"]) <= set(subset["tile_id"])
+    want = sub_window_statistics(steps, t["source_tile_id"], t["t_offset"], 4, 32 * 32)["mean"]
+    assert np.array_equal(t["scalar_value"].to_numpy(), want, equal_nan=True)
+    with pytest.raises(IndexFileError, match="do not match the tiling table"):
+        build_sampling_index(
+            index.table, index.meta, method="uniform", index_dir=tmp_path / "other",
+            n_time_sample=4, steps=steps[:3],
+        )  # fmt: skip
