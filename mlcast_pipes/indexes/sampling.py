@@ -189,13 +189,13 @@ _SAMPLES_DTYPES: dict[str, str] = {
 _REBUILD_HINT = "rebuild it with build_sampling_index(..., recompute=True)"
 
 
-StepsSource = np.ndarray | Callable[[], np.ndarray]
+_StepsSource = np.ndarray | Callable[[], np.ndarray]
 
 
 def _sub_window_table(
     table: pd.DataFrame,
     meta: Mapping[str, Any],
-    steps: StepsSource,
+    steps: _StepsSource,
     n_time_sample: int,
     seed: int,
 ) -> tuple[pd.DataFrame, int]:
@@ -245,8 +245,8 @@ def load_sampling_index(
 
     ``tiling_table``/``tiling_meta`` and ``expected`` (``method``, ``seed``, ``n_time_sample``,
     ``params``, ``scalar_steps``: ``"sample"`` or ``"window"``) make a changed index stale;
-    ``verify`` checks size and sha256. Raises
-    IndexFileError for missing or edited files, StaleIndexError naming what changed.
+    ``verify`` checks size and sha256. Raises IndexFileError for missing or edited files,
+    StaleIndexError naming what changed.
 
     Examples
     --------
@@ -341,7 +341,7 @@ def build_sampling_index(
     n_time_sample: int | None = None,
     seed: int = 0,
     recompute: bool = False,
-    steps: StepsSource | None = None,
+    steps: _StepsSource | None = None,
     **params: Any,
 ) -> SamplingIndex:
     """Build, or load when it exists, the sampling index ``{index_dir}/{sampling_id}.samples.csv``.

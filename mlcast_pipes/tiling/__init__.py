@@ -32,7 +32,6 @@ from mlcast_pipes.tiling.stats import (
 )
 from mlcast_pipes.tiling.steps import (
     STEP_FIELDS,
-    SUB_WINDOW_COLUMNS,
     steps_dtype,
     sub_window_statistics,
 )
@@ -49,7 +48,6 @@ __all__ = [
     "N_BINS",
     "REJECT_REASONS",
     "STEP_FIELDS",
-    "SUB_WINDOW_COLUMNS",
     "KernelSpec",
     "TileBlock",
     "TileGrid",

@@ -14,7 +14,6 @@ import numpy.typing as npt
 
 __all__ = [
     "STEP_FIELDS",
-    "SUB_WINDOW_COLUMNS",
     "steps_dtype",
     "sub_window_statistics",
 ]
@@ -23,18 +22,6 @@ __all__ = [
 #: Fields of a step record besides the importance numerators: NaN count, sum and max of the
 #: (capped) rates, wet and capped pixel counts, over the tile's pixels at one step.
 STEP_FIELDS: tuple[str, ...] = ("nan", "sum", "max", "wet", "clip")
-
-
-#: Columns of a tiling table that :func:`sub_window_statistics` recomputes (plus ``imp_s*``).
-SUB_WINDOW_COLUMNS: tuple[str, ...] = (
-    "nan_count",
-    "nan_fraction",
-    "sum",
-    "mean",
-    "max",
-    "frac_wet",
-    "clip_count",
-)
 
 
 _ROWS_PER_CHUNK = 1 << 16
