@@ -176,7 +176,8 @@ def test_prepare_killed_while_writing_rows(
     index = prepare_index(mp.open_mlcast(str(tiny_archive)), PARAMS, index_dir)
     assert index.meta["csv_sha256"] == reference.meta["csv_sha256"]
     assert not list(index_dir.glob(".*.tmp"))
-    assert _files(index_dir) == sorted([csv.name, side.name, f"{tid}.lock"])
+    steps = index.steps_path.name  # per-step statistics, written with the rows
+    assert _files(index_dir) == sorted([csv.name, side.name, steps, f"{tid}.lock"])
 
 
 def test_prepare_killed_before_its_sidecar(

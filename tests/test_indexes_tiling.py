@@ -503,6 +503,8 @@ def test_index_files_are_complete_after_pass(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "d.10x12.3.nan0.3.meta.json",
         "d.10x12.3.nan0.3.samples.csv",
+        "d.10x12.3.nan0.3.steps.bin",  # per-step statistics of the tiles
     ]
+    assert meta["steps"]["bytes"] == idx.steps_path.stat().st_size
     assert time.time() - t0 < 30
     assert os.access(idx.path, os.R_OK)

@@ -50,7 +50,8 @@ class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
     n_samples : int, optional
         Samples per epoch (default: the size of the pool).
     n_time_sample : int, optional
-        Steps per sample (default: the tile's window); a seeded sub-window otherwise.
+        Steps per sample (default: the tile's window); a seeded sub-window otherwise, whose
+        own statistics the sampler sees (quantile aggregations need the whole window).
     seed : int
         Seeds the pool, the per-epoch order, and the sub-window offsets.
     shuffle_buffer : int

@@ -31,6 +31,7 @@ __all__ = [
     "FORMAT_VERSION",
     "INDEX_DIR_ENV",
     "SIDECAR_SUFFIX",
+    "STEPS_SUFFIX",
     "TILING_BASE_COLUMNS",
     "TILING_POSITION_COLUMNS",
     "AtomicTextFile",
@@ -66,6 +67,11 @@ CSV_SUFFIX = ".samples.csv"
 
 #: Suffix of the metadata sidecar: ``{index_id}.meta.json``.
 SIDECAR_SUFFIX = ".meta.json"
+
+
+#: Suffix of a tiling index's per-step statistics: ``{tiling_id}.steps.bin`` (raw records whose
+#: dtype and shape the sidecar's ``steps`` entry gives).
+STEPS_SUFFIX = ".steps.bin"
 
 
 #: Columns that place a tile in the archive (every tiling index starts with them).
@@ -314,6 +320,13 @@ class AtomicTextFile(io.TextIOBase):
         self._hash.update(data)
         self.nbytes += len(data)
         return len(s)
+
+    def write_bytes(self, data: bytes) -> int:
+        """Write raw bytes (binary index files); returns their number."""
+        self._raw.write(data)
+        self._hash.update(data)
+        self.nbytes += len(data)
+        return len(data)
 
     def flush(self) -> None:
         """Flush the underlying buffered file."""

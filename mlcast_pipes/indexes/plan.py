@@ -26,6 +26,7 @@ from mlcast_pipes.indexes.sampling import SamplingIndex, build_sampling_index
 from mlcast_pipes.indexes.tiling import TileIndex, prepare_tiling
 from mlcast_pipes.reader import expect_chunks
 from mlcast_pipes.records import DatasetInfo, TileSample
+from mlcast_pipes.sampling.registry import sampler_name
 from mlcast_pipes.splits import TimeSplit, tiles_within
 from mlcast_pipes.tiling import TilingParams, tiling_id
 from mlcast_pipes.transforms.rates import to_rain_rate_fn
@@ -278,9 +279,17 @@ class TileTable:
         index_dir: Path,
         recompute: bool = False,
     ) -> SamplingIndex:
-        """Load or build the sampling pool of these tiles for a sampler, under a file lock."""
+        """Load or build the sampling pool of these tiles for a sampler, under a file lock.
+
+        Samplers see the statistics of each tile's drawn ``n_time_sample`` steps (the index's
+        per-step statistics); an index written without them is stale when they are needed.
+        """
         meta = dict(self.index.meta)
         meta["tiling_id"] = self.name
+        window = self.index.params.n_time_window
+        needed = n_time_sample is not None and n_time_sample < window
+        if needed and not self.index.has_steps and sampler_name(method) != "uniform":
+            self.index.read_steps()  # raises StaleIndexError naming the fix
         folder = _ensure_folder(index_dir)
         with _file_lock(folder / f"{self.name}.sampling.lock"):
             return build_sampling_index(
@@ -291,6 +300,7 @@ class TileTable:
                 n_time_sample=n_time_sample,
                 seed=seed,
                 recompute=recompute,
+                steps=self.index.read_steps if self.index.has_steps else None,
                 **params,
             )
 

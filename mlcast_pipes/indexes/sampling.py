@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from mlcast_pipes.indexes.format import (
 )
 from mlcast_pipes.indexes.index_csv import read_index_table, validate_index, write_index
 from mlcast_pipes.sampling.base import (
+    _QUANTILE_RE,
     SAMPLES_COLUMNS,
     SamplingWarning,
     _check_n_time_sample,
@@ -38,6 +39,7 @@ from mlcast_pipes.sampling.base import (
 )
 from mlcast_pipes.sampling.epoch import assign_time_offsets
 from mlcast_pipes.sampling.registry import resolve_sampler_params, run_sampler, sampler_name
+from mlcast_pipes.tiling.steps import sub_window_statistics
 
 __all__ = [
     "SamplingIndex",
@@ -49,12 +51,19 @@ __all__ = [
 
 
 def sampling_id(
-    tiling_id: str, *, method: str, n_time_sample: int, seed: int, params: Mapping[str, Any]
+    tiling_id: str,
+    *,
+    method: str,
+    n_time_sample: int,
+    seed: int,
+    params: Mapping[str, Any],
+    sub_window: bool = False,
 ) -> str:
     """The sampling id ``{tiling_id}.{n_time_sample}.{method}.{hash}``.
 
-    The 12-digit hash covers the raw tiling id, method, n_time_sample, seed and the resolved
-    parameters in canonical form: equal settings give equal ids, any difference another id.
+    The 12-digit hash covers the raw tiling id, method, n_time_sample, seed, the resolved
+    parameters in canonical form and ``sub_window`` (statistics of the drawn sub-windows):
+    equal settings give equal ids, any difference another id.
 
     Examples
     --------
@@ -72,6 +81,8 @@ def sampling_id(
         "seed": int(seed),
         "params": resolve_sampler_params(name, **dict(params)),
     }
+    if sub_window:
+        payload["scalar_steps"] = "sample"
     return f"{sanitize_id(tiling_id)}.{int(n_time_sample)}.{name}.{short_hash(payload, 12)}"
 
 
@@ -178,6 +189,50 @@ _SAMPLES_DTYPES: dict[str, str] = {
 _REBUILD_HINT = "rebuild it with build_sampling_index(..., recompute=True)"
 
 
+_StepsSource = np.ndarray | Callable[[], np.ndarray]
+
+
+def _sub_window_table(
+    table: pd.DataFrame,
+    meta: Mapping[str, Any],
+    steps: _StepsSource,
+    n_time_sample: int,
+    seed: int,
+) -> tuple[pd.DataFrame, int]:
+    """``table`` with the statistics of each tile's drawn sub-window, and the tiles dropped.
+
+    Tiles over the NaN limit are dropped, quantile columns too (not reducible from steps).
+    """
+    arr = steps() if callable(steps) else steps
+    ids = table["tile_id"].to_numpy(dtype=np.int64)
+    windows = table["n_time_window"].to_numpy(dtype=np.int64)
+    if (
+        arr.ndim != 2
+        or (ids.size and (ids.min() < 0 or ids.max() >= arr.shape[0]))
+        or (windows != arr.shape[1]).any()
+    ):
+        raise IndexFileError(
+            f"the per-step statistics ({arr.shape}) do not match the tiling table ({len(table)} "
+            f"tiles, tile ids up to {ids.max() if ids.size else '-'}); pass those of the same "
+            "tiling index (TileIndex.read_steps()), or recompute it"
+        )
+    pool = pd.DataFrame({"source_tile_id": ids})
+    offsets = assign_time_offsets(pool, windows, n_time_sample, seed)
+    pixels = table["y_tile"].to_numpy(dtype=np.int64) * table["x_tile"].to_numpy(dtype=np.int64)
+    stats = sub_window_statistics(arr, ids, offsets, n_time_sample, pixels)
+    out = table.drop(columns=[c for c in table.columns if _QUANTILE_RE.match(str(c))])
+    for col, values in stats.items():
+        out[col] = values
+    limit = meta.get("params", {}).get("max_nan_fraction")
+    keep = stats["nan_fraction"] <= (1.0 if limit is None else float(limit))
+    if not keep.any():
+        raise ParameterError(
+            f"every tile's drawn {n_time_sample}-step sub-window has a NaN fraction above "
+            f"max_nan_fraction={limit}; use a larger max_nan_fraction or n_time_sample"
+        )
+    return out.loc[keep].reset_index(drop=True), int((~keep).sum())
+
+
 def load_sampling_index(
     path: str | os.PathLike[str],
     *,
@@ -189,8 +244,9 @@ def load_sampling_index(
     """Load a sampling index (``.samples.csv`` or its sidecar) and check it.
 
     ``tiling_table``/``tiling_meta`` and ``expected`` (``method``, ``seed``, ``n_time_sample``,
-    ``params``) make a changed index stale; ``verify`` checks size and sha256. Raises
-    IndexFileError for missing or edited files, StaleIndexError naming what changed.
+    ``params``, ``scalar_steps``: ``"sample"`` or ``"window"``) make a changed index stale;
+    ``verify`` checks size and sha256. Raises IndexFileError for missing or edited files,
+    StaleIndexError naming what changed.
 
     Examples
     --------
@@ -244,6 +300,21 @@ def _stale_reasons(
     expected: Mapping[str, Any],
 ) -> list[str]:
     problems: list[str] = []
+    steps_info = (tiling_meta or {}).get("steps")
+    made_from = meta.get("scalar_steps", "window")
+    if (
+        made_from == "sample"
+        and isinstance(steps_info, dict)
+        and meta.get("tiling_steps_sha256") != steps_info.get("sha256")
+    ):
+        problems.append("the tiling index's per-step statistics changed")
+    want = expected.get("scalar_steps")
+    if want is not None and want != made_from:
+        kinds = {"sample": "the drawn samples", "window": "whole windows"}
+        problems.append(
+            f"its statistics are of {kinds.get(made_from, made_from)}, asked: of "
+            f"{kinds.get(want, want)}"
+        )
     if tiling_table is not None or tiling_meta is not None:
         now = _tiling_fingerprints(tiling_table, tiling_meta)
         for key, what in (
@@ -270,13 +341,18 @@ def build_sampling_index(
     n_time_sample: int | None = None,
     seed: int = 0,
     recompute: bool = False,
+    steps: _StepsSource | None = None,
     **params: Any,
 ) -> SamplingIndex:
     """Build, or load when it exists, the sampling index ``{index_dir}/{sampling_id}.samples.csv``.
 
     ``tiling_meta`` needs ``tiling_id``; ``n_time_sample`` defaults to the tiles' window;
-    ``recompute`` rebuilds a stale file; ``**params`` go to the sampler. Raises ParameterError,
-    IndexFileError, or StaleIndexError for an index of another tiling.
+    ``recompute`` rebuilds a stale file; ``**params`` go to the sampler. ``steps`` (the tiling's
+    :meth:`~mlcast_pipes.indexes.tiling.TileIndex.read_steps`, or a function returning them)
+    makes the sampler see the statistics of each tile's drawn ``n_time_sample`` steps when they
+    are fewer than the window (quantiles cannot be); without them it sees whole windows, with a
+    SamplingWarning. Raises ParameterError, IndexFileError, or StaleIndexError for an index of
+    another tiling.
 
     Examples
     --------
@@ -320,13 +396,33 @@ def build_sampling_index(
     n_time_sample = _check_n_time_sample(
         n_time_sample, int(windows.min()) if windows.size else n_time_sample
     )
+    longest = int(windows.max()) if windows.size else n_time_sample
+    sub_window = steps is not None and n_time_sample < longest
+    aggregation = resolved.get("aggregation")
+    if sub_window and isinstance(aggregation, str) and _QUANTILE_RE.match(aggregation):
+        raise ParameterError(
+            f"{name}: aggregation={aggregation!r} is a quantile, which the tiling index holds for "
+            f"whole {longest}-step windows only, not for the drawn {n_time_sample}-step samples; "
+            f"fix: tile with n_time_window={n_time_sample} (a smaller time stride gives "
+            "overlapping windows), or use aggregation='sum', 'mean', 'max' or 'frac_wet'"
+        )
     sid = sampling_id(
-        tiling_id, method=name, n_time_sample=n_time_sample, seed=seed, params=resolved
+        tiling_id,
+        method=name,
+        n_time_sample=n_time_sample,
+        seed=seed,
+        params=resolved,
+        sub_window=sub_window,
     )
     csv_path, side_path = index_paths(index_dir, sid)
     # A CSV without sidecar is an interrupted write: rebuild it. A complete one must match.
     if csv_path.exists() and side_path.exists() and not recompute:
-        expected = {"method": name, "seed": seed, "n_time_sample": n_time_sample}
+        expected = {
+            "method": name,
+            "seed": seed,
+            "n_time_sample": n_time_sample,
+            "scalar_steps": "sample" if sub_window else "window",
+        }
         return load_sampling_index(
             csv_path,
             tiling_table=tiling_table,
@@ -334,20 +430,26 @@ def build_sampling_index(
             expected={**expected, "params": resolved},
         )
 
-    pool = run_sampler(name, tiling_table, seed=seed, **params)
+    candidates, rejected_nan = tiling_table, 0
+    if sub_window:
+        assert steps is not None
+        candidates, rejected_nan = _sub_window_table(
+            tiling_table, tiling_meta, steps, n_time_sample, seed
+        )
+    pool = run_sampler(name, candidates, seed=seed, **params)
     pos = pd.Index(tiling_table["tile_id"]).get_indexer(pool["source_tile_id"].to_numpy())
     if (pos < 0).any():
         raise ParameterError(
             f"sampler {name!r} returned tile ids that are not in the tiling table; fix the sampler"
         )
     src = tiling_table.iloc[pos]
-    longest = int(windows.max()) if windows.size else n_time_sample
-    if name != "uniform" and n_time_sample < longest:
+    if name != "uniform" and n_time_sample < longest and not sub_window:
         warnings.warn(
             f"{name}: tiles are chosen by statistics of their whole {longest}-step window but a "
             f"sample is {n_time_sample} steps of it, so a tile picked as wet can give a dry "
-            f"sample; fix: tile with n_time_window={n_time_sample} (a smaller time stride "
-            "gives overlapping windows) so that statistics and samples cover the same steps",
+            "sample; fix: pass the tiling's per-step statistics (steps=TileIndex.read_steps(), "
+            "as the .tile() step and `prepare` do) so that they are the drawn steps' statistics, "
+            f"or tile with n_time_window={n_time_sample}",
             SamplingWarning,
             stacklevel=2,
         )
@@ -380,6 +482,15 @@ def build_sampling_index(
         "n_time_sample": n_time_sample,
         "params": resolved,
         "scalar": pool.attrs.get("scalar"),
+        "scalar_steps": "sample" if sub_window else "window",
+        **(
+            {
+                "tiling_steps_sha256": (tiling_meta.get("steps") or {}).get("sha256"),
+                "rejected_sub_window_nan": rejected_nan,
+            }
+            if sub_window
+            else {}
+        ),
         "n_tiles_in_tiling": len(tiling_table),
         "shape": tiling_meta.get("shape"),
         "source_url": tiling_meta.get("source_url"),

@@ -22,9 +22,14 @@ from dask.callbacks import Callback
 
 from mlcast_pipes.errors import DatasetError, IndexFileError, ParameterError, StaleIndexError
 from mlcast_pipes.indexes.format import (
+    CSV_SUFFIX,
     FORMAT_VERSION,
+    STEPS_SUFFIX,
     VerifyMode,
+    atomic_write,
     ensure_writable_dir,
+    file_sha256,
+    importance_column,
     index_paths,
     package_version,
     read_sidecar,
@@ -45,6 +50,7 @@ from mlcast_pipes.tiling import (
     TilingParams,
     iter_tile_statistics,
     partials_dtype,
+    steps_dtype,
     tile_grid,
     tiling_id,
     time_windows,
@@ -132,6 +138,43 @@ class TileIndex:
         """Rejected candidate tiles by reason (``gap``, ``nan``)."""
         return {k: int(v) for k, v in self.meta.get("rejected", {}).items()}
 
+    @property
+    def steps_path(self) -> Path:
+        """Path of the per-step statistics (``{tiling_id}.steps.bin``)."""
+        return _steps_path(self.path)
+
+    @property
+    def has_steps(self) -> bool:
+        """Whether the index was written with per-step statistics (older indexes were not)."""
+        return isinstance(self.meta.get("steps"), dict)
+
+    def read_steps(self, verify: VerifyMode = "sha256") -> np.ndarray:
+        """Per-step statistics, ``(n_tiles, n_time_window)`` records (a read-only memory map).
+
+        Row ``i`` is tile ``i``; see :func:`~mlcast_pipes.tiling.steps.steps_dtype`. Raises
+        StaleIndexError for an index written without them, IndexFileError for a missing or
+        changed file; both name the fix (recompute the tiling index).
+        """
+        info = self.meta.get("steps")
+        fix = f"fix: {_RERUN} with recompute=True (CLI --recompute)"
+        if not isinstance(info, dict):
+            raise StaleIndexError(
+                f"the tiling index {self.path.name} has no per-step statistics (written by an "
+                f"older version); {fix}"
+            )
+        path = self.steps_path
+        dtype = np.dtype([(str(n), str(t)) for n, t in info["dtype"]])
+        shape = (int(self.meta["n_rows"]), int(info["n_steps"]))
+        size = path.stat().st_size if path.is_file() else None
+        if size != int(info["bytes"]) or size != shape[0] * shape[1] * dtype.itemsize:
+            found = "is missing" if size is None else f"has {size} bytes, not {info['bytes']}"
+            raise IndexFileError(f"{path} {found}; {fix}")
+        if verify == "sha256" and file_sha256(path) != info["sha256"]:
+            raise IndexFileError(f"{path} changed since it was written (sha256 differs); {fix}")
+        if shape[0] == 0:
+            return np.zeros(shape, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
     def read(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Read the table (compact dtypes), optionally only some columns."""
         return read_index_table(self.path, self.meta, columns=columns)
@@ -171,6 +214,10 @@ class TileIndex:
             f"  file: {self.path}",
         ]
         return "\n".join(lines)
+
+
+def _steps_path(csv: Path) -> Path:
+    return csv.with_name(csv.name[: -len(CSV_SUFFIX)] + STEPS_SUFFIX)
 
 
 class _ProgressBar:
@@ -380,6 +427,8 @@ def prepare_tiling(
     ncell = grid.n_cells[0] * grid.n_cells[1]
     npix = params.n_time_window * params.tile_size[0] * params.tile_size[1]
     state: dict[str, Any] = {"nan": 0, "kept": 0}
+    sdtype = steps_dtype([importance_column(s) for s in params.importance_scales])
+    steps_file = _steps_path(csv)
     t0 = time.perf_counter()
     frames_read = int(windows.frames_needed().size)
     bar = _ProgressBar(frames_read, f"prepare {tid}") if progress else None
@@ -395,30 +444,44 @@ def prepare_tiling(
             source=_source_label(da, dataset_id),
         )
         cb = _FrameCallback(bar, partials_dtype(ncell)) if bar is not None else None
-        try:
-            if cb is not None:
-                cb.register()
-            for blk in blocks:
+        # the steps file is committed before the CSV; the old sidecar goes first so that an
+        # interruption in between leaves no index that looks complete
+        with atomic_write(steps_file, before_commit=lambda: side.unlink(missing_ok=True)) as sfh:
+            try:
+                if cb is not None:
+                    cb.register()
+                for blk in blocks:
+                    if bar is not None:
+                        bar.set(blk.frames_done)
+                    state["nan"] += blk.rejected_nan
+                    k = blk.n_rows
+                    if k == 0:
+                        continue
+                    data: dict[str, Any] = {
+                        "tile_id": np.arange(state["kept"], state["kept"] + k, dtype=np.int64),
+                        "time_start": np.datetime_as_string(blk.time_start, unit="s"),
+                    }
+                    data.update(blk.columns)
+                    state["kept"] += k
+                    assert blk.steps is not None
+                    sfh.write_bytes(np.ascontiguousarray(blk.steps, dtype=sdtype).tobytes())
+                    yield pd.DataFrame(data, columns=columns)
+            finally:
+                if cb is not None:
+                    cb.unregister()
                 if bar is not None:
-                    bar.set(blk.frames_done)
-                state["nan"] += blk.rejected_nan
-                k = blk.n_rows
-                if k == 0:
-                    continue
-                data: dict[str, Any] = {
-                    "tile_id": np.arange(state["kept"], state["kept"] + k, dtype=np.int64),
-                    "time_start": np.datetime_as_string(blk.time_start, unit="s"),
-                }
-                data.update(blk.columns)
-                state["kept"] += k
-                yield pd.DataFrame(data, columns=columns)
-        finally:
-            if cb is not None:
-                cb.unregister()
-            if bar is not None:
-                bar.close()
-        if state["kept"] == 0:
-            raise ParameterError(_no_tile_message(dataset_id, params, wcounts, n_sp, state["nan"]))
+                    bar.close()
+            if state["kept"] == 0:
+                raise ParameterError(
+                    _no_tile_message(dataset_id, params, wcounts, n_sp, state["nan"])
+                )
+        state["steps"] = {
+            "file": steps_file.name,
+            "n_steps": params.n_time_window,
+            "dtype": [[n, sdtype[n].str] for n in sdtype.names or ()],
+            "bytes": sfh.nbytes,
+            "sha256": sfh.sha256,
+        }
 
     def meta() -> dict[str, Any]:
         regimes = windows.regimes
@@ -449,6 +512,7 @@ def prepare_tiling(
             },
             "n_kept": int(state["kept"]),
             "frames_read": frames_read,
+            "steps": state["steps"],
             "cell_size": list(grid.cell),
             "histogram": {
                 "description": (

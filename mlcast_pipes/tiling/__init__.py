@@ -30,6 +30,11 @@ from mlcast_pipes.tiling.stats import (
     TileBlock,
     iter_tile_statistics,
 )
+from mlcast_pipes.tiling.steps import (
+    STEP_FIELDS,
+    steps_dtype,
+    sub_window_statistics,
+)
 from mlcast_pipes.transforms import DEFAULT_CLIP_MAX
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "KERNEL_NAME_PREFIX",
     "N_BINS",
     "REJECT_REASONS",
+    "STEP_FIELDS",
     "KernelSpec",
     "TileBlock",
     "TileGrid",
@@ -54,6 +60,8 @@ __all__ = [
     "importance_weights",
     "iter_tile_statistics",
     "partials_dtype",
+    "steps_dtype",
+    "sub_window_statistics",
     "tile_grid",
     "tiling_id",
     "time_windows",

@@ -34,6 +34,7 @@ from mlcast_pipes.tiling.kernels import (
     window_sum,
 )
 from mlcast_pipes.tiling.params import TilingParams
+from mlcast_pipes.tiling.steps import STEP_FIELDS, steps_dtype
 
 __all__ = [
     "COMPUTE_RETRIES",
@@ -62,7 +63,8 @@ class TileBlock:
     """Kept tiles of one block of the pass: column arrays and progress.
 
     ``columns`` holds every index column except ``tile_id`` and ``time_start`` (``t_start`` is the
-    time index); ``rejected_nan`` counts tiles of valid windows dropped for their NaN fraction.
+    time index); ``rejected_nan`` counts tiles of valid windows dropped for their NaN fraction;
+    ``steps`` is ``(n_rows, n_time_window)`` of :func:`~mlcast_pipes.tiling.steps.steps_dtype`.
 
     Examples
     --------
@@ -81,6 +83,7 @@ class TileBlock:
     rejected_nan: int
     frames_done: int
     frames_total: int
+    steps: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -163,6 +166,7 @@ def iter_tile_statistics(
     )
     pdtype = partials_dtype(ncell)
     weights = importance_weights(params.importance_scales)
+    sdtype = steps_dtype([importance_column(s) for s in params.importance_scales])
     tvals = np.asarray(times).astype("datetime64[ns]")
 
     frames = windows.frames_needed()
@@ -185,6 +189,18 @@ def iter_tile_statistics(
     carry_start = 0
     qcols = [quantile_column(q) for q in params.quantiles]
     icols = [importance_column(s) for s in params.importance_scales]
+
+    def grid_sum(a: np.ndarray) -> np.ndarray:  # (frames, cells, ...) -> (frames, tiles, ...)
+        f, rest = a.shape[0], a.shape[2:]
+        a = a.reshape(f, ncy, ncx, *rest)
+        a = window_sum(window_sum(a, cell_y0, kty, axis=1), cell_x0, ktx, axis=2)
+        return a.reshape(f, nty * ntx, *rest)
+
+    def grid_max(a: np.ndarray) -> np.ndarray:
+        f = a.shape[0]
+        a = window_max(window_max(a.reshape(f, ncy, ncx), cell_y0, kty, axis=1), cell_x0, ktx, 2)
+        return a.reshape(f, nty * ntx)
+
     for b0 in range(0, total, bf):
         b1 = min(b0 + bf, total)
         sub = _select_frames(arr, frames[b0:b1])
@@ -249,6 +265,8 @@ def iter_tile_statistics(
         clip_w = window_sum(cat["clip"], local, n)
         max_w = window_max(cat["max"], local, n)
         hist_w = window_sum(cat["hist"], local, n)
+        f0, f1 = int(local.min()), int(local.max()) + n
+        per_step = cat[f0:f1]
         carry = cat[keep_from - carry_start :].copy()
         carry_start = keep_from
         del cat, res
@@ -302,4 +320,30 @@ def iter_tile_statistics(
         iv = hist_importance(hist_t, weights)
         for j, name in enumerate(icols):
             cols[name] = iv[:, j]
-        yield TileBlock(cols, tvals[t_start], rejected, b1, total)
+        steps = _tile_steps(
+            per_step, weights, sdtype, (local[win_idx] - f0, tile_idx), n, grid_sum, grid_max
+        )
+        yield TileBlock(cols, tvals[t_start], rejected, b1, total, steps)
+
+
+def _tile_steps(
+    per_step: np.ndarray,
+    weights: np.ndarray,
+    sdtype: np.dtype[Any],
+    where: tuple[np.ndarray, np.ndarray],
+    n: int,
+    grid_sum: Callable[[np.ndarray], np.ndarray],
+    grid_max: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Step records ``(rows, n)`` of the kept tiles (first frame, spatial tile) in ``where``."""
+    first, tile = where
+    frame = first[:, None] + np.arange(n)[None, :]
+    tile = tile[:, None]
+    out = np.empty(frame.shape, dtype=sdtype)
+    for name in ("nan", "sum", "wet", "clip"):
+        out[name] = grid_sum(per_step[name])[frame, tile]
+    out["max"] = grid_max(per_step["max"])[frame, tile]
+    imp = grid_sum(per_step["hist"] @ weights)  # bin 0 (dry) has weight 0
+    for j, name in enumerate((sdtype.names or ())[len(STEP_FIELDS) :]):
+        out[name] = imp[frame, tile, j]
+    return out
