@@ -49,10 +49,12 @@ class _TablePlan:
     def read_keys(self) -> np.ndarray:
         # From the source, a read group is a time window; from a training copy every sample is
         # its own chunk and the draws are in random order already: groups of a few draws keep
-        # the plan cheap, the workers' shares even and the first read of an epoch short.
+        # the plan cheap, the workers' shares even and the first read of an epoch short. The
+        # repeats of a row join the group of its first draw: read once, held only while there.
         if self.copy is None:
             return np.asarray(self.cols["t_start"][self.rows])
-        return np.arange(len(self.rows)) // 4
+        _, first, inverse = np.unique(self.rows, return_index=True, return_inverse=True)
+        return np.asarray(first[inverse.reshape(-1)] // 4, dtype=np.int64)
 
 
 class SampleDelivery:

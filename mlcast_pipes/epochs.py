@@ -427,6 +427,9 @@ def plan_buffer(
     forced: list[int] = []
     for k in range(total):
         while read < n_groups and (len(held) < capacity or not buf):
+            if not buf and len(held) >= capacity:  # full of deferred repeats: release some
+                buf.extend(deferred.pop(min(deferred)))
+                continue
             take(read)
             read += 1
         if k % span == 0:

@@ -138,3 +138,37 @@ def test_shuffle_buffer_and_read_ahead_are_checked() -> None:
         SampleDelivery(shuffle_buffer=0)
     with pytest.raises(ParameterError, match="read_ahead"):
         SampleDelivery(read_ahead=-1)
+
+
+def test_training_copy_repeats_are_held_no_longer_than_the_buffer(
+    tiny_archive: Path, index_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weakref
+
+    from mlcast_pipes.indexes.training_copy import copy_path, materialize
+
+    pools = _pools(tiny_archive, index_dir)
+    table, sampling = pools[0]
+    materialize(
+        sampling.table, sampling.meta, table.info, copy_path(index_dir, sampling.sampling_id)
+    )
+    read = SampleDelivery._read
+    arrays: list[weakref.ref[np.ndarray]] = []
+
+    def tracked(self: SampleDelivery, plan: object, rows: np.ndarray) -> list[np.ndarray]:
+        out = read(self, plan, rows)  # type: ignore[arg-type]
+        arrays.extend(weakref.ref(a) for a in out)
+        return out
+
+    monkeypatch.setattr(SampleDelivery, "_read", tracked)
+    n_pool = len(sampling.table)
+    delivery = SampleDelivery(
+        seed=0, n_samples=8 * n_pool, shuffle_buffer=4, read_ahead=0, materialized=True
+    )
+    held, ids = 0, []
+    for record in delivery.records(pools, 0, Shard(), EpochOrder(batch_size=4)):
+        ids.append(record.sample_id)
+        del record
+        held = max(held, sum(ref() is not None for ref in arrays))
+    assert len(ids) == 8 * n_pool and len(arrays) == len(set(ids))  # each row read once
+    assert held <= 4 + 8  # the buffer and one group of 4 draws (and the record being built)

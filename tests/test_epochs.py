@@ -216,3 +216,28 @@ def test_plan_buffer_refuses_an_empty_buffer():
 
     with pytest.raises(ParameterError, match="shuffle_buffer"):
         plan_buffer([], np.zeros(0), np.zeros(0), capacity=0, span=4, rng=np.random.default_rng())
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 4, 8])
+def test_plan_buffer_holds_at_most_its_capacity_plus_one_group(capacity):
+    from mlcast_pipes.epochs import plan_buffer
+
+    # windows of a few rows drawn many times (rare bins): deferred repeats pile up while the
+    # buffer runs empty; they must be released before another window is read
+    rng = np.random.default_rng(5)
+    groups, rows, windows = [], [], []
+    for w in range(12):
+        members = []
+        for _ in range(int(rng.integers(4, 12))):
+            members.append(len(rows))
+            rows.append(100 * w + int(rng.integers(3)))
+            windows.append(w)
+        groups.append(np.asarray(members))
+    rows_a, windows_a = np.asarray(rows), np.asarray(windows)
+    largest = max(len(np.unique(rows_a[g])) for g in groups)
+    for seed in range(20):
+        plan = plan_buffer(
+            groups, rows_a, windows_a, capacity=capacity, span=4, rng=np.random.default_rng(seed)
+        )
+        assert sorted(plan.order.tolist()) == list(range(len(rows)))
+        assert plan.peak_held <= capacity + largest
