@@ -172,3 +172,64 @@ def test_training_copy_repeats_are_held_no_longer_than_the_buffer(
         held = max(held, sum(ref() is not None for ref in arrays))
     assert len(ids) == 8 * n_pool and len(arrays) == len(set(ids))  # each row read once
     assert held <= 4 + 8  # the buffer and one group of 4 draws (and the record being built)
+
+
+def test_ranks_workers_and_archives_share_every_record_once(
+    tiny_archive: Path, index_dir: Path
+) -> None:
+    from collections import Counter
+
+    pools = _binnorm_pools(tiny_archive, index_dir) + _pools(tiny_archive, index_dir)
+    delivery = SampleDelivery(seed=4, n_samples=37, load=False, shuffle_buffer=8)
+    order = EpochOrder(batch_size=4)
+
+    def key(r: object) -> tuple[int, int, int]:
+        return (r.n_time, r.sample_id, r.t_start)  # type: ignore[attr-defined]
+
+    whole = Counter(key(r) for r in delivery.records(pools, 0, Shard(), order))
+    assert sum(whole.values()) == 74
+    for ranks, workers in ((2, 2), (3, 2)):
+        got: Counter[tuple[int, int, int]] = Counter()
+        per_rank = [0] * ranks
+        for i in range(ranks * workers):
+            shard = Shard(ranks * workers, i, ranks)
+            records = list(delivery.records(pools, 0, shard, order))
+            per_rank[shard.rank] += len(records)
+            got.update(key(r) for r in records if not r.padded)
+        assert got == whole  # every record once, padding aside
+        assert len(set(per_rank)) == 1  # every rank the same count
+
+
+def test_read_errors_reach_the_consumer_and_no_read_thread_outlives_its_epoch(
+    tiny_archive: Path, index_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    pools = _binnorm_pools(tiny_archive, index_dir)
+    delivery = SampleDelivery(seed=0, n_samples=60, shuffle_buffer=8, read_ahead=2)
+
+    def threads() -> int:
+        return sum(t.name.startswith("mlcast-read-ahead") for t in threading.enumerate())
+
+    for epoch in range(6):  # left after a few records, closed, or abandoned
+        records = delivery.records(pools, epoch, Shard(), EpochOrder(batch_size=4))
+        for k, _ in enumerate(records):
+            if k == 5:
+                break
+        if epoch % 2:
+            records.close()
+        del records
+        assert threads() == 0
+    read = SampleDelivery._read
+    calls = []
+
+    def failing(self: SampleDelivery, plan: object, rows: np.ndarray) -> list[np.ndarray]:
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise OSError("chunk store unreachable")
+        return read(self, plan, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SampleDelivery, "_read", failing)
+    with pytest.raises(OSError, match="unreachable"):
+        list(delivery.records(pools, 0, Shard(), EpochOrder(batch_size=4)))
+    assert threads() == 0
