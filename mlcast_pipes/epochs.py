@@ -445,10 +445,12 @@ def plan_buffer(
             pick = buf.index(forced.pop())
         else:
             pick = -1
-            for _ in range(8):  # a random record of a new row and window, if one comes up
+            for attempt in range(16):  # a random record of a new row (and window), if one comes
                 j = int(rng.integers(len(buf)))
                 item = buf[j]
-                if int(rows[item]) not in in_batch and int(windows[item]) not in batch_windows:
+                if int(rows[item]) not in in_batch and (
+                    attempt >= 8 or int(windows[item]) not in batch_windows
+                ):
                     pick = j
                     break
             if pick < 0:
