@@ -201,3 +201,67 @@ def _latency_run(
         "latency_requests_per_epoch": round(requests / max(1, epochs - 1), 1),
         "latency_samples_checked": counts,
     }
+
+
+def _worker_memory(
+    path: Path,
+    *,
+    n_time_window: int,
+    tile_size: tuple[int, int],
+    fraction: float,
+    batch_size: int,
+    workers: int,
+    peak: Any,
+) -> dict[str, Any]:
+    """Peak RSS/USS per DataLoader2 worker over one epoch of the read chain, then samples/s.
+
+    ``peak`` is the children's memory sampler of the package (``_ChildrenPeakRSS``); the first
+    epoch, start-up included, is sampled, the second timed without sampling.
+    """
+    import tempfile
+
+    import mlcast_pipes as mp
+    from mlcast_pipes.reader import close_readers, get_reader
+    from mlcast_pipes.reader.frames import DECODE_BUDGET
+
+    with tempfile.TemporaryDirectory(prefix="mlcast-bench-") as tmp:
+        tiles = mp.OpenXarrayDataset(str(path)).tile(
+            n_time_window=n_time_window, tile_size=tile_size, index_dir=Path(tmp)
+        )
+        table = tiles.plan.table(next(iter(tiles.source_datapipe)))
+        n_tiles = max(1, round(fraction * len(table.rows)))
+        chain = (
+            tiles.sample("uniform", seed=0, n_tiles=n_tiles, materialized=False)
+            .normalize()
+            .to_tensor(batch_size=batch_size)
+        )
+        close_readers()
+        loader = mp.make_dataloader(chain, num_workers=workers)
+        counts, seconds = [], []
+        try:
+            with peak(interval_s=0.05) as mem:
+                t0 = time.perf_counter()
+                counts.append(sum(int(b.shape[0]) for b in loader))
+                seconds.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            counts.append(sum(int(b.shape[0]) for b in loader))
+            seconds.append(time.perf_counter() - t0)
+        finally:
+            loader.shutdown()
+        spec = table.info.spec
+        shape = [int(v) for v in get_reader(spec.url, spec.var_name).shape]
+        close_readers()
+    return {
+        "archive": str(path),
+        "shape": shape,
+        "frame_mb": round(shape[1] * shape[2] * 4 / 2**20, 1),
+        "decode_budget_mb": round(DECODE_BUDGET / 2**20, 1),
+        "tile": f"{n_time_window}x{tile_size[0]}x{tile_size[1]}",
+        "workers": workers,
+        "samples_per_epoch": counts[0],
+        "peak_rss_per_worker_mb": round(mem.peak / 2**20, 1),
+        "peak_uss_per_worker_mb": round(getattr(mem, "peak_uss", 0) / 2**20, 1),
+        "first_epoch_samples_per_s": round(counts[0] / seconds[0], 1),
+        "samples_per_s": round(counts[1] / seconds[1], 1),
+        "samples_checked": counts,
+    }
