@@ -69,6 +69,14 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
     assert out["latency_samples_checked"] == [n, n]
     assert out["latency_requests_per_epoch"] > 0
     assert out["latency_over_local"] > 0
+    assert out["latency_peak_requests_in_flight"] >= 1
+    # the reader alone over HTTP: one window per call, then four (more chunk fetches at once)
+    for key in ("latency_reader", "latency_reader_4_windows"):
+        assert out[f"{key}_samples_per_s"] > 0 and out[f"{key}_over_local"] > 0
+    peaks = [
+        out[f"{k}_peak_requests_in_flight"] for k in ("latency_reader", "latency_reader_4_windows")
+    ]
+    assert min(peaks) >= 1
 
 
 def test_bench_read_twice_in_one_index_dir(tiny_archive: Path, tmp_path: Path) -> None:

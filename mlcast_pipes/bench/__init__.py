@@ -299,7 +299,8 @@ def bench_read(
     once (``floor_threads``) and log-transforms the samples' pixels (``c_over_floor``, and the
     load-robust ``floor_cpu_over_c_cpu``); batch quality counts duplicates and distinct windows
     per delivered binnorm batch against a shuffle of the same samples; ``latency_ms`` runs (c)
-    over a loopback HTTP server that sleeps that long per request (``latency_over_local``).
+    over a loopback HTTP server that sleeps that long per request (``latency_over_local``), and
+    the reader alone on the epoch's windows, one and four per call, against the local reader.
 
     Examples
     --------
@@ -398,20 +399,21 @@ def bench_read(
         # the reader called directly on the epoch's read groups, against the sampler alone
         # (no normalize/tensor); alternated twice, best of each, so file caches treat both alike
         groups = plan_shard(pool["t_start"].to_numpy()[rows], seed=0, epoch=0, shard=Shard())
+        window_reads = [
+            [
+                TileRequest(int(t_start[i]), int(n_time[i]), int(ys[i]), ty, int(xs[i]), tx)
+                for i in g
+            ]
+            for g in groups
+        ]
         direct_s = sampler_s = float("inf")
         n_sampler = 0
         for _ in range(2):
             close_readers()
             reader = get_reader(spec.url, spec.var_name)
             t0 = time.perf_counter()
-            for g in groups:
-                reader.read_tiles(
-                    [
-                        TileRequest(int(t_start[i]), int(n_time[i]), int(ys[i]), ty, int(xs[i]), tx)
-                        for i in g
-                    ],
-                    cache=False,  # as the sampler reads its groups
-                )
+            for requests in window_reads:
+                reader.read_tiles(requests, cache=False)  # as the sampler reads its groups
             direct_s = min(direct_s, time.perf_counter() - t0)
             close_readers()
             sampler_only = chain(tensor=False)
@@ -472,9 +474,19 @@ def bench_read(
         latency: dict[str, Any] = {}
         if latency_ms is not None:
             latency = _latency_run(
-                Path(path), folder / "http", float(latency_ms), chain, workers, epochs
+                Path(path),
+                folder / "http",
+                float(latency_ms),
+                chain,
+                workers,
+                epochs,
+                window_reads,
+                spec.var_name,
             )
             latency["latency_over_local"] = round(latency["latency_samples_per_s"] / rates_c[1], 3)
+            for key in ("latency_reader_samples_per_s", "latency_reader_4_windows_samples_per_s"):
+                ratio = latency[key] * direct_s / n_epoch
+                latency[key.replace("samples_per_s", "over_local")] = round(ratio, 3)
             _stage("latency")
 
         # (d) as (c), on the training copy (one sample per chunk)

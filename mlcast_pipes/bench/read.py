@@ -164,18 +164,29 @@ def _batch_quality(batches: Iterable[Any], batch_size: int, seed: int = 0) -> di
 
 
 def _latency_run(
-    archive: Path, index_dir: Path, delay_ms: float, chain: Any, workers: int, epochs: int
+    archive: Path,
+    index_dir: Path,
+    delay_ms: float,
+    chain: Any,
+    workers: int,
+    epochs: int,
+    window_reads: Sequence[Sequence[Any]] = (),
+    var_name: str = "",
 ) -> dict[str, Any]:
     """Samples/s of the chain under DataLoader2 reading ``archive`` over loopback HTTP.
 
     The server answers at once while the index is prepared and the first (start-up) epoch runs,
-    then sleeps ``delay_ms`` per request for the timed epochs; it stops before returning.
+    then sleeps ``delay_ms`` per request for the timed epochs; then a reader of ``var_name`` alone
+    reads ``window_reads`` (tile requests per window), one and four windows per call. The server
+    stops before returning.
     """
     import mlcast_pipes as mp
     from mlcast_pipes.bench.server import _LatencyServer
-    from mlcast_pipes.reader import close_readers
+    from mlcast_pipes.reader import FrameReader, close_readers
 
     close_readers()
+    reader_rates: dict[int, float] = {}
+    reader_peaks: dict[int, int] = {}
     with _LatencyServer(archive.parent, 0.0) as server:
         url = f"{server.url}/{archive.name}"
         loader = mp.make_dataloader(chain(source=url, where=index_dir), num_workers=workers)
@@ -185,6 +196,7 @@ def _latency_run(
                 if epoch == 1:
                     server.delay_s = delay_ms / 1000.0
                     before = server.requests
+                    server.peak_in_flight = 0
                 n = 0
                 t0 = time.perf_counter()
                 for batch in loader:
@@ -195,12 +207,34 @@ def _latency_run(
             loader.shutdown()
             close_readers()
         requests = server.requests - before
-    return {
+        peak = server.peak_in_flight
+        for per_call in (1, 4) if window_reads else ():
+            reader = FrameReader(url, var_name)
+            _ = reader.shape  # opened before timing
+            server.peak_in_flight = 0
+            n = 0
+            t0 = time.perf_counter()
+            for k in range(0, len(window_reads), per_call):
+                tiles = [r for w in window_reads[k : k + per_call] for r in w]
+                n += len(reader.read_tiles(tiles, cache=False))
+            reader_rates[per_call] = n / (time.perf_counter() - t0)
+            reader_peaks[per_call] = server.peak_in_flight
+            reader.close()
+    figures: dict[str, Any] = {
         "latency_ms": delay_ms,
         "latency_samples_per_s": round(sum(counts[1:]) / sum(seconds[1:]), 1),
         "latency_requests_per_epoch": round(requests / max(1, epochs - 1), 1),
+        "latency_peak_requests_in_flight": peak,
         "latency_samples_checked": counts,
     }
+    if reader_rates:
+        figures |= {
+            "latency_reader_samples_per_s": round(reader_rates[1], 1),
+            "latency_reader_4_windows_samples_per_s": round(reader_rates[4], 1),
+            "latency_reader_peak_requests_in_flight": reader_peaks[1],
+            "latency_reader_4_windows_peak_requests_in_flight": reader_peaks[4],
+        }
+    return figures
 
 
 def _worker_memory(
