@@ -7,6 +7,7 @@ import contextlib
 import heapq
 import math
 import os
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -171,6 +172,7 @@ class FrameReader:
         self._tchunk = 1
         self._chunks: ChunkReader | None = None
         self._cf = _CFDecoding()
+        self._limit = 0  # chunks in flight per read (0: not computed yet)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -477,13 +479,14 @@ class FrameReader:
         chunks = self._chunks
         chunks.known_absent = _KNOWN_ABSENT.get((self.url, self.var_name))
         chunks.warn_missing = os.environ.get(MISSING_CHUNKS_ENV, "").lower() == "warn"
-        limit = self._in_flight_limit()
+        limit = self._limit = self._limit or self._in_flight_limit()
         lend = self._tchunk == 1 and chunks.direct
         # to start, smallest first: (index in units, not before (monotonic), attempt, deadline)
         todo: list[tuple[int, float, int, float | None]] = [
             (k, 0.0, 0, None) for k in range(len(units))
         ]
         running: dict[concurrent.futures.Future[Any], tuple[int, int, float | None, Any]] = {}
+        finished: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
         held: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # decoded, not yet cached
         ordered, next_k = cache, 0
         try:
@@ -497,6 +500,7 @@ class FrameReader:
                     out = self._lend() if lend else None
                     future = chunks.start(units[k][0] // self._tchunk, out, then, timeout)
                     running[future] = (k, attempt, deadline, out)
+                    future.add_done_callback(finished.put)
                 if not running:
                     if held:  # the window is full of frames waiting for a retried one: cache them
                         ordered = False
@@ -506,9 +510,12 @@ class FrameReader:
                         time.sleep(max(todo[0][1] - now, 0.0))
                     continue
                 wait = todo[0][1] - now if todo and len(running) + len(held) < limit else None
-                done, _ = concurrent.futures.wait(
-                    running, timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
-                )
+                try:
+                    done = [finished.get(timeout=wait)]
+                except queue.Empty:
+                    continue
+                while not finished.empty():
+                    done.append(finished.get_nowait())
                 for future in done:
                     k, attempt, deadline, out = running.pop(future)
                     outcome = future.result()
@@ -590,7 +597,7 @@ class FrameReader:
         """Keep the decode buffers of frames that left the cache, within the decode budget."""
         if self._chunks is None:
             return
-        limit = self._in_flight_limit()
+        limit = self._limit or self._in_flight_limit()
         for frame in frames:
             block = frame if frame.base is None else frame.base
             if (
