@@ -187,6 +187,7 @@ def _latency_run(
     close_readers()
     reader_rates: dict[int, float] = {}
     reader_peaks: dict[int, int] = {}
+    reader_means: dict[int, float] = {}
     with _LatencyServer(archive.parent, 0.0) as server:
         url = f"{server.url}/{archive.name}"
         loader = mp.make_dataloader(chain(source=url, where=index_dir), num_workers=workers)
@@ -195,8 +196,7 @@ def _latency_run(
             for epoch in range(epochs):
                 if epoch == 1:
                     server.delay_s = delay_ms / 1000.0
-                    before = server.requests
-                    server.peak_in_flight = 0
+                    before, busy = server.requests, server.busy_s
                 n = 0
                 t0 = time.perf_counter()
                 for batch in loader:
@@ -207,24 +207,26 @@ def _latency_run(
             loader.shutdown()
             close_readers()
         requests = server.requests - before
-        peak = server.peak_in_flight
+        in_flight = (server.busy_s - busy) / sum(seconds[1:])
         for per_call in (1, 4) if window_reads else ():
             reader = FrameReader(url, var_name)
             _ = reader.shape  # opened before timing
             server.peak_in_flight = 0
-            n = 0
+            n, busy = 0, server.busy_s
             t0 = time.perf_counter()
             for k in range(0, len(window_reads), per_call):
                 tiles = [r for w in window_reads[k : k + per_call] for r in w]
                 n += len(reader.read_tiles(tiles, cache=False))
-            reader_rates[per_call] = n / (time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            reader_rates[per_call] = n / elapsed
             reader_peaks[per_call] = server.peak_in_flight
+            reader_means[per_call] = (server.busy_s - busy) / elapsed
             reader.close()
     figures: dict[str, Any] = {
         "latency_ms": delay_ms,
         "latency_samples_per_s": round(sum(counts[1:]) / sum(seconds[1:]), 1),
         "latency_requests_per_epoch": round(requests / max(1, epochs - 1), 1),
-        "latency_peak_requests_in_flight": peak,
+        "latency_mean_requests_in_flight": round(in_flight, 1),
         "latency_samples_checked": counts,
     }
     if reader_rates:
@@ -233,6 +235,8 @@ def _latency_run(
             "latency_reader_4_windows_samples_per_s": round(reader_rates[4], 1),
             "latency_reader_peak_requests_in_flight": reader_peaks[1],
             "latency_reader_4_windows_peak_requests_in_flight": reader_peaks[4],
+            "latency_reader_mean_requests_in_flight": round(reader_means[1], 1),
+            "latency_reader_4_windows_mean_requests_in_flight": round(reader_means[4], 1),
         }
     return figures
 

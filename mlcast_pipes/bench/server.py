@@ -33,11 +33,13 @@ class _Handler(SimpleHTTPRequestHandler):
             server.requests += 1
             server.in_flight += 1
             server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+        t0 = time.perf_counter()
         try:
             time.sleep(server.delay_s)
         finally:
             with server.lock:
                 server.in_flight -= 1
+                server.busy_s += time.perf_counter() - t0
 
     def do_GET(self) -> None:
         self._wait()
@@ -52,7 +54,8 @@ class _LatencyServer(ThreadingHTTPServer):
     """``with _LatencyServer(folder, delay_ms) as server:`` serves ``folder`` at ``server.url``.
 
     ``delay_s`` may be changed while it runs (e.g. 0 while an index is prepared); ``requests``
-    counts the requests answered, ``peak_in_flight`` the most answered at once (resettable).
+    counts the requests answered, ``peak_in_flight`` the most answered at once (resettable) and
+    ``busy_s`` the seconds they spent waiting, summed (over a span of time: the mean in flight).
     """
 
     daemon_threads = True
@@ -65,6 +68,7 @@ class _LatencyServer(ThreadingHTTPServer):
         self.requests = 0
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.busy_s = 0.0
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
