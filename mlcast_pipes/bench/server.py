@@ -2,8 +2,9 @@
 
 Used by ``mlcast-pipes bench --latency-ms N``: it serves a local folder on 127.0.0.1 (an
 ephemeral port) from a background thread and stops when its ``with`` block ends. Connections
-are kept alive (HTTP/1.1) and the listen backlog is deep, as with an object store: a short
-backlog drops the connections of concurrent fetches, which the client retries a second later.
+are kept alive (HTTP/1.1, without Nagle's delay) and the listen backlog is deep, as with an
+object store: a short backlog drops the connections of concurrent fetches, which the client
+retries a second later.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class _Handler(SimpleHTTPRequestHandler):
 
     server: _LatencyServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else a kept-alive connection waits for a delayed ACK
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
