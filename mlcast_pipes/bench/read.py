@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import multiprocessing
 import time
 import warnings
 from collections import defaultdict
@@ -163,6 +164,35 @@ def _batch_quality(batches: Iterable[Any], batch_size: int, seed: int = 0) -> di
     }
 
 
+def _timed_reads(
+    url: str,
+    var_name: str,
+    window_reads: Sequence[Sequence[Any]],
+    per_call: int,
+    opened: Any,
+    go: Any,
+    result: Any,
+) -> None:
+    """Time a new reader on ``window_reads``, ``per_call`` windows per call (a child process).
+
+    It opens the archive, sets ``opened``, waits for ``go``, reads, then puts (tiles, seconds)
+    on ``result``.
+    """
+    from mlcast_pipes.reader import FrameReader
+
+    reader = FrameReader(url, var_name)
+    _ = reader.shape
+    opened.set()
+    go.wait()
+    n = 0
+    t0 = time.perf_counter()
+    for k in range(0, len(window_reads), per_call):
+        tiles = [r for w in window_reads[k : k + per_call] for r in w]
+        n += len(reader.read_tiles(tiles, cache=False))
+    result.put((n, time.perf_counter() - t0))
+    reader.close()
+
+
 def _latency_run(
     archive: Path,
     index_dir: Path,
@@ -182,7 +212,7 @@ def _latency_run(
     """
     import mlcast_pipes as mp
     from mlcast_pipes.bench.server import _LatencyServer
-    from mlcast_pipes.reader import FrameReader, close_readers
+    from mlcast_pipes.reader import close_readers
 
     close_readers()
     reader_rates: dict[int, float] = {}
@@ -209,19 +239,30 @@ def _latency_run(
         requests = server.requests - before
         in_flight = (server.busy_s - busy) / sum(seconds[1:])
         for per_call in (1, 4) if window_reads else ():
-            reader = FrameReader(url, var_name)
-            _ = reader.shape  # opened before timing
-            server.peak_in_flight = 0
-            n, busy = 0, server.busy_s
-            t0 = time.perf_counter()
-            for k in range(0, len(window_reads), per_call):
-                tiles = [r for w in window_reads[k : k + per_call] for r in w]
-                n += len(reader.read_tiles(tiles, cache=False))
-            elapsed = time.perf_counter() - t0
+            # in a child process, as the workers read: not sharing this process's GIL with the
+            # server; counted from when its reader is open
+            ctx = multiprocessing.get_context("fork")
+            opened, go, result = ctx.Event(), ctx.Event(), ctx.SimpleQueue()
+            child = ctx.Process(
+                target=_timed_reads,
+                args=(url, var_name, window_reads, per_call, opened, go, result),
+                daemon=True,
+            )
+            child.start()
+            try:
+                if not opened.wait(60):
+                    raise RuntimeError("the reader process did not open the archive within 60 s")
+                server.peak_in_flight = 0
+                busy = server.busy_s
+                go.set()
+                n, elapsed = result.get()
+            finally:
+                child.join(10)
+                if child.is_alive():
+                    child.kill()
             reader_rates[per_call] = n / elapsed
             reader_peaks[per_call] = server.peak_in_flight
             reader_means[per_call] = (server.busy_s - busy) / elapsed
-            reader.close()
     figures: dict[str, Any] = {
         "latency_ms": delay_ms,
         "latency_samples_per_s": round(sum(counts[1:]) / sum(seconds[1:]), 1),
