@@ -259,6 +259,40 @@ class ChunkReader:
         except Exception as exc:
             return exc
 
+    @property
+    def is_local(self) -> bool:
+        """Whether chunks are read from local files (else through the store, e.g. remote)."""
+        return self._local is not None
+
+    def start(
+        self,
+        index: int,
+        out: np.ndarray | None = None,
+        then: OnChunk | None = None,
+        timeout: float | None = None,
+    ) -> concurrent.futures.Future[Any]:
+        """Start reading chunk ``index``; the future's result is the chunk or the exception.
+
+        ``out``, ``then`` and ``timeout`` are as in :meth:`submit`. Local files are read and
+        decoded by the chunk thread pool; remote chunks are fetched on zarr's event loop (many
+        at once) and decoded in a thread as soon as each one arrives.
+        """
+        if self._local is not None:
+            return _thread_pool().submit(self._read_local, int(index), out, then)
+        if self._async is None:  # not a zarr 3 array: read at once
+            done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            done.set_result(self._read_sync(int(index), then))
+            return done
+        from zarr.core.sync import _get_loop
+
+        async def bounded() -> Any:
+            try:
+                return await asyncio.wait_for(self._read_async(int(index), out, then), timeout)
+            except TimeoutError:
+                return TimeoutError(f"chunk {index} was not read within {timeout:.3g} s")
+
+        return asyncio.run_coroutine_threadsafe(bounded(), _get_loop())
+
     def submit(
         self,
         indices: Sequence[int],
@@ -276,32 +310,9 @@ class ChunkReader:
         outs = list(out) if out is not None else [None] * len(indices)
         if len(outs) != len(indices):
             raise ValueError(f"{len(outs)} buffers given for {len(indices)} chunks")
-        if self._local is not None:  # local files: one pool task reads and decodes each chunk
-            pool = _thread_pool()
-            return PendingChunks(
-                [
-                    pool.submit(self._read_local, int(i), o, then)
-                    for i, o in zip(indices, outs, strict=True)
-                ]
-            )
-        if self._async is None:  # not a zarr 3 array: read one chunk after the other
-            done: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
-            done.set_result([self._read_sync(int(i), then) for i in indices])
-            return PendingChunks([done], gathered=True)
-        from zarr.core.sync import _get_loop
-
-        async def bounded(index: int, o: np.ndarray | None) -> Any:
-            try:
-                return await asyncio.wait_for(self._read_async(index, o, then), timeout)
-            except TimeoutError:
-                return TimeoutError(f"chunk {index} was not read within {timeout:.3g} s")
-
-        async def gather() -> list[Any]:
-            jobs = (bounded(int(i), o) for i, o in zip(indices, outs, strict=True))
-            return list(await asyncio.gather(*jobs))
-
-        future = asyncio.run_coroutine_threadsafe(gather(), _get_loop())
-        return PendingChunks([future], gathered=True)
+        return PendingChunks(
+            [self.start(i, o, then, timeout) for i, o in zip(indices, outs, strict=True)]
+        )
 
     def read(
         self,
@@ -327,19 +338,13 @@ class PendingChunks:
 
     """
 
-    def __init__(
-        self, futures: list[concurrent.futures.Future[Any]], *, gathered: bool = False
-    ) -> None:
+    def __init__(self, futures: list[concurrent.futures.Future[Any]]) -> None:
         self._futures = futures
-        self._gathered = gathered  # one future whose result is the list of outcomes
         #: ``time.monotonic()`` by which the reads must be done (None: unbounded); set by callers
         self.deadline: float | None = None
 
     def result(self) -> list[Any]:
         """One outcome per chunk (array or exception), in the order asked for."""
-        if self._gathered:
-            outcomes: list[Any] = self._futures[0].result()
-            return outcomes
         return [f.result() for f in self._futures]
 
     def cancel(self) -> None:

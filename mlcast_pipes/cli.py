@@ -248,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure prepare and training-read throughput", **fmt)
     bench.add_argument(
-        "--what", choices=("prepare", "read", "all"), default="all", help="what to measure"
+        "--what",
+        choices=("prepare", "read", "memory", "all"),
+        default="all",
+        help="what to measure (memory: peak RSS per worker on large frames; not in all)",
     )
     _add_choice(
         bench, "--preset", _demo_presets, default="itdpc", help="demo archive to measure on"
@@ -280,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="also read over a loopback HTTP server sleeping this long per request (read)",
+    )
+    bench.add_argument(
+        "--frame-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("Y", "X"),
+        help="frame size of the memory benchmark's demo archive (default 3500 7000)",
     )
     bench.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
@@ -546,6 +557,7 @@ def _bench(args: argparse.Namespace) -> int:
         tile_size=_tile_size(args.tile_size),
         n_time_window=args.n_time_window,
         latency_ms=args.latency_ms,
+        frame_size=None if args.frame_size is None else tuple(args.frame_size),
         progress=not args.no_progress,
     )
     print(report)

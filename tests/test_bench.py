@@ -69,6 +69,14 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
     assert out["latency_samples_checked"] == [n, n]
     assert out["latency_requests_per_epoch"] > 0
     assert out["latency_over_local"] > 0
+    assert out["latency_mean_requests_in_flight"] > 0
+    # the reader alone over HTTP: one window per call, then four (more chunk fetches at once)
+    for key in ("latency_reader", "latency_reader_4_windows"):
+        assert out[f"{key}_samples_per_s"] > 0 and out[f"{key}_over_local"] > 0
+    peaks = [
+        out[f"{k}_peak_requests_in_flight"] for k in ("latency_reader", "latency_reader_4_windows")
+    ]
+    assert min(peaks) >= 1
 
 
 def test_bench_read_twice_in_one_index_dir(tiny_archive: Path, tmp_path: Path) -> None:
@@ -142,6 +150,7 @@ def test_latency_server_delays_each_request_and_stops(tmp_path: Path) -> None:
             with urllib.request.urlopen(url, timeout=5) as response:
                 assert response.read() == b"x" * 100
             assert time.perf_counter() - t0 >= 0.06
+        assert server.busy_s >= 0.12 and server.peak_in_flight == 1 and server.in_flight == 0
         server.delay_s = 0.0
         with urllib.request.urlopen(url, timeout=5) as response:
             response.read()
@@ -149,3 +158,27 @@ def test_latency_server_delays_each_request_and_stops(tmp_path: Path) -> None:
     assert not server.running
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def test_memory_bench_on_a_generated_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--what memory`` generates its gap-free archive once and reports each worker's peak."""
+    import json
+
+    from mlcast_pipes.cli import main
+
+    monkeypatch.setenv("MLCAST_PIPES_CACHE", str(tmp_path / "cache"))
+    argv = ["bench", "--what", "memory", "--frame-size", "256", "256", "--n-times", "12"]
+    argv += ["--n-time-window", "4", "--tile-size", "64", "--workers", "1", "--no-progress"]
+    for _ in range(2):
+        assert main([*argv, "--json", str(tmp_path / "m.json")]) == 0
+        out = json.loads((tmp_path / "m.json").read_text())["memory"]
+        assert out["shape"] == [12, 256, 256]
+        assert out["samples_checked"] == [out["samples_per_epoch"]] * 2
+        assert out["samples_per_epoch"] > 0 and out["samples_per_s"] > 0
+        assert out["peak_rss_per_worker_mb"] >= out["peak_uss_per_worker_mb"] > 0
+    assert "archive_generated_s" not in out  # the second run reused the archive
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [
+        "bench-itdpc-t12-256x256-seed0.zarr"
+    ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -27,6 +28,7 @@ from mlcast_pipes.bench.read import (
     _dask_free_rate,
     _decode_floor,
     _latency_run,
+    _worker_memory,
 )
 from mlcast_pipes.errors import DatasetError, ParameterError
 
@@ -115,7 +117,10 @@ def _stage(name: str) -> None:
 
 
 #: Stages of each benchmark, as :func:`_stage` ticks them (one more for ``read`` with latency).
-_N_STAGES = {"prepare": 6, "read": 9}
+_N_STAGES = {"prepare": 6, "read": 9, "memory": 2}
+#: Frames and frame size (y, x) of the archive of ``mlcast-pipes bench --what memory``.
+_MEMORY_FRAMES = 36
+_MEMORY_FRAME_SIZE = (3500, 7000)
 
 
 def bench_prepare(
@@ -294,7 +299,8 @@ def bench_read(
     once (``floor_threads``) and log-transforms the samples' pixels (``c_over_floor``, and the
     load-robust ``floor_cpu_over_c_cpu``); batch quality counts duplicates and distinct windows
     per delivered binnorm batch against a shuffle of the same samples; ``latency_ms`` runs (c)
-    over a loopback HTTP server that sleeps that long per request (``latency_over_local``).
+    over a loopback HTTP server that sleeps that long per request (``latency_over_local``), and
+    the reader alone on the epoch's windows, one and four per call, against the local reader.
 
     Examples
     --------
@@ -393,20 +399,21 @@ def bench_read(
         # the reader called directly on the epoch's read groups, against the sampler alone
         # (no normalize/tensor); alternated twice, best of each, so file caches treat both alike
         groups = plan_shard(pool["t_start"].to_numpy()[rows], seed=0, epoch=0, shard=Shard())
+        window_reads = [
+            [
+                TileRequest(int(t_start[i]), int(n_time[i]), int(ys[i]), ty, int(xs[i]), tx)
+                for i in g
+            ]
+            for g in groups
+        ]
         direct_s = sampler_s = float("inf")
         n_sampler = 0
         for _ in range(2):
             close_readers()
             reader = get_reader(spec.url, spec.var_name)
             t0 = time.perf_counter()
-            for g in groups:
-                reader.read_tiles(
-                    [
-                        TileRequest(int(t_start[i]), int(n_time[i]), int(ys[i]), ty, int(xs[i]), tx)
-                        for i in g
-                    ],
-                    cache=False,  # as the sampler reads its groups
-                )
+            for requests in window_reads:
+                reader.read_tiles(requests, cache=False)  # as the sampler reads its groups
             direct_s = min(direct_s, time.perf_counter() - t0)
             close_readers()
             sampler_only = chain(tensor=False)
@@ -467,9 +474,19 @@ def bench_read(
         latency: dict[str, Any] = {}
         if latency_ms is not None:
             latency = _latency_run(
-                Path(path), folder / "http", float(latency_ms), chain, workers, epochs
+                Path(path),
+                folder / "http",
+                float(latency_ms),
+                chain,
+                workers,
+                epochs,
+                window_reads,
+                spec.var_name,
             )
             latency["latency_over_local"] = round(latency["latency_samples_per_s"] / rates_c[1], 3)
+            for key in ("latency_reader_samples_per_s", "latency_reader_4_windows_samples_per_s"):
+                ratio = latency[key] * direct_s / n_epoch
+                latency[key.replace("samples_per_s", "over_local")] = round(ratio, 3)
             _stage("latency")
 
         # (d) as (c), on the training copy (one sample per chunk)
@@ -555,13 +572,16 @@ def run_bench(
     tile_size: tuple[int, int] = (128, 128),
     n_time_window: int = 12,
     latency_ms: float | None = None,
+    frame_size: tuple[int, int] | None = None,
     progress: bool = False,
 ) -> str:
-    """Run the benchmarks of ``mlcast-pipes bench`` (``what``: prepare, read, all); return a report.
+    """Run the benchmarks of ``mlcast-pipes bench`` (``what``: prepare, read, memory, all).
 
     Measures a cached demo archive of ``preset`` unless ``path`` is given; ``json_path`` also
     writes the figures as JSON; ``latency_ms`` adds the read chain over a slow loopback server;
-    ``progress`` shows a bar on stderr. Other options go to :func:`bench_prepare` /
+    ``progress`` shows a bar on stderr; returns the report. ``memory`` measures the peak memory
+    per DataLoader2 worker over an epoch on a cached demo archive of 36 frames of ``frame_size``
+    (default 3500x7000; ``path`` if given). Other options go to :func:`bench_prepare` /
     :func:`bench_read`.
 
     Examples
@@ -580,9 +600,13 @@ def run_bench(
     """
     import json
 
-    if what not in ("prepare", "read", "all"):
-        raise ParameterError(f"what must be 'prepare', 'read' or 'all', got {what!r}")
-    if path is None:
+    if what not in ("prepare", "read", "memory", "all"):
+        raise ParameterError(f"what must be 'prepare', 'read', 'memory' or 'all', got {what!r}")
+    results: dict[str, Any] = {}
+    sections = ("prepare", "read") if what == "all" else (what,)
+    if what == "memory":
+        path = _memory_archive(path, preset, n_times, frame_size, progress, results)
+    elif path is None:
         from mlcast_pipes.catalog import demo_cache_dir
         from mlcast_pipes.demo import ensure_demo, generate_demo
 
@@ -594,8 +618,6 @@ def run_bench(
             path = target
         else:
             path = ensure_demo(target, preset, 0, progress=progress)
-    results: dict[str, Any] = {}
-    sections = ("prepare", "read") if what == "all" else (what,)
     from mlcast_pipes.progress import progress_bar
 
     global _STAGES
@@ -620,6 +642,20 @@ def run_bench(
                     epochs=epochs,
                     latency_ms=latency_ms,
                 )
+            if "memory" in sections:
+                results["memory"] = {
+                    **results.get("memory", {}),
+                    **_worker_memory(
+                        Path(path),
+                        n_time_window=n_time_window,
+                        tile_size=tile_size,
+                        fraction=fraction,
+                        batch_size=16,
+                        workers=workers,
+                        peak=_ChildrenPeakRSS,
+                    ),
+                }
+                _stage("worker memory")
         finally:
             _STAGES = None
     if json_path is not None:
@@ -628,6 +664,51 @@ def run_bench(
     for section, figures in results.items():
         lines.extend(["", _table(section, figures)])
     return "\n".join(lines)
+
+
+def _memory_archive(
+    path: str | os.PathLike[str] | None,
+    preset: str,
+    n_times: int | None,
+    frame_size: tuple[int, int] | None,
+    progress: bool,
+    results: dict[str, Any],
+) -> Path:
+    """The archive of the memory benchmark: ``path``, else a cached demo (generated if absent)."""
+    if path is not None:
+        return Path(path)
+    import dataclasses
+
+    from mlcast_pipes.catalog import demo_cache_dir
+    from mlcast_pipes.demo import PRESETS, generate_demo
+
+    ny, nx = frame_size or _MEMORY_FRAME_SIZE
+    n = n_times or _MEMORY_FRAMES
+    base = PRESETS[preset]
+    # one event without missing steps, so that every window of the archive can be sampled
+    layout = dataclasses.replace(
+        base,
+        shape=(ny, nx),
+        event_starts=base.event_starts[:1],
+        event_lengths=(n,),
+        missing_per_event=(0,),
+        first_event_step_minutes=None,
+    )
+    target = demo_cache_dir() / f"bench-{preset}-t{n}-{ny}x{nx}-seed0.zarr"
+    if not target.exists():
+        free = shutil.disk_usage(target.parent if target.parent.exists() else "/").free
+        raw = n * ny * nx * 4
+        if free < raw // 2:
+            raise ParameterError(
+                f"the memory benchmark archive ({n} frames of {ny}x{nx}, up to "
+                f"{raw / 2**30:.1f} GiB) needs more than the {free / 2**30:.1f} GiB free in "
+                f"{target.parent}; fix: free space, or pass a smaller --frame-size or --n-times"
+            )
+        t0 = time.perf_counter()
+        generate_demo(target, preset=layout, seed=0, progress=progress)
+        results["memory"] = {"archive_generated_s": round(time.perf_counter() - t0, 1)}
+    _stage("memory archive")
+    return target
 
 
 def _table(section: str, figures: Mapping[str, Any]) -> str:

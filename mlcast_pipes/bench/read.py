@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import multiprocessing
 import time
 import warnings
 from collections import defaultdict
@@ -163,19 +164,60 @@ def _batch_quality(batches: Iterable[Any], batch_size: int, seed: int = 0) -> di
     }
 
 
+def _timed_reads(
+    url: str,
+    var_name: str,
+    window_reads: Sequence[Sequence[Any]],
+    per_call: int,
+    opened: Any,
+    go: Any,
+    result: Any,
+) -> None:
+    """Time a new reader on ``window_reads``, ``per_call`` windows per call (a child process).
+
+    It opens the archive, sets ``opened``, waits for ``go``, reads, then puts (tiles, seconds)
+    on ``result``.
+    """
+    from mlcast_pipes.reader import FrameReader
+
+    reader = FrameReader(url, var_name)
+    _ = reader.shape
+    opened.set()
+    go.wait()
+    n = 0
+    t0 = time.perf_counter()
+    for k in range(0, len(window_reads), per_call):
+        tiles = [r for w in window_reads[k : k + per_call] for r in w]
+        n += len(reader.read_tiles(tiles, cache=False))
+    result.put((n, time.perf_counter() - t0))
+    reader.close()
+
+
 def _latency_run(
-    archive: Path, index_dir: Path, delay_ms: float, chain: Any, workers: int, epochs: int
+    archive: Path,
+    index_dir: Path,
+    delay_ms: float,
+    chain: Any,
+    workers: int,
+    epochs: int,
+    window_reads: Sequence[Sequence[Any]] = (),
+    var_name: str = "",
 ) -> dict[str, Any]:
     """Samples/s of the chain under DataLoader2 reading ``archive`` over loopback HTTP.
 
     The server answers at once while the index is prepared and the first (start-up) epoch runs,
-    then sleeps ``delay_ms`` per request for the timed epochs; it stops before returning.
+    then sleeps ``delay_ms`` per request for the timed epochs; then a reader of ``var_name`` alone
+    reads ``window_reads`` (tile requests per window), one and four windows per call. The server
+    stops before returning.
     """
     import mlcast_pipes as mp
     from mlcast_pipes.bench.server import _LatencyServer
     from mlcast_pipes.reader import close_readers
 
     close_readers()
+    reader_rates: dict[int, float] = {}
+    reader_peaks: dict[int, int] = {}
+    reader_means: dict[int, float] = {}
     with _LatencyServer(archive.parent, 0.0) as server:
         url = f"{server.url}/{archive.name}"
         loader = mp.make_dataloader(chain(source=url, where=index_dir), num_workers=workers)
@@ -184,7 +226,7 @@ def _latency_run(
             for epoch in range(epochs):
                 if epoch == 1:
                     server.delay_s = delay_ms / 1000.0
-                    before = server.requests
+                    before, busy = server.requests, server.busy_s
                 n = 0
                 t0 = time.perf_counter()
                 for batch in loader:
@@ -195,9 +237,110 @@ def _latency_run(
             loader.shutdown()
             close_readers()
         requests = server.requests - before
-    return {
+        in_flight = (server.busy_s - busy) / sum(seconds[1:])
+        for per_call in (1, 4) if window_reads else ():
+            # in a child process, as the workers read: not sharing this process's GIL with the
+            # server; counted from when its reader is open
+            ctx = multiprocessing.get_context("fork")
+            opened, go, result = ctx.Event(), ctx.Event(), ctx.SimpleQueue()
+            child = ctx.Process(
+                target=_timed_reads,
+                args=(url, var_name, window_reads, per_call, opened, go, result),
+                daemon=True,
+            )
+            child.start()
+            try:
+                if not opened.wait(60):
+                    raise RuntimeError("the reader process did not open the archive within 60 s")
+                server.peak_in_flight = 0
+                busy = server.busy_s
+                go.set()
+                n, elapsed = result.get()
+            finally:
+                child.join(10)
+                if child.is_alive():
+                    child.kill()
+            reader_rates[per_call] = n / elapsed
+            reader_peaks[per_call] = server.peak_in_flight
+            reader_means[per_call] = (server.busy_s - busy) / elapsed
+    figures: dict[str, Any] = {
         "latency_ms": delay_ms,
         "latency_samples_per_s": round(sum(counts[1:]) / sum(seconds[1:]), 1),
         "latency_requests_per_epoch": round(requests / max(1, epochs - 1), 1),
+        "latency_mean_requests_in_flight": round(in_flight, 1),
         "latency_samples_checked": counts,
+    }
+    if reader_rates:
+        figures |= {
+            "latency_reader_samples_per_s": round(reader_rates[1], 1),
+            "latency_reader_4_windows_samples_per_s": round(reader_rates[4], 1),
+            "latency_reader_peak_requests_in_flight": reader_peaks[1],
+            "latency_reader_4_windows_peak_requests_in_flight": reader_peaks[4],
+            "latency_reader_mean_requests_in_flight": round(reader_means[1], 1),
+            "latency_reader_4_windows_mean_requests_in_flight": round(reader_means[4], 1),
+        }
+    return figures
+
+
+def _worker_memory(
+    path: Path,
+    *,
+    n_time_window: int,
+    tile_size: tuple[int, int],
+    fraction: float,
+    batch_size: int,
+    workers: int,
+    peak: Any,
+) -> dict[str, Any]:
+    """Peak RSS/USS per DataLoader2 worker over one epoch of the read chain, then samples/s.
+
+    ``peak`` is the children's memory sampler of the package (``_ChildrenPeakRSS``); the first
+    epoch, start-up included, is sampled, the second timed without sampling.
+    """
+    import tempfile
+
+    import mlcast_pipes as mp
+    from mlcast_pipes.reader import close_readers, get_reader
+    from mlcast_pipes.reader.frames import DECODE_BUDGET
+
+    with tempfile.TemporaryDirectory(prefix="mlcast-bench-") as tmp:
+        tiles = mp.OpenXarrayDataset(str(path)).tile(
+            n_time_window=n_time_window, tile_size=tile_size, index_dir=Path(tmp)
+        )
+        table = tiles.plan.table(next(iter(tiles.source_datapipe)))
+        n_tiles = max(1, round(fraction * len(table.rows)))
+        chain = (
+            tiles.sample("uniform", seed=0, n_tiles=n_tiles, materialized=False)
+            .normalize()
+            .to_tensor(batch_size=batch_size)
+        )
+        close_readers()
+        loader = mp.make_dataloader(chain, num_workers=workers)
+        counts, seconds = [], []
+        try:
+            with peak(interval_s=0.05) as mem:
+                t0 = time.perf_counter()
+                counts.append(sum(int(b.shape[0]) for b in loader))
+                seconds.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            counts.append(sum(int(b.shape[0]) for b in loader))
+            seconds.append(time.perf_counter() - t0)
+        finally:
+            loader.shutdown()
+        spec = table.info.spec
+        shape = [int(v) for v in get_reader(spec.url, spec.var_name).shape]
+        close_readers()
+    return {
+        "archive": str(path),
+        "shape": shape,
+        "frame_mb": round(shape[1] * shape[2] * 4 / 2**20, 1),
+        "decode_budget_mb": round(DECODE_BUDGET / 2**20, 1),
+        "tile": f"{n_time_window}x{tile_size[0]}x{tile_size[1]}",
+        "workers": workers,
+        "samples_per_epoch": counts[0],
+        "peak_rss_per_worker_mb": round(mem.peak / 2**20, 1),
+        "peak_uss_per_worker_mb": round(getattr(mem, "peak_uss", 0) / 2**20, 1),
+        "first_epoch_samples_per_s": round(counts[0] / seconds[0], 1),
+        "samples_per_s": round(counts[1] / seconds[1], 1),
+        "samples_checked": counts,
     }

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import heapq
+import math
 import os
+import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from mlcast_pipes.chunkio import ChunkReader, OnChunk, PendingChunks
+from mlcast_pipes.chunkio import ChunkReader, OnChunk
 from mlcast_pipes.errors import DatasetError, ParameterError, ReadError
 from mlcast_pipes.reader.errors import _describe, _FrameFailedError, _is_denied, is_transient
 from mlcast_pipes.reader.requests import (
@@ -27,14 +31,14 @@ from mlcast_pipes.reader.requests import (
     _open_store,
 )
 
-__all__ = ["MISSING_CHUNKS_ENV", "FrameReader", "expect_chunks"]
+__all__ = ["DECODE_BUDGET", "MISSING_CHUNKS_ENV", "FrameReader", "expect_chunks"]
 
 
-#: Time chunks given to the chunk reader at a time; the next batch decodes while the current one
-#: goes to the cache (larger batches keep more buffers in flight than the CPU caches hold).
-_FETCH_BATCH = 4
-#: Decode buffers kept for reuse per reader (frames that left the cache).
-_MAX_SPARE = 2 * _FETCH_BATCH
+#: Time chunks in flight at once (being read or decoded) per read: local files, remote stores.
+_LOCAL_IN_FLIGHT = 8
+_REMOTE_IN_FLIGHT = 32
+#: Default bound, in bytes, of a reader's decode buffers (in flight and kept for reuse).
+DECODE_BUDGET = 256 * 2**20
 
 
 class _FrameCache:
@@ -92,7 +96,8 @@ class FrameReader:
     cache of ``cache_bytes`` (0: none) and returned as float32 copies; each worker (after fork)
     gets its own handle and cache. A read failing with a transient error is retried ``retries``
     times; ``read_deadline`` (seconds, default :data:`READ_DEADLINE`) bounds a remote read over
-    all retries, then ReadError.
+    all retries, then ReadError. Up to 8 time chunks (32 from a remote store) are read at once,
+    fewer when their decode buffers would exceed ``decode_budget`` bytes (at least one).
 
     Examples
     --------
@@ -115,6 +120,7 @@ class FrameReader:
         retries: int = 3,
         retry_backoff: float = 0.2,
         read_deadline: float | str | None = "default",
+        decode_budget: int = DECODE_BUDGET,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ParameterError(f"url must be a non-empty path or URL string, got {url!r}.")
@@ -122,6 +128,11 @@ class FrameReader:
             raise ParameterError(f"cache_bytes must be >= 0, got {cache_bytes}; use 0 to disable.")
         if retries < 0:
             raise ParameterError(f"retries must be >= 0, got {retries}.")
+        if decode_budget < 0:
+            raise ParameterError(
+                f"decode_budget must be >= 0 bytes, got {decode_budget}; 0 decodes one chunk at "
+                "a time."
+            )
         if retry_backoff < 0:
             raise ParameterError(f"retry_backoff must be >= 0 seconds, got {retry_backoff}.")
         self.url = url
@@ -130,6 +141,7 @@ class FrameReader:
         self.cache_bytes = int(cache_bytes)
         self.retries = int(retries)
         self.retry_backoff = float(retry_backoff)
+        self.decode_budget = int(decode_budget)
         if read_deadline == "default":
             read_deadline = _default_deadline()
         if read_deadline is not None and (
@@ -144,8 +156,10 @@ class FrameReader:
         self._lock = threading.RLock()
         self._cache = _FrameCache(self.cache_bytes)
         #: decode buffers of frames that left the cache, reused so that decoding does not fault
-        #: in fresh memory for every frame
+        #: in fresh memory for every frame; with those lent to reads in flight (``_lent``) they
+        #: stay within the decode budget
         self._spare: list[np.ndarray] = []
+        self._lent = 0
         self._reset_handles()
 
     # ------------------------------------------------------------------ state and opening
@@ -158,6 +172,7 @@ class FrameReader:
         self._tchunk = 1
         self._chunks: ChunkReader | None = None
         self._cf = _CFDecoding()
+        self._limit = 0  # chunks in flight per read (0: not computed yet)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -168,6 +183,7 @@ class FrameReader:
             "retries": self.retries,
             "retry_backoff": self.retry_backoff,
             "read_deadline": self.read_deadline,
+            "decode_budget": self.decode_budget,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -179,6 +195,7 @@ class FrameReader:
             retries=state["retries"],
             retry_backoff=state["retry_backoff"],
             read_deadline=state.get("read_deadline"),
+            decode_budget=state.get("decode_budget", DECODE_BUDGET),
         )
 
     def __repr__(self) -> str:
@@ -200,6 +217,7 @@ class FrameReader:
             self._lock = threading.RLock()
             self._cache = _FrameCache(self.cache_bytes)
             self._spare = []
+            self._lent = 0
             self.stats = ReaderStats()
             self._reset_handles()
         with self._lock:
@@ -319,10 +337,11 @@ class FrameReader:
     ) -> list[np.ndarray]:
         """Read a group of tiles (any order, overlaps allowed), decoding their frames once.
 
-        Missing frames are decoded concurrently and every tile is cut from them; one float32 array
-        per request is returned, in request order. ``cache=False`` skips caching the new frames so
-        that their buffers are reused at once (for callers that cut all they need from a window).
-        Raises ParameterError for a bad request, ReadError naming frame, tiles and URL.
+        Missing frames are read and decoded concurrently (each cut into the tiles by the thread
+        that decoded it); one float32 array per request is returned, in request order.
+        ``cache=False`` skips caching the new frames so that their buffers are reused at once
+        (for callers that cut all they need). Thread-safe: concurrent calls run one after the
+        other. Raises ParameterError for a bad request, ReadError naming frame, tiles and URL.
         """
         reqs = [self._validate(r) for r in requests]
         if not reqs:
@@ -414,24 +433,10 @@ class FrameReader:
                 if c0 + k in users:
                     self._cut(block[k], c0 + k, users[c0 + k], reqs, outs)
 
-        # decode the missing frames in batches of time chunks, each cut into the tiles by the
-        # thread that decoded it; the next batch decodes while this one goes to the cache
         units = _group_by_chunk(missing, self._tchunk, self.shape[0])
-        batches = [units[b : b + _FETCH_BATCH] for b in range(0, len(units), _FETCH_BATCH)]
-        pending = self._submit(batches[0], cut_chunk) if batches else None
-        try:
-            for k, batch in enumerate(batches):
-                assert pending is not None
-                current = pending
-                after = batches[k + 1] if k + 1 < len(batches) else None
-                pending = self._submit(after, cut_chunk) if after is not None else None
-                outcomes = current.result()
-                for t, frame in self._collect(batch, outcomes, reqs, users, cut_chunk, current):
-                    self._recycle(self._cache.put(t, frame) if cache else [frame])
-        finally:
-            if pending is not None:
-                pending.cancel()
-
+        self._read_chunks(
+            units, cut_chunk, cache, lambda f, n, **kw: self._read_error(f, n, reqs, users, **kw)
+        )
         self.stats.bytes_delivered += sum(o.nbytes for o in outs)
         return outs
 
@@ -448,100 +453,159 @@ class FrameReader:
             r = reqs[i]
             cf.apply_into(outs[i][t - r.t0], frame[r.y0 : r.y0 + r.ny, r.x0 : r.x0 + r.nx])
 
-    def _collect(
-        self,
-        units: list[tuple[int, int, list[int]]],
-        outcomes: list[Any],
-        reqs: list[TileRequest],
-        users: dict[int, list[int]],
-        then: OnChunk,
-        first: PendingChunks,
-    ) -> list[tuple[int, np.ndarray]]:
-        """Return the needed frames of the decoded time chunks; retry the transient failures.
-
-        ``units`` are (chunk start, chunk stop, needed frames), ``outcomes`` their first fetch and
-        ``then`` what the fetch ran on each decoded chunk; ``first``'s deadline bounds the retries.
-        """
-        _, h, w = self.shape
-        frame_pixels = h * w
-        result: list[tuple[int, np.ndarray]] = []
-        pending = units
-        attempt = 0
-        while pending:
-            if attempt:
-                outcomes = self._submit(pending, then, first.deadline).result()
-            failed: list[tuple[int, int, list[int]]] = []
-            errors: list[_FrameFailedError] = []
-            for unit, outcome in zip(pending, outcomes, strict=True):
-                c0, c1, needed = unit
-                if isinstance(outcome, Exception):
-                    failed.append(unit)
-                    errors.append(_FrameFailedError(c0, c1, outcome))
-                    continue
-                block = np.asarray(outcome)
-                self.stats.frames_decoded += c1 - c0
-                self.stats.bytes_decoded += (c1 - c0) * frame_pixels * _OUT_ITEMSIZE
-                if c1 - c0 == 1:
-                    result.append((c0, block[0]))  # a view: its buffer is reused once evicted
-                else:
-                    # copy so that a cached frame does not keep the whole time chunk alive
-                    result.extend((t, block[t - c0].copy()) for t in needed)
-            if not failed:
-                break
-            permanent = [e for e in errors if not is_transient(e.error)]
-            wait = self.retry_backoff * 2**attempt
-            late = first.deadline is not None and time.monotonic() + wait >= first.deadline
-            if permanent or attempt >= self.retries or late:
-                failure = (permanent or errors)[0]
-                raise self._read_error(
-                    failure,
-                    attempt + 1,
-                    reqs,
-                    users,
-                    transient=not permanent,
-                    late=late and not permanent,
-                ) from failure.error
-            time.sleep(wait)
-            attempt += 1
-            pending = failed
-        return result
-
-    def _submit(
-        self,
-        units: list[tuple[int, int, list[int]]],
-        then: OnChunk,
-        deadline: float | None = None,
-    ) -> PendingChunks:
-        """Start decoding the time chunks ``units`` concurrently (``then`` on each chunk)."""
-        if deadline is None and self.read_deadline is not None:
-            deadline = time.monotonic() + self.read_deadline
-        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+    def _in_flight_limit(self) -> int:
+        """Time chunks read at once: a count, lowered so that their buffers fit the budget."""
         assert self._chunks is not None
-        self._chunks.known_absent = _KNOWN_ABSENT.get((self.url, self.var_name))
-        self._chunks.warn_missing = os.environ.get(MISSING_CHUNKS_ENV, "").lower() == "warn"
-        outs: list[np.ndarray | None] = [None] * len(units)
-        if self._tchunk == 1 and self._chunks.direct:
-            shape = self._chunks.out_shape(0)
-            for k in range(len(units)):
-                outs[k] = self._spare.pop() if self._spare else np.empty(shape, self._chunks.dtype)
-        pending = self._chunks.submit(
-            [c0 // self._tchunk for c0, _, _ in units], outs, then, timeout=timeout
+        count = _LOCAL_IN_FLIGHT if self._chunks.is_local else _REMOTE_IN_FLIGHT
+        chunk_bytes = math.prod(self._chunks.chunks) * self._chunks.dtype.itemsize
+        return max(1, min(count, self.decode_budget // max(chunk_bytes, 1)))
+
+    def _read_chunks(
+        self,
+        units: list[tuple[int, int, list[int]]],
+        then: OnChunk,
+        cache: bool,
+        error: Callable[..., ReadError],
+    ) -> None:
+        """Read, decode and cut the time chunks ``units`` (chunk start, stop, needed frames).
+
+        A sliding window keeps up to :meth:`_in_flight_limit` chunks in flight (or decoded and
+        waiting to enter the cache in time order). A transient failure is retried ``retries``
+        times after a backoff, within ``read_deadline`` of the chunk's first try.
+        """
+        if not units:
+            return
+        assert self._chunks is not None
+        chunks = self._chunks
+        chunks.known_absent = _KNOWN_ABSENT.get((self.url, self.var_name))
+        chunks.warn_missing = os.environ.get(MISSING_CHUNKS_ENV, "").lower() == "warn"
+        limit = self._limit = self._limit or self._in_flight_limit()
+        lend = self._tchunk == 1 and chunks.direct
+        # to start, smallest first: (index in units, not before (monotonic), attempt, deadline)
+        todo: list[tuple[int, float, int, float | None]] = [
+            (k, 0.0, 0, None) for k in range(len(units))
+        ]
+        running: dict[concurrent.futures.Future[Any], tuple[int, int, float | None, Any]] = {}
+        finished: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
+        held: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # decoded, not yet cached
+        ordered, next_k = cache, 0
+        try:
+            while todo or running:
+                now = time.monotonic()
+                while todo and todo[0][1] <= now and len(running) + len(held) < limit:
+                    k, _, attempt, deadline = heapq.heappop(todo)
+                    if deadline is None and self.read_deadline is not None:
+                        deadline = now + self.read_deadline
+                    timeout = None if deadline is None else max(deadline - now, 1e-3)
+                    out = self._lend() if lend else None
+                    future = chunks.start(units[k][0] // self._tchunk, out, then, timeout)
+                    running[future] = (k, attempt, deadline, out)
+                    future.add_done_callback(finished.put)
+                if not running:
+                    if held:  # the window is full of frames waiting for a retried one: cache them
+                        ordered = False
+                        for k in sorted(held):
+                            self._deliver(units[k], *held.pop(k), cache)
+                    elif todo:
+                        time.sleep(max(todo[0][1] - now, 0.0))
+                    continue
+                wait = todo[0][1] - now if todo and len(running) + len(held) < limit else None
+                try:
+                    done = [finished.get(timeout=wait)]
+                except queue.Empty:
+                    continue
+                while not finished.empty():
+                    done.append(finished.get_nowait())
+                for future in done:
+                    k, attempt, deadline, out = running.pop(future)
+                    outcome = future.result()
+                    if isinstance(outcome, Exception):
+                        if out is not None:
+                            self._lent -= 1  # a timed-out decode may still write into it: drop it
+                        backoff = self._retry_backoff(units[k], attempt, deadline, outcome, error)
+                        heapq.heappush(todo, (k, time.monotonic() + backoff, attempt + 1, deadline))
+                    elif ordered:
+                        held[k] = (np.asarray(outcome), out)
+                    else:
+                        self._deliver(units[k], np.asarray(outcome), out, cache)
+                while ordered and next_k in held:
+                    self._deliver(units[next_k], *held.pop(next_k), cache)
+                    next_k += 1
+        finally:
+            for future, (_, _, _, out) in running.items():
+                if not future.cancel():
+                    with contextlib.suppress(Exception):
+                        future.result()
+                if out is not None:
+                    self._lent -= 1
+            for _, out in held.values():
+                if out is not None:
+                    self._lent -= 1
+
+    def _retry_backoff(
+        self,
+        unit: tuple[int, int, list[int]],
+        attempt: int,
+        deadline: float | None,
+        error: Exception,
+        report: Callable[..., ReadError],
+    ) -> float:
+        """Seconds to wait before retrying a failed time chunk; ReadError if it must not be."""
+        failure = _FrameFailedError(unit[0], unit[1], error)
+        wait = self.retry_backoff * float(2**attempt)
+        late = deadline is not None and time.monotonic() + wait >= deadline
+        transient = is_transient(error)
+        if not transient or attempt >= self.retries or late:
+            raise report(
+                failure, attempt + 1, transient=transient, late=late and transient
+            ) from error
+        return wait
+
+    def _deliver(
+        self,
+        unit: tuple[int, int, list[int]],
+        block: np.ndarray,
+        out: np.ndarray | None,
+        cache: bool,
+    ) -> None:
+        """Count a decoded time chunk; cache its needed frames (or recycle their buffers)."""
+        c0, c1, needed = unit
+        _, h, w = self.shape
+        self.stats.frames_decoded += c1 - c0
+        self.stats.bytes_decoded += (c1 - c0) * h * w * _OUT_ITEMSIZE
+        if out is not None:
+            self._lent -= 1
+            if block.base is not out and block is not out:
+                self._recycle([out])  # decoded elsewhere (e.g. an absent chunk's fill value)
+        # one frame: a view, whose buffer is reused once evicted; several: copies, so that a
+        # cached frame does not keep the whole time chunk alive
+        frames = [(c0, block[0])] if c1 - c0 == 1 else [(t, block[t - c0].copy()) for t in needed]
+        for t, frame in frames:
+            self._recycle(self._cache.put(t, frame) if cache else [frame])
+
+    def _lend(self) -> np.ndarray:
+        """A decode buffer for a time chunk about to be read (a spare one if any)."""
+        assert self._chunks is not None
+        self._lent += 1
+        return (
+            self._spare.pop()
+            if self._spare
+            else np.empty(self._chunks.out_shape(0), self._chunks.dtype)
         )
-        pending.deadline = deadline
-        return pending
 
     def _recycle(self, frames: list[np.ndarray]) -> None:
-        """Keep the decode buffers of frames that left the cache for the next decodes."""
+        """Keep the decode buffers of frames that left the cache, within the decode budget."""
         if self._chunks is None:
             return
+        limit = self._limit or self._in_flight_limit()
         for frame in frames:
-            block = frame.base
+            block = frame if frame.base is None else frame.base
             if (
                 isinstance(block, np.ndarray)
-                and len(self._spare) < _MAX_SPARE
+                and self._lent + len(self._spare) < limit
                 and block.flags.owndata
                 and block.flags.writeable
-                and block.shape == (1, *frame.shape)
+                and block.shape == self._chunks.out_shape(0)
                 and block.dtype == self._chunks.dtype
             ):
                 self._spare.append(block)
