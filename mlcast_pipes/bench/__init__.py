@@ -230,6 +230,15 @@ def bench_prepare(
     return result
 
 
+def _helper_process(proc: psutil.Process) -> bool:
+    """Whether ``proc`` is one of multiprocessing's own helpers (resource tracker, forkserver)."""
+    try:
+        command = " ".join(proc.cmdline())
+    except psutil.Error:
+        return True
+    return "resource_tracker" in command or "forkserver" in command
+
+
 class _ChildrenPeakRSS(_PeakRSS):
     """Samples the RSS of each child process (DataLoader2 workers); ``peak`` is the largest one."""
 
@@ -239,6 +248,8 @@ class _ChildrenPeakRSS(_PeakRSS):
         while not self._stop.is_set():
             try:
                 for child in self._proc.children(recursive=True):
+                    if _helper_process(child):
+                        continue
                     self.peak = max(self.peak, child.memory_info().rss)
                     self.peak_uss = max(self.peak_uss, child.memory_full_info().uss)
             except psutil.Error:
