@@ -211,10 +211,11 @@ def _latency_run(
 ) -> dict[str, Any]:
     """Samples/s of the chain under DataLoader2 reading ``archive`` over loopback HTTP.
 
-    The server answers at once while the index is prepared and the first (start-up) epoch runs,
-    then sleeps ``delay_ms`` per request for the timed epochs; then a reader of ``var_name`` alone
-    reads ``window_reads`` (tile requests per window), one and four windows per call. The server
-    stops before returning.
+    The server answers at once while the index is prepared, the first (start-up) epoch and
+    ``epochs - 1`` timed epochs run (``http_0ms``: the cost of HTTP itself, on the same cores),
+    then sleeps ``delay_ms`` per request for ``epochs - 1`` more; then a reader of ``var_name``
+    alone reads ``window_reads`` (tile requests per window), one and four windows per call. The
+    server stops before returning.
     """
     import mlcast_pipes as mp
     from mlcast_pipes.bench.server import _LatencyServer
@@ -228,9 +229,10 @@ def _latency_run(
         url = f"{server.url}/{archive.name}"
         loader = mp.make_dataloader(chain(source=url, where=index_dir), num_workers=workers)
         try:
+            # start-up, then the timed epochs over HTTP without delay, then with the delay
             counts, seconds = [], []
-            for epoch in range(epochs):
-                if epoch == 1:
+            for epoch in range(2 * epochs - 1):
+                if epoch == epochs:
                     server.delay_s = delay_ms / 1000.0
                     before, busy = server.requests, server.busy_s
                 n = 0
@@ -243,6 +245,8 @@ def _latency_run(
             loader.shutdown()
             close_readers()
         requests = server.requests - before
+        undelayed = sum(counts[1:epochs]) / sum(seconds[1:epochs])
+        counts, seconds = counts[:1] + counts[epochs:], seconds[:1] + seconds[epochs:]
         in_flight = (server.busy_s - busy) / sum(seconds[1:])
         for per_call in (1, 4) if window_reads else ():
             # in a child process, as the workers read: not sharing this process's GIL with the
@@ -275,6 +279,8 @@ def _latency_run(
         "latency_requests_per_epoch": round(requests / max(1, epochs - 1), 1),
         "latency_mean_requests_in_flight": round(in_flight, 1),
         "latency_samples_checked": counts,
+        "http_0ms_samples_per_s": round(undelayed, 1),
+        "latency_over_http_0ms": round(sum(counts[1:]) / sum(seconds[1:]) / undelayed, 3),
     }
     if reader_rates:
         figures |= {
