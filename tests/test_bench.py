@@ -20,7 +20,7 @@ from mlcast_pipes.bench.read import (
     _decode_floor,
     _shuffled,
 )
-from mlcast_pipes.bench.server import _LatencyServer
+from mlcast_pipes.bench.server import _LatencyServer, _ServerProcess
 from mlcast_pipes.chunkio import ChunkReader
 from mlcast_pipes.errors import ParameterError
 
@@ -157,6 +157,23 @@ def test_latency_server_delays_each_request_and_stops(tmp_path: Path) -> None:
             response.read()
         assert server.requests == 3
     assert not server.running
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=2)
+
+
+def test_server_process_delays_counts_and_stops(tmp_path: Path) -> None:
+    """The server in a child process: its delay is set and its figures read from the parent."""
+    (tmp_path / "chunk").write_bytes(b"y" * 10)
+    with _ServerProcess(tmp_path, 0) as server:
+        url = f"{server.url}/chunk"
+        server.delay_s = 0.05
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.read() == b"y" * 10
+        assert time.perf_counter() - t0 >= 0.05
+        assert server.requests == 1 and server.busy_s >= 0.05 and server.peak_in_flight == 1
+        server.peak_in_flight = 0
+        assert server.peak_in_flight == 0
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
 

@@ -218,14 +218,14 @@ def _latency_run(
     server stops before returning.
     """
     import mlcast_pipes as mp
-    from mlcast_pipes.bench.server import _LatencyServer
+    from mlcast_pipes.bench.server import _ServerProcess
     from mlcast_pipes.reader import close_readers
 
     close_readers()
     reader_rates: dict[int, float] = {}
     reader_peaks: dict[int, int] = {}
     reader_means: dict[int, float] = {}
-    with _LatencyServer(archive.parent, 0.0) as server:
+    with _ServerProcess(archive.parent, 0.0) as server:
         url = f"{server.url}/{archive.name}"
         loader = mp.make_dataloader(chain(source=url, where=index_dir), num_workers=workers)
         try:

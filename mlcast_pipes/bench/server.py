@@ -10,6 +10,7 @@ retries a second later.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -95,3 +96,82 @@ class _LatencyServer(ThreadingHTTPServer):
     def running(self) -> bool:
         """Whether the serving thread is alive."""
         return self._thread.is_alive()
+
+
+def _serve(folder: str, shared: dict[str, Any], ready: Any, stop: Any) -> None:
+    """Run a :class:`_LatencyServer` in this child process; mirror its figures to ``shared``."""
+    with _LatencyServer(folder, 0.0) as server:
+        ready.put(server.url)
+        while not stop.wait(0.005):
+            server.delay_s = shared["delay_s"].value
+            if shared["peak_in_flight"].value < 0:  # the parent asks for a reset
+                server.peak_in_flight = 0
+            shared["peak_in_flight"].value = server.peak_in_flight
+            shared["requests"].value = server.requests
+            shared["busy_s"].value = server.busy_s
+
+
+class _ServerProcess:
+    """A :class:`_LatencyServer` in a child process: it takes no CPU time from the loader's.
+
+    Same figures as the in-process server (``delay_s`` settable, ``peak_in_flight`` resettable
+    by setting 0), read with a lag of a few milliseconds.
+    """
+
+    def __init__(self, folder: str | Path, delay_ms: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._shared = {
+            "delay_s": ctx.Value("d", max(0.0, float(delay_ms)) / 1000.0, lock=False),
+            "requests": ctx.Value("q", 0, lock=False),
+            "peak_in_flight": ctx.Value("q", 0, lock=False),
+            "busy_s": ctx.Value("d", 0.0, lock=False),
+        }
+        self._ready = ctx.SimpleQueue()
+        self._stop = ctx.Event()
+        self._process = ctx.Process(
+            target=_serve, args=(str(folder), self._shared, self._ready, self._stop), daemon=True
+        )
+        self.url = ""
+
+    def __enter__(self) -> _ServerProcess:
+        self._process.start()
+        self.url = str(self._ready.get())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+    def _settle(self) -> None:
+        time.sleep(0.02)  # the child mirrors its figures every 5 ms
+
+    @property
+    def delay_s(self) -> float:
+        return float(self._shared["delay_s"].value)
+
+    @delay_s.setter
+    def delay_s(self, value: float) -> None:
+        self._shared["delay_s"].value = float(value)
+        self._settle()
+
+    @property
+    def requests(self) -> int:
+        self._settle()
+        return int(self._shared["requests"].value)
+
+    @property
+    def busy_s(self) -> float:
+        self._settle()
+        return float(self._shared["busy_s"].value)
+
+    @property
+    def peak_in_flight(self) -> int:
+        self._settle()
+        return int(self._shared["peak_in_flight"].value)
+
+    @peak_in_flight.setter
+    def peak_in_flight(self, value: int) -> None:
+        self._shared["peak_in_flight"].value = -1 if value == 0 else int(value)
+        self._settle()
