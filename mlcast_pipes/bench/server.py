@@ -119,7 +119,7 @@ class _ServerProcess:
     """
 
     def __init__(self, folder: str | Path, delay_ms: float) -> None:
-        ctx = multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context("fork")  # spawn would import the caller's __main__
         self._shared = {
             "delay_s": ctx.Value("d", max(0.0, float(delay_ms)) / 1000.0, lock=False),
             "requests": ctx.Value("q", 0, lock=False),
