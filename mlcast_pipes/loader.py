@@ -795,7 +795,9 @@ class _Watchdog:
             killed = code is not None and code < 0
             how = f"killed by signal {-(code or 0)}" if killed else f"exit code {code}"
             if code == -signal.SIGKILL:
-                how += " (SIGKILL: often the out-of-memory killer; lower batch_size or mix_groups)"
+                how += (
+                    " (SIGKILL: often the out-of-memory killer; lower shuffle_buffer or batch_size)"
+                )
             parts.append(f"pid {pid} ({how})")
         return (
             f"a data loader worker died mid-epoch: {', '.join(parts)}; the epoch is incomplete. "
