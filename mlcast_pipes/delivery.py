@@ -6,6 +6,8 @@ The torch-free core of the sampling datapipes: they only choose the epoch and th
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
+import threading
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -108,7 +110,7 @@ class SampleDelivery:
         seed: int = 0,
         n_samples: int | None = None,
         shuffle_buffer: int = 256,
-        read_ahead: int = 2,
+        read_ahead: int = 4,
         load: bool = True,
         materialized: bool | None = None,
     ) -> None:
@@ -330,18 +332,27 @@ class SampleDelivery:
             padded=padded,
         )
 
-    def _read(self, plan: _TablePlan, rows: np.ndarray) -> list[np.ndarray]:
-        """Pixels of pool rows ``rows``, in order: from the training copy, or the source."""
+    def _read(self, plan: _TablePlan, rows: np.ndarray, lane: int = 0) -> list[np.ndarray]:
+        """Pixels of pool rows ``rows``, in order: from the training copy, or the source.
+
+        ``lane`` 1 reads through a second reader of the source (see :func:`get_reader`).
+        """
         if plan.copy is not None:
             return plan.copy.read_many(rows)
         if not len(rows):
             return []
         spec = plan.table.info.spec
-        reader = get_reader(spec.url, spec.var_name, spec.storage_options)
+        reader = get_reader(spec.url, spec.var_name, spec.storage_options, lane=lane)
         # one call for all: each frame is decoded once, the chunks fetched concurrently
         return reader.read_tiles(
             [self._record(plan, int(r), False).request for r in rows], cache=False
         )
+
+
+def _is_remote(url: str) -> bool:
+    """Whether ``url`` names a store reached over a network (not a local path or memory)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return scheme not in ("", "file", "memory")
 
 
 #: Records per batch assumed when the loader has not told the batch size.
@@ -386,9 +397,16 @@ class _Prefetch:
             deque()
         )
         self.ahead = delivery.read_ahead if delivery.load else 0
+        # two reads in flight from remote stores: one fetches while the other decodes
+        remote = any(p.copy is None and _is_remote(p.table.info.spec.url) for p in plans)
+        self.lanes = 2 if remote and self.ahead else 1
         self.pool = (
-            concurrent.futures.ThreadPoolExecutor(1, "mlcast-read-ahead") if self.ahead else None
+            concurrent.futures.ThreadPoolExecutor(self.lanes, "mlcast-read-ahead")
+            if self.ahead
+            else None
         )
+        self._lane = threading.local()
+        self._lane_count = itertools.count()
 
     def __enter__(self) -> _Prefetch:
         return self
@@ -422,12 +440,19 @@ class _Prefetch:
         plan = self.plans[int(items.tables[members[0]])]
         n = max(len(plan.rows), 1)
         pool_rows = plan.rows[items.positions[members] % n]
-        got = self.delivery._read(plan, pool_rows)
+        lane = getattr(self._lane, "index", None)
+        if lane is None:  # each thread of the pool keeps one lane
+            lane = self._lane.index = next(self._lane_count) % self.lanes
+        got = self.delivery._read(plan, pool_rows, lane)
         return {int(items.rows[i]): data for i, data in zip(members, got, strict=True)}
 
     def _top_up(self) -> None:
         """Keep one job running beyond the entries the consumer holds."""
-        while self.pool is not None and self.submitted < len(self.reads) and len(self.jobs) < 2:
+        while (
+            self.pool is not None
+            and self.submitted < len(self.reads)
+            and len(self.jobs) < self.lanes + 1
+        ):
             end = self._job(self.submitted)
             self.jobs.append((end, self.pool.submit(self._fetch, self.submitted, end)))
             self.submitted = end

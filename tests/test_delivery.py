@@ -155,8 +155,10 @@ def test_training_copy_repeats_are_held_no_longer_than_the_buffer(
     read = SampleDelivery._read
     arrays: list[weakref.ref[np.ndarray]] = []
 
-    def tracked(self: SampleDelivery, plan: object, rows: np.ndarray) -> list[np.ndarray]:
-        out = read(self, plan, rows)  # type: ignore[arg-type]
+    def tracked(
+        self: SampleDelivery, plan: object, rows: np.ndarray, lane: int = 0
+    ) -> list[np.ndarray]:
+        out = read(self, plan, rows, lane)  # type: ignore[arg-type]
         arrays.extend(weakref.ref(a) for a in out)
         return out
 
@@ -223,11 +225,13 @@ def test_read_errors_reach_the_consumer_and_no_read_thread_outlives_its_epoch(
     read = SampleDelivery._read
     calls = []
 
-    def failing(self: SampleDelivery, plan: object, rows: np.ndarray) -> list[np.ndarray]:
+    def failing(
+        self: SampleDelivery, plan: object, rows: np.ndarray, lane: int = 0
+    ) -> list[np.ndarray]:
         calls.append(len(rows))
         if len(calls) == 2:
             raise OSError("chunk store unreachable")
-        return read(self, plan, rows)  # type: ignore[arg-type]
+        return read(self, plan, rows, lane)  # type: ignore[arg-type]
 
     monkeypatch.setattr(SampleDelivery, "_read", failing)
     with pytest.raises(OSError, match="unreachable"):

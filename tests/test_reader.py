@@ -475,3 +475,26 @@ def test_open_errors_name_the_fix(archive: tuple[str, np.ndarray, int], tmp_path
         FrameReader(str(tmp_path / "does-not-exist.zarr"), VAR).read_tile(0, 1, 0, 1, 0, 1)
     with pytest.raises(ParameterError):
         FrameReader(url, VAR, cache_bytes=-1)
+
+
+def test_a_second_lane_is_another_reader_with_half_the_budget(
+    archive: tuple[str, np.ndarray, int],
+) -> None:
+    from mlcast_pipes.reader import close_readers, get_reader
+
+    url, data, _ = archive
+    first = get_reader(url, "rainrate")
+    second = get_reader(url, "rainrate", lane=1)
+    assert second is not first and second is get_reader(url, "rainrate", lane=1)
+    assert second.decode_budget == first.decode_budget // 2 and second.cache_bytes == 0
+    np.testing.assert_array_equal(second.read_tile(0, 2, 0, 3, 0, 3), data[:2, :3, :3])
+    close_readers()
+    assert get_reader(url, "rainrate", lane=1) is not second  # closed with the others
+
+
+def test_only_network_stores_get_two_read_lanes() -> None:
+    from mlcast_pipes.delivery import _is_remote
+
+    assert _is_remote("s3://bucket/radar.zarr") and _is_remote("https://host/radar.zarr")
+    assert not _is_remote("/data/radar.zarr") and not _is_remote("file:///data/radar.zarr")
+    assert not _is_remote("memory://radar.zarr")

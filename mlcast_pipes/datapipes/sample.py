@@ -59,7 +59,8 @@ class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
         its samples leave the buffer at random, so batches are about as varied as a shuffled
         epoch. Memory: this many samples (256 x 12 x 128 x 128 float32 = 200 MB).
     read_ahead : int
-        Read windows read ahead in a background thread (0: none).
+        Read windows read together ahead of use in a background thread (0: none); two such
+        reads overlap for remote stores.
     load : bool
         Read pixels here (grouped, each frame decoded once). False yields lazy records.
     materialized : bool, optional
@@ -103,7 +104,7 @@ class SampleDataPipe(EpochShardMixin, Step, IterDataPipe[TileSample]):
         n_time_sample: int | None = None,
         seed: int = 0,
         shuffle_buffer: int = 256,
-        read_ahead: int = 2,
+        read_ahead: int = 4,
         load: bool = True,
         materialized: bool | None = None,
         index_dir: str | os.PathLike[str] | None = None,

@@ -21,7 +21,7 @@ __all__ = ["close_readers", "get_reader", "naive_read_tile"]
 
 
 # ---------------------------------------------------------------------- per-process readers
-_READERS: dict[tuple[int, str, str, str], FrameReader] = {}
+_READERS: dict[tuple[int, str, str, str, int], FrameReader] = {}
 _READERS_LOCK = threading.Lock()
 _NAIVE: dict[tuple[int, str, str, str], Any] = {}  # naive_read_tile's opened DataArrays
 
@@ -31,12 +31,19 @@ def _options_token(storage_options: dict[str, Any] | None) -> str:
 
 
 def get_reader(
-    url: str, var_name: str, storage_options: dict[str, Any] | None = None, **kw: Any
+    url: str,
+    var_name: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    lane: int = 0,
+    **kw: Any,
 ) -> FrameReader:
     """Return this process's shared :class:`FrameReader` for ``(url, var_name)``.
 
     Readers are cached per process id and storage options, so a forked worker makes its own.
-    ``**kw`` (``cache_bytes``, ``retries``, ...) go to the reader when it is created.
+    ``**kw`` (``cache_bytes``, ``retries``, ...) go to the reader when it is created. ``lane``
+    1 gives a second reader of the same variable (no frame cache, half the decode budget), so
+    that two reads of a remote store can overlap (calls on one reader run one at a time).
 
     Examples
     --------
@@ -49,7 +56,16 @@ def get_reader(
 
     """
     pid = os.getpid()
-    key = (pid, url, var_name, _options_token(storage_options))
+    key = (pid, url, var_name, _options_token(storage_options), lane)
+    if lane:
+        first = get_reader(url, var_name, storage_options, **kw)
+        kw = {
+            "retries": first.retries,
+            "retry_backoff": first.retry_backoff,
+            "read_deadline": first.read_deadline,
+            "cache_bytes": 0,
+            "decode_budget": first.decode_budget // 2,
+        }
     with _READERS_LOCK:
         reader = _READERS.get(key)
         if reader is None:
