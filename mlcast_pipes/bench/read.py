@@ -260,8 +260,7 @@ def _latency_run(
             t0 = time.perf_counter()
             n = sum(int(batch.shape[0]) for batch in in_process)
             local_rates[delay] = n / (time.perf_counter() - t0)
-        close_readers()
-        server.delay_s = 0.0
+        close_readers()  # the reader alone below reads with the delay too
         for per_call in (1, 4) if window_reads else ():
             # in a child process, as the workers read: not sharing this process's GIL with the
             # server; counted from when its reader is open
