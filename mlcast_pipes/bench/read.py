@@ -248,19 +248,6 @@ def _latency_run(
         undelayed = sum(counts[1:epochs]) / sum(seconds[1:epochs])
         counts, seconds = counts[:1] + counts[epochs:], seconds[:1] + seconds[epochs:]
         in_flight = (server.busy_s - busy) / sum(seconds[1:])
-        # the chain in this process (one GIL for HTTP, decoding and the steps), without then
-        # with the delay: what read-ahead hides when no other process shares the cores
-        server.delay_s = 0.0
-        close_readers()
-        in_process = chain(source=url, where=index_dir)
-        _ = sum(1 for _ in in_process)  # opens the archive, loads the indexes
-        local_rates = {}
-        for delay in (0.0, delay_ms / 1000.0):
-            server.delay_s = delay
-            t0 = time.perf_counter()
-            n = sum(int(batch.shape[0]) for batch in in_process)
-            local_rates[delay] = n / (time.perf_counter() - t0)
-        close_readers()  # the reader alone below reads with the delay too
         for per_call in (1, 4) if window_reads else ():
             # in a child process, as the workers read: not sharing this process's GIL with the
             # server; counted from when its reader is open
@@ -294,11 +281,6 @@ def _latency_run(
         "latency_samples_checked": counts,
         "http_0ms_samples_per_s": round(undelayed, 1),
         "latency_over_http_0ms": round(sum(counts[1:]) / sum(seconds[1:]) / undelayed, 3),
-        "in_process_http_0ms_samples_per_s": round(local_rates[0.0], 1),
-        "in_process_latency_samples_per_s": round(local_rates[delay_ms / 1000.0], 1),
-        "in_process_latency_over_http_0ms": round(
-            local_rates[delay_ms / 1000.0] / local_rates[0.0], 3
-        ),
     }
     if reader_rates:
         figures |= {
