@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlcast_pipes._checks import as_int
 from mlcast_pipes.epochs import (
     BufferPlan,
     EpochOrder,
@@ -47,6 +48,10 @@ class _TablePlan:
     copy: TrainingCopy | None
     rows: np.ndarray
     cols: dict[str, np.ndarray]
+
+    def pool_rows(self, positions: np.ndarray | int) -> np.ndarray:
+        """Pool rows of plan positions (a position past the draws is a padding copy)."""
+        return np.asarray(self.rows[positions % max(len(self.rows), 1)])
 
     def read_keys(self) -> np.ndarray:
         # From the source, a read group is a time window; from a training copy every sample is
@@ -114,17 +119,10 @@ class SampleDelivery:
         load: bool = True,
         materialized: bool | None = None,
     ) -> None:
-        if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int):
-            raise ParameterError(f"shuffle_buffer must be an int, got {shuffle_buffer!r}")
-        if shuffle_buffer < 1:
-            raise ParameterError(
-                f"shuffle_buffer must be >= 1 sample, got {shuffle_buffer}; 1 delivers the "
-                "samples window after window"
-            )
-        if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 0:
-            raise ParameterError(
-                f"read_ahead must be an int >= 0 (read groups), got {read_ahead!r}"
-            )
+        shuffle_buffer = as_int(
+            "shuffle_buffer", shuffle_buffer, minimum=1, hint=" (1: window after window)"
+        )
+        read_ahead = as_int("read_ahead", read_ahead, minimum=0, hint=" (0: read when needed)")
         self.seed = seed
         self.n_samples = n_samples
         self.shuffle_buffer = shuffle_buffer
@@ -223,7 +221,7 @@ class SampleDelivery:
                     continue
                 block, skip = block[skip:], 0
                 plan = plans[k]
-                rows = plan.rows[block % max(len(plan.rows), 1)]
+                rows = plan.pool_rows(block)
                 records = [
                     self._record(plan, int(r), bool(p))
                     for r, p in zip(rows, block >= len(plan.rows), strict=True)
@@ -263,7 +261,7 @@ class SampleDelivery:
         windows = np.empty(len(positions), dtype=np.int64)
         for k, plan in enumerate(plans):
             mine = tables == k
-            row = plan.rows[positions[mine] % max(len(plan.rows), 1)]
+            row = plan.pool_rows(positions[mine])
             rows[mine] = (k << 40) + row
             windows[mine] = (k << 40) + np.asarray(plan.cols["t_start"][row], dtype=np.int64)
         bounds = np.cumsum([0, *(len(g) for _, g in found)])
@@ -302,9 +300,7 @@ class SampleDelivery:
                 k, pos = int(items.tables[i]), int(items.positions[i])
                 plan = plans[k]
                 row = int(items.rows[i])
-                rec = self._record(
-                    plan, int(plan.rows[pos % max(len(plan.rows), 1)]), pos >= len(plan.rows)
-                )
+                rec = self._record(plan, int(plan.pool_rows(pos)), pos >= len(plan.rows))
                 left[row] -= 1
                 data = store[row] if left[row] else store.pop(row)
                 if data is not None:
@@ -443,8 +439,7 @@ class _Prefetch:
         if not self.delivery.load:
             return {int(items.rows[i]): None for i in members}
         plan = self.plans[int(items.tables[members[0]])]
-        n = max(len(plan.rows), 1)
-        pool_rows = plan.rows[items.positions[members] % n]
+        pool_rows = plan.pool_rows(items.positions[members])
         lane = getattr(self._lane, "index", None)
         if lane is None:  # each thread of the pool keeps one lane
             lane = self._lane.index = next(self._lane_count) % self.lanes
