@@ -401,6 +401,7 @@ def plan_buffer(
     mean_rows = float(np.mean([len(np.unique(rows[g])) for g in groups])) if n_groups else 1.0
     horizon = max(1, int(capacity / max(mean_rows, 1.0)))  # reads a repeat may wait
     total = int(sum(len(g) for g in groups))
+    row_of, window_of = np.asarray(rows).tolist(), np.asarray(windows).tolist()  # no numpy scalars
     buf: list[int] = []
     deferred: dict[int, list[int]] = {}
     held: dict[int, int] = {}  # row -> copies not yet delivered
@@ -412,7 +413,7 @@ def plan_buffer(
     def take(g: int) -> None:
         seen: set[int] = set()
         for item in groups[g].tolist():
-            row = int(rows[item])
+            row = row_of[item]
             room = min(horizon, n_groups - 1 - g)
             if row in seen and room > 0:
                 deferred.setdefault(g + 1 + int(rng.integers(room)), []).append(item)
@@ -437,7 +438,7 @@ def plan_buffer(
             batches_left = -(-(total - k) // span)
             urgent: dict[int, int] = {}
             for item in buf:
-                row = int(rows[item])
+                row = row_of[item]
                 if held[row] >= batches_left:
                     urgent.setdefault(row, item)
             forced = list(urgent.values())
@@ -448,23 +449,23 @@ def plan_buffer(
             for attempt in range(16):  # a random record of a new row (and window), if one comes
                 j = int(rng.integers(len(buf)))
                 item = buf[j]
-                if int(rows[item]) not in in_batch and (
-                    attempt >= 8 or int(windows[item]) not in batch_windows
+                if row_of[item] not in in_batch and (
+                    attempt >= 8 or window_of[item] not in batch_windows
                 ):
                     pick = j
                     break
             if pick < 0:
-                fresh = [j for j, item in enumerate(buf) if int(rows[item]) not in in_batch]
+                fresh = [j for j, item in enumerate(buf) if row_of[item] not in in_batch]
                 pick = (
                     fresh[int(rng.integers(len(fresh)))] if fresh else int(rng.integers(len(buf)))
                 )
         item = buf[pick]
         buf[pick] = buf[-1]
         buf.pop()
-        row = int(rows[item])
+        row = row_of[item]
         order[k], before[k] = item, read
         in_batch.add(row)
-        batch_windows.add(int(windows[item]))
+        batch_windows.add(window_of[item])
         peak = max(peak, len(held))
         held[row] -= 1
         if not held[row]:
