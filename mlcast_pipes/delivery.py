@@ -396,7 +396,7 @@ class _Prefetch:
         # two reads in flight from remote stores: one fetches while the other decodes
         remote = any(p.copy is None and _is_remote(p.table.info.spec.url) for p in plans)
         self.lanes = 2 if remote and self.ahead else 1
-        if self.lanes > 1:  # open the readers here: one store session for both lanes
+        if self.lanes > 1:  # open both lanes' readers in this thread, before any read starts
             for p in plans:
                 spec = p.table.info.spec
                 for lane in range(self.lanes):
