@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import queue
 import signal
 import threading
 import time
@@ -84,14 +85,89 @@ def tune_malloc() -> bool:
     )
 
 
+class _QueuePrefetch(IterDataPipe[Any]):
+    """Read up to ``size`` items of ``source_datapipe`` ahead, in a thread that waits, not polls.
+
+    torchdata's ``prefetch`` wakes its two threads every 0.1 ms while the buffer is full or
+    empty (about a tenth of a core each); this one blocks on a queue. A new iteration stops
+    the previous one's thread first, so the source never has two iterators at once.
+    """
+
+    def __init__(self, source_datapipe: IterDataPipe[Any], size: int) -> None:
+        self.source_datapipe = source_datapipe
+        self.size = size
+        self._running: tuple[threading.Thread, threading.Event, queue.Queue[Any]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"source_datapipe": self.source_datapipe, "size": self.size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.source_datapipe, self.size = state["source_datapipe"], state["size"]
+        self._running = None
+
+    def halt(self) -> None:
+        """Stop the thread of the current iteration, if any (its items are dropped)."""
+        if self._running is None:
+            return
+        thread, stop, items = self._running
+        stop.set()
+        while thread.is_alive():  # free a put waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                items.get_nowait()
+            thread.join(0.05)
+        self._running = None
+
+    def __iter__(self) -> Iterator[Any]:
+        self.halt()
+        stop = threading.Event()
+        items: queue.Queue[Any] = queue.Queue(self.size)
+        end = object()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    items.put(item, timeout=0.1)
+                    return True
+            return False
+
+        def produce() -> None:
+            try:
+                for item in self.source_datapipe:
+                    if not put((item, None)):
+                        return
+                put((end, None))
+            except BaseException as exc:  # handed to the consumer, raised there
+                put((end, exc))
+
+        thread = threading.Thread(target=produce, daemon=True, name="mlcast-worker-prefetch")
+        self._running = (thread, stop, items)
+        thread.start()
+        try:
+            while True:
+                item, error = items.get()
+                if error is not None:
+                    raise error
+                if item is end:
+                    return
+                yield item
+        finally:
+            if self._running is not None and self._running[0] is thread:
+                self.halt()
+
+
 def _init_worker(
-    datapipe: Any, worker_info: Any, pool: BatchPool | None = None, quiet: bool = False
+    datapipe: Any,
+    worker_info: Any,
+    pool: BatchPool | None = None,
+    quiet: bool = False,
+    prefetch: int = 0,
 ) -> Any:
     """DataLoader2 worker set-up: :func:`tune_malloc`, batches stacked in shared memory.
 
     With a ``pool``, batches go into this worker's recycled buffers of it. The package's
     warnings about the archive and the sampler are the same in every worker: only worker 0
-    shows them, and none when the main process has shown them already (``quiet``).
+    shows them, and none when the main process has shown them already (``quiet``). With
+    ``prefetch``, up to that many items are made ahead of the requests (:class:`_QueuePrefetch`).
     """
     from mlcast_pipes.datapipes.tensor import stack_into_shared_memory
     from mlcast_pipes.dataset import MLCastSpecWarning
@@ -104,7 +180,7 @@ def _init_worker(
     _exit_with_parent()
     buffers = pool.worker_buffers(worker_info.worker_id) if pool is not None else None
     stack_into_shared_memory(buffers=buffers)
-    return datapipe
+    return _QueuePrefetch(datapipe, prefetch) if prefetch > 0 else datapipe
 
 
 def _exit_with_parent(interval: float = 0.5) -> None:
@@ -156,6 +232,8 @@ def _reset_worker(
     datapipe: Any, worker_info: Any, seed_generator: Any, control: _EpochControl
 ) -> Any:
     """DataLoader2 per-epoch worker reset: the epoch and resume point the loader set."""
+    if isinstance(datapipe, _QueuePrefetch):
+        datapipe.halt()  # the last epoch's reads stop before the next one is set
     set_epoch(datapipe, int(control.values[0]))
     set_resume(datapipe, int(control.values[1]))
     return datapipe
@@ -361,8 +439,8 @@ class Loader:
         self._direct = not distributed or _shard_ranks_directly(pipe)
         if not self._direct:
             services.append(DistributedReadingService())
-        # batch buffers in use per worker: its prefetch, its share of the main process's, the
-        # batch being built and the one the training step holds (a mask takes a second one)
+        # batch buffers in use per worker: its prefetch, the batch being built, those in the
+        # queue to this process and the one the training step holds (a mask takes a second one)
         self.batch_pool = (
             BatchPool(num_workers, n_slots=4 * prefetch + 8)
             if num_workers > 0 and reuse_batch_memory and sharing_by_fd()
@@ -372,11 +450,15 @@ class Loader:
             services.append(
                 MultiProcessingReadingService(
                     num_workers=num_workers,
-                    worker_prefetch_cnt=prefetch,
-                    main_prefetch_cnt=prefetch,
+                    # torchdata's prefetch polls every 0.1 ms: the workers' own queue instead
+                    worker_prefetch_cnt=0,
+                    main_prefetch_cnt=0,
                     multiprocessing_context=multiprocessing_context,
                     worker_init_fn=functools.partial(
-                        _init_worker, pool=self.batch_pool, quiet=pipe in _PREPARED
+                        _init_worker,
+                        pool=self.batch_pool,
+                        quiet=pipe in _PREPARED,
+                        prefetch=prefetch,
                     ),
                     worker_reset_fn=functools.partial(_reset_worker, control=self._control),
                 )
@@ -842,7 +924,7 @@ def make_dataloader(
         pixel is read, and the batches after them are those the interrupted run would have
         seen (same ``num_workers`` and ranks).
     prefetch : int
-        Items prefetched per worker and in the main process.
+        Items each worker makes ahead of the requests (a thread waiting on a queue).
     prepare : bool
         Build the index files in this process first, so workers only load them.
     reuse_batch_memory : bool

@@ -321,3 +321,49 @@ def test_archive_warnings_are_shown_once_not_once_per_worker(
     assert done.returncode == 0, done.stderr
     assert "batches" in done.stdout
     assert done.stderr.count("units 'mm/hr' are read as 'mm h-1'") == 1, done.stderr
+
+
+def test_worker_prefetch_waits_on_a_queue_keeps_order_and_stops_the_last_iteration():
+    import threading
+
+    from torchdata.datapipes.iter import IterableWrapper
+
+    from mlcast_pipes.loader import _QueuePrefetch
+
+    ahead = _QueuePrefetch(IterableWrapper(range(50)), size=3)
+    assert list(ahead) == list(range(50))
+    first = iter(ahead)
+    assert [next(first) for _ in range(5)] == [0, 1, 2, 3, 4]
+    producer = ahead._running[0]
+    assert producer.is_alive()  # blocked on the full queue
+    assert list(ahead) == list(range(50))  # a new iteration starts afresh...
+    producer.join(1)
+    assert not producer.is_alive()  # ...after stopping the last one's thread
+    assert not any(t.name == "mlcast-worker-prefetch" for t in threading.enumerate())
+
+
+def test_worker_prefetch_raises_the_source_error_in_the_consumer():
+    from mlcast_pipes.errors import ReadError
+    from mlcast_pipes.loader import _QueuePrefetch
+
+    class Failing(IterDataPipe):
+        def __iter__(self):
+            yield 1
+            raise ReadError("chunk 7 could not be read")
+
+    items = iter(_QueuePrefetch(Failing(), size=2))
+    assert next(items) == 1
+    with pytest.raises(ReadError, match="chunk 7"):
+        next(items)
+
+
+def test_loader_workers_use_the_waiting_prefetch_not_torchdata_polling(tiny_archive, index_dir):
+    loader = mp.make_dataloader(_pipe(tiny_archive, index_dir), num_workers=1, prefetch=3)
+    try:
+        service = loader.dataloader.reading_service
+        assert service.worker_prefetch_cnt == 0 and service.main_prefetch_cnt == 0
+        init = service.worker_init_fn
+        assert init.keywords["prefetch"] == 3
+        assert len(_ids(loader)) > 12
+    finally:
+        loader.shutdown()
