@@ -161,6 +161,42 @@ def test_latency_server_delays_each_request_and_stops(tmp_path: Path) -> None:
         urllib.request.urlopen(url, timeout=2)
 
 
+def test_latency_server_answers_as_a_store_does(tmp_path: Path) -> None:
+    """Byte ranges, HEAD, folder listings (fsspec lists them), 404, and kept-alive connections."""
+    import http.client
+
+    import fsspec
+
+    folder = tmp_path / "a.zarr" / "rain"
+    folder.mkdir(parents=True)
+    (folder / "0.0").write_bytes(bytes(range(100)))
+    (folder / "1.0").write_bytes(b"z" * 7)
+    with _LatencyServer(tmp_path, 0) as server:
+        host = server.url.removeprefix("http://")
+        connection = http.client.HTTPConnection(host, timeout=5)  # one connection throughout
+        for method, path, headers, status, body in [
+            ("GET", "/a.zarr/rain/0.0", {}, 200, bytes(range(100))),
+            ("GET", "/a.zarr/rain/0.0", {"Range": "bytes=10-19"}, 206, bytes(range(10, 20))),
+            ("GET", "/a.zarr/rain/0.0", {"Range": "bytes=-5"}, 206, bytes(range(95, 100))),
+            ("GET", "/a.zarr/rain/0.0", {"Range": "bytes=200-"}, 416, b""),
+            ("HEAD", "/a.zarr/rain/1.0", {}, 200, b""),
+            ("GET", "/a.zarr/rain/9.0", {}, 404, b""),
+            ("GET", "/a.zarr/../../etc/passwd", {}, 404, b""),
+            ("GET", "/a.zarr/rain", {}, 301, b""),
+        ]:
+            connection.request(method, path, headers=headers)
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (status, body), (method, path, headers)
+            if method == "HEAD":
+                assert response.getheader("Content-Length") == "7"
+        connection.close()
+        fs = fsspec.filesystem("http", skip_instance_cache=True)
+        found = fs.find(f"{server.url}/a.zarr/rain/")
+        assert sorted(p.rsplit("/", 1)[-1] for p in found) == ["0.0", "1.0"]
+        assert fs.cat_file(f"{server.url}/a.zarr/rain/1.0") == b"z" * 7
+        assert server.requests >= 10
+
+
 def test_server_process_delays_counts_and_stops(tmp_path: Path) -> None:
     """The server in a child process: its delay is set and its figures read from the parent."""
     (tmp_path / "chunk").write_bytes(b"y" * 10)

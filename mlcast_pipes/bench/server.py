@@ -1,59 +1,61 @@
 """A loopback HTTP server with a fixed delay per request, to measure reads under storage latency.
 
 Used by ``mlcast-pipes bench --latency-ms N``: it serves a local folder on 127.0.0.1 (an
-ephemeral port) from a background thread and stops when its ``with`` block ends. Connections
-are kept alive (HTTP/1.1, without Nagle's delay) and the listen backlog is deep, as with an
-object store: a short backlog drops the connections of concurrent fetches, which the client
-retries a second later.
+ephemeral port) from an asyncio loop in a background thread and stops when its ``with`` block
+ends. As an object store, it keeps connections alive (HTTP/1.1), accepts a deep backlog,
+answers byte ranges and sends file bodies with ``sendfile``: little CPU time per request, so a
+benchmark on shared cores measures the client, not the server.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import contextlib
+import html
 import multiprocessing
+import os
+import posixpath
+import stat
 import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 __all__: list[str] = []
 
-
-class _Handler(SimpleHTTPRequestHandler):
-    """Serves files after sleeping ``delay_s``; counts the requests it answers."""
-
-    server: _LatencyServer
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # else a kept-alive connection waits for a delayed ACK
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _wait(self) -> None:
-        server = self.server
-        with server.lock:
-            server.requests += 1
-            server.in_flight += 1
-            server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
-        t0 = time.perf_counter()
-        try:
-            time.sleep(server.delay_s)
-        finally:
-            with server.lock:
-                server.in_flight -= 1
-                server.busy_s += time.perf_counter() - t0
-
-    def do_GET(self) -> None:
-        self._wait()
-        super().do_GET()
-
-    def do_HEAD(self) -> None:
-        self._wait()
-        super().do_HEAD()
+_REASONS = {200: "OK", 206: "Partial Content", 301: "Moved Permanently", 400: "Bad Request"}
+_REASONS |= {404: "Not Found", 405: "Method Not Allowed", 416: "Range Not Satisfiable"}
 
 
-class _LatencyServer(ThreadingHTTPServer):
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """(start, stop) of a ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` header; None if unusable."""
+    unit, _, spec = header.partition("=")
+    first, _, last = spec.strip().partition("-")
+    if unit.strip() != "bytes" or "," in spec:
+        return None
+    try:
+        if not first:  # the last n bytes
+            return max(0, size - int(last)), size
+        start = int(first)
+        return start, min(size, int(last) + 1) if last else size
+    except ValueError:
+        return None
+
+
+def _listing(folder: Path) -> bytes:
+    """An HTML list of a folder's entries (folders with a trailing slash), as http.server's."""
+    items = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        name = entry.name + ("/" if entry.is_dir() else "")
+        href = urllib.parse.quote(name)
+        items.append(f'<li><a href="{href}">{html.escape(name)}</a></li>')
+    return (
+        "<!DOCTYPE HTML><html><body><ul>\n" + "\n".join(items) + "\n</ul></body></html>\n"
+    ).encode()
+
+
+class _LatencyServer:
     """``with _LatencyServer(folder, delay_ms) as server:`` serves ``folder`` at ``server.url``.
 
     ``delay_s`` may be changed while it runs (e.g. 0 while an index is prepared); ``requests``
@@ -61,35 +63,155 @@ class _LatencyServer(ThreadingHTTPServer):
     ``busy_s`` the seconds they spent waiting, summed (over a span of time: the mean in flight).
     """
 
-    daemon_threads = True
-    request_queue_size = 1024
-
     def __init__(self, folder: str | Path, delay_ms: float) -> None:
-        handler = functools.partial(_Handler, directory=str(folder))
-        super().__init__(("127.0.0.1", 0), handler)
+        self.root = Path(folder).resolve()
+        self._root = str(self.root)
         self.delay_s = max(0.0, float(delay_ms)) / 1000.0
         self.requests = 0
         self.in_flight = 0
         self.peak_in_flight = 0
         self.busy_s = 0.0
         self.lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="mlcast-bench-http")
+        self._server: asyncio.AbstractServer | None = None
+        self._error: BaseException | None = None
 
     @property
     def url(self) -> str:
         """Base URL of the served folder (no trailing slash)."""
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # clients that close their sockets early: nothing to report
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)
+            )
+            self.port = int(self._server.sockets[0].getsockname()[1])
+        except BaseException as exc:  # reported by __enter__
+            self._error = exc
+            return
+        finally:
+            self._started.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Stop listening, end the open connections, then the loop."""
+        assert self._server is not None
+        self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.get_running_loop().stop()
+
+    async def _wait(self) -> None:
+        with self.lock:
+            self.requests += 1
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        t0 = time.perf_counter()
+        try:
+            if self.delay_s > 0:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+                self.busy_s += time.perf_counter() - t0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer the requests of one kept-alive connection until the client closes it."""
+        ends = (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError)
+        with contextlib.suppress(*ends):  # closed by the client, or the server stops
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not await self._answer(head, writer):
+                    break
+        writer.close()
+
+    async def _answer(self, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; whether the connection stays open."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        headers = {}
+        for line in lines[1:]:
+            key, sep, value = line.partition(":")
+            if sep:
+                headers[key.strip().lower()] = value.strip()
+        keep = headers.get("connection", "").lower() != "close"
+        if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
+            await self._send(writer, 405 if len(parts) == 3 else 400, b"", keep=False)
+            return False
+        method, target = parts[0], urllib.parse.unquote(parts[1].split("?", 1)[0])
+        await self._wait()
+        relative = posixpath.normpath(target.lstrip("/") or ".")
+        full = os.path.join(self._root, relative)
+        try:
+            if relative.startswith("..") or os.path.isabs(relative):
+                raise FileNotFoundError(target)  # outside the served folder
+            info = os.stat(full)
+        except OSError:
+            await self._send(writer, 404, b"", keep=keep)
+            return keep
+        if stat.S_ISDIR(info.st_mode):
+            if not target.endswith("/"):
+                await self._send(writer, 301, b"", keep=keep, extra={"Location": target + "/"})
+                return keep
+            body = _listing(Path(full))
+            await self._send(writer, 200, b"" if method == "HEAD" else body, keep, len(body))
+            return keep
+        size = info.st_size
+        start, stop, status = 0, size, 200
+        if "range" in headers:
+            span = _byte_range(headers["range"], size)
+            if span is None or span[0] >= max(span[1], 1):
+                extra = {"Content-Range": f"bytes */{size}"}
+                await self._send(writer, 416, b"", keep=keep, extra=extra)
+                return keep
+            (start, stop), status = span, 206
+        extra = {"Accept-Ranges": "bytes"}
+        if status == 206:
+            extra["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        body = b""
+        if method == "GET" and stop > start:
+            with open(full, "rb") as file:
+                file.seek(start)
+                body = file.read(stop - start)
+        await self._send(writer, status, body, keep, stop - start, extra)
+        return keep
+
+    @staticmethod
+    async def _send(
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: bytes,
+        keep: bool,
+        length: int | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Write a response head (and a small ``body``)."""
+        fields = {"Content-Length": str(len(body) if length is None else length)}
+        fields["Connection"] = "keep-alive" if keep else "close"
+        fields |= extra or {}
+        head = f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+        writer.write(head.encode("latin-1") + body)
+        await writer.drain()
 
     def __enter__(self) -> _LatencyServer:
         self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
+        if self._thread.is_alive() and self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         self._thread.join(timeout=10)
 
     @property
