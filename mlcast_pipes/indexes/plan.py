@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,16 @@ __all__ = [
 ]
 
 
+#: id of an opened array -> (weak reference to it, its summary): one fingerprint per opening
+_INFOS: dict[int, tuple[weakref.ref[xr.DataArray], DatasetInfo]] = {}
+
+
 def dataset_info(da: xr.DataArray) -> DatasetInfo:
-    """Summarise an opened archive for the steps after tiling.
+    """Summarise an opened archive for the steps after tiling (once per opened array).
+
+    The fingerprint reads chunk sizes from the store (round trips to a remote one): it is
+    computed when an array is first summarised and kept while that array lives. ``.open_mlcast()``
+    opens a local archive again when its metadata files change, which gives a new array.
 
     Examples
     --------
@@ -56,14 +65,24 @@ def dataset_info(da: xr.DataArray) -> DatasetInfo:
     ('rainfall_flux', 'mm h-1')
 
     """
+    known = _INFOS.get(id(da))
+    if known is not None and known[0]() is da:
+        return known[1]
     times = np.asarray(da["time"].values)
-    return DatasetInfo(
+    info = DatasetInfo(
         spec=ds.source_spec(da),
         standard_name=str(da.attrs.get("standard_name", "")),
         units=str(da.attrs.get("units", "")),
         time_step=ds.nominal_time_step(times, da.attrs.get("consistent_timestep_start")),
         fingerprint=ds.fingerprint(da),
     )
+    key = id(da)
+
+    def forget(_: weakref.ref[xr.DataArray]) -> None:
+        _INFOS.pop(key, None)
+
+    _INFOS[key] = (weakref.ref(da, forget), info)
+    return info
 
 
 @dataclass
