@@ -11,14 +11,16 @@ import contextlib
 import math
 import os
 import threading
+import time
 import warnings
-from collections.abc import Callable, Container, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Container, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["ChunkReader", "PendingChunks"]
+__all__ = ["ChunkReader", "FetchAhead", "PendingChunks"]
 
 #: numcodecs compressors (zarr format 2 ``compressor`` ids) whose ``decode(buf)`` returns the raw
 #: chunk bytes; chunks compressed with anything else are read through zarr.
@@ -86,6 +88,113 @@ def _numpy_dtype(dtype: Any) -> np.dtype[Any]:
     return native
 
 
+class FetchAhead:
+    """Compressed chunk bytes fetched from a remote store before their reads ask for them.
+
+    Bytes wait here until a :class:`ChunkReader` sharing this object reads (and decodes) the
+    chunk, so that a read finds its bytes arrived instead of waiting one storage round trip per
+    chunk. At most ``max_chunks`` chunks are held or in flight, ``max_in_flight`` fetched at
+    once, and no more are started while those arrived exceed ``max_bytes``; bytes not taken
+    within ``ttl`` seconds are dropped. Used on zarr's event loop only.
+
+    Examples
+    --------
+    >>> ahead = FetchAhead(max_chunks=8)
+    >>> ahead.held, ahead.nbytes
+    (0, 0)
+
+    """
+
+    def __init__(
+        self,
+        *,
+        max_chunks: int = 128,
+        max_in_flight: int = 64,
+        max_bytes: int = 64 * 2**20,
+        ttl: float = 30.0,
+    ) -> None:
+        self.max_chunks = max_chunks
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self.nbytes = 0  # bytes arrived and not yet taken
+        #: fetched chunks taken by a read, and fetched ones dropped unread (figures)
+        self.taken = self.dropped = 0
+        self._max_in_flight = max_in_flight
+        self._slots: asyncio.Semaphore | None = None
+        self._tasks: OrderedDict[str, tuple[float, asyncio.Task[Any]]] = OrderedDict()
+
+    @property
+    def held(self) -> int:
+        """Chunks fetched or being fetched, not yet taken."""
+        return len(self._tasks)
+
+    def _expire(self, now: float) -> None:
+        while self._tasks:
+            key, (started, _) = next(iter(self._tasks.items()))
+            if now - started < self.ttl:
+                return
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        _, task = self._tasks.pop(key)
+        if task.done():
+            self.nbytes -= _size(task)
+        else:
+            task.cancel()
+        self.dropped += 1
+
+    def add(self, store_path: Any, keys: Sequence[str]) -> None:
+        """Start fetching ``keys`` (relative to ``store_path``) within the bounds."""
+        now = time.monotonic()
+        self._expire(now)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_in_flight)
+        for key in keys:
+            full = f"{store_path}/{key}"
+            if full in self._tasks:
+                continue
+            if len(self._tasks) >= self.max_chunks or self.nbytes >= self.max_bytes:
+                return
+            task = asyncio.ensure_future(self._fetch(store_path / key))
+            self._tasks[full] = (now, task)
+
+    async def _fetch(self, path: Any) -> Any:
+        from zarr.core.buffer import default_buffer_prototype
+
+        assert self._slots is not None
+        try:
+            async with self._slots:
+                buf = await path.get(default_buffer_prototype())
+        except Exception as exc:  # returned: the read fetches it again and reports
+            return exc
+        self.nbytes += 0 if buf is None else len(buf)
+        return buf
+
+    def take(self, store_path: Any, key: str) -> asyncio.Task[Any] | None:
+        """The fetch of ``key`` if it was started (its bytes leave this store), else None."""
+        entry = self._tasks.pop(f"{store_path}/{key}", None)
+        if entry is None:
+            return None
+        task = entry[1]
+        if task.done():
+            self.nbytes -= _size(task)
+        else:  # counted when it arrives: count it out then
+            task.add_done_callback(lambda t: self._settle(t))
+        self.taken += 1
+        return task
+
+    def _settle(self, task: asyncio.Task[Any]) -> None:
+        self.nbytes -= _size(task)
+
+
+def _size(task: asyncio.Task[Any]) -> int:
+    """Bytes a finished fetch holds (0 if it failed, was cancelled or found no chunk)."""
+    if task.cancelled() or task.exception() is not None:
+        return 0
+    buf = task.result()
+    return 0 if buf is None or isinstance(buf, Exception) else len(buf)
+
+
 class ChunkReader:
     """Read whole chunks along the first axis of a zarr array that has one chunk along the others.
 
@@ -104,8 +213,16 @@ class ChunkReader:
 
     """
 
-    def __init__(self, array: Any, *, known_absent: Container[int] | None = None) -> None:
+    def __init__(
+        self,
+        array: Any,
+        *,
+        known_absent: Container[int] | None = None,
+        ahead: FetchAhead | None = None,
+    ) -> None:
         self.array = array
+        #: bytes of remote chunks fetched ahead (:meth:`fetch_ahead`), shared by readers
+        self.ahead = ahead
         #: chunks allowed to be absent (read as the fill value); None: any chunk may be
         self.known_absent = known_absent
         #: read another absent chunk as the fill value with a warning instead of raising
@@ -228,29 +345,73 @@ class ChunkReader:
         except Exception as exc:  # returned, so that one failure does not cancel the others
             return exc
 
-    def _decode_then(
-        self, raw: np.ndarray, index: int, out: np.ndarray | None, then: OnChunk | None
-    ) -> np.ndarray:
-        return _then(then, index, self._decode(raw, index, out))
-
-    async def _read_async(self, index: int, out: np.ndarray | None, then: OnChunk | None) -> Any:
-        """Fetch one chunk through the store (remote stores) and decode it in a thread."""
+    async def _fetch(self, index: int) -> tuple[bool, Any]:
+        """(True, chunk bytes) of a chunk to decode here, or (False, the chunk zarr decoded)."""
         assert self._async is not None
-        try:
-            self._check(index)
-            if self.direct:
-                from zarr.core.buffer import default_buffer_prototype
+        self._check(index)
+        if self.direct:
+            from zarr.core.buffer import default_buffer_prototype
 
-                key = self._key(index)
-                buf = await (self._async.store_path / key).get(default_buffer_prototype())
-                if buf is None:
-                    self._check_absent(index)
-                else:
-                    raw = buf.as_numpy_array()
-                    return await asyncio.to_thread(self._decode_then, raw, index, out, then)
-            return _then(then, index, np.asarray(await self._async.getitem(self.rows(index))))
+            key = self._key(index)
+            path = self._async.store_path
+            early = self.ahead.take(path, key) if self.ahead is not None else None
+            buf = None
+            if early is not None:
+                try:
+                    buf = await early
+                except Exception as exc:
+                    buf = exc
+                if isinstance(buf, Exception):  # fetched again below, retried and reported
+                    early = None
+            if early is None:
+                buf = await (path / key).get(default_buffer_prototype())
+            if buf is not None:
+                return True, buf.as_numpy_array()
+            self._check_absent(index)
+        return False, np.asarray(await self._async.getitem(self.rows(index)))
+
+    async def _read_async(
+        self,
+        index: int,
+        out: np.ndarray | None,
+        then: OnChunk | None,
+        timeout: float | None,
+        result: concurrent.futures.Future[Any],
+    ) -> None:
+        """Fetch a chunk from a remote store within ``timeout``; decode it in the thread pool.
+
+        The pool's task sets ``result`` (the chunk, or the exception) unless it was cancelled.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    raw, data = await self._fetch(index)
+                except Exception as exc:  # returned, so that one failure does not cancel others
+                    raw, data = False, exc
+        except TimeoutError:
+            raw, data = False, TimeoutError(f"chunk {index} was not read within {timeout:.3g} s")
+        _thread_pool().submit(self._finish, result, raw, data, index, out, then)
+
+    def _finish(
+        self,
+        result: concurrent.futures.Future[Any],
+        raw: bool,
+        data: Any,
+        index: int,
+        out: np.ndarray | None,
+        then: OnChunk | None,
+    ) -> None:
+        """Decode fetched bytes (or take zarr's chunk) and set ``result``, unless cancelled."""
+        if not result.set_running_or_notify_cancel():
+            return
+        try:
+            if raw:
+                data = self._decode(data, index, out)
+            if not isinstance(data, Exception):
+                data = _then(then, index, data)
         except Exception as exc:
-            return exc
+            data = exc
+        result.set_result(data)
 
     def _read_sync(self, index: int, then: OnChunk | None) -> Any:
         try:
@@ -258,6 +419,22 @@ class ChunkReader:
             return _then(then, index, np.asarray(self.array[self.rows(index)]))
         except Exception as exc:
             return exc
+
+    def fetch_ahead(self, indices: Sequence[int]) -> None:
+        """Start fetching the bytes of chunks ``indices`` for reads to come (remote stores).
+
+        Does nothing for local files, without a :class:`FetchAhead` or for chunks zarr
+        decodes itself; returns at once.
+        """
+        if self.ahead is None or self._local is not None or self._async is None:
+            return
+        if not self.direct:
+            return
+        keys = [self._key(int(i)) for i in indices if 0 <= int(i) < self.n_chunks]
+        if keys:
+            from zarr.core.sync import _get_loop
+
+            _get_loop().call_soon_threadsafe(self.ahead.add, self._async.store_path, keys)
 
     @property
     def is_local(self) -> bool:
@@ -275,7 +452,7 @@ class ChunkReader:
 
         ``out``, ``then`` and ``timeout`` are as in :meth:`submit`. Local files are read and
         decoded by the chunk thread pool; remote chunks are fetched on zarr's event loop (many
-        at once) and decoded in a thread as soon as each one arrives.
+        at once) and decoded by that pool as soon as each one arrives.
         """
         if self._local is not None:
             return _thread_pool().submit(self._read_local, int(index), out, then)
@@ -285,13 +462,10 @@ class ChunkReader:
             return done
         from zarr.core.sync import _get_loop
 
-        async def bounded() -> Any:
-            try:
-                return await asyncio.wait_for(self._read_async(int(index), out, then), timeout)
-            except TimeoutError:
-                return TimeoutError(f"chunk {index} was not read within {timeout:.3g} s")
-
-        return asyncio.run_coroutine_threadsafe(bounded(), _get_loop())
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        fetch = self._read_async(int(index), out, then, timeout, result)
+        _get_loop().call_soon_threadsafe(_run_task, fetch)
+        return result
 
     def submit(
         self,
@@ -353,6 +527,17 @@ class PendingChunks:
             if not f.cancel():
                 with contextlib.suppress(Exception):
                     f.result()
+
+
+#: Fetches running on zarr's event loop (the loop holds tasks weakly only).
+_TASKS: set[asyncio.Task[None]] = set()
+
+
+def _run_task(fetch: Coroutine[Any, Any, None]) -> None:
+    """Run ``fetch`` as a task of the running loop, held until it ends."""
+    task = asyncio.ensure_future(fetch)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
 
 
 def _then(then: OnChunk | None, index: int, block: np.ndarray) -> np.ndarray:

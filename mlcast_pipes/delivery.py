@@ -6,10 +6,11 @@ The torch-free core of the sampling datapipes: they only choose the epoch and th
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import threading
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,7 +198,29 @@ class SampleDelivery:
         buffer = plan_buffer(
             groups, items.rows, items.windows, capacity=self.shuffle_buffer, span=span, rng=rng
         )
-        yield from self._deliver(plans, groups, items, buffer, skip)
+        upcoming = functools.partial(self._fetch_epoch_start, pools, epoch + 1, shard, order)
+        yield from self._deliver(plans, groups, items, buffer, skip, upcoming)
+
+    def _fetch_epoch_start(
+        self,
+        pools: Sequence[tuple[TileTable, SamplingIndex]],
+        epoch: int,
+        shard: Shard,
+        order: EpochOrder,
+    ) -> None:
+        """Ask remote stores for the bytes of the first reads of ``epoch`` (likely the next)."""
+        plans = self._plans(pools, epoch)
+        if not any(p.copy is None and _is_remote(p.table.info.spec.url) for p in plans):
+            return
+        groups, items = self._shard_groups(
+            plans, [p.read_keys() for p in plans], epoch, shard, order
+        )
+        members: list[int] = []
+        for group in groups[: 2 * max(self.read_ahead, 1)]:
+            if len(members) >= 2 * _JOB_SAMPLES:
+                break
+            members.extend(group.tolist())
+        _fetch_frames_ahead(plans, items, members)
 
     def _ordered(
         self,
@@ -275,8 +298,12 @@ class SampleDelivery:
         items: _Items,
         buffer: BufferPlan,
         skip: int,
+        upcoming: Callable[[], None] | None = None,
     ) -> Iterator[TileSample]:
-        """Yield the buffer plan's records from ``skip`` on, reading each needed row once."""
+        """Yield the buffer plan's records from ``skip`` on, reading each needed row once.
+
+        ``upcoming`` runs once every read has started (e.g. to fetch the next epoch's bytes).
+        """
         order = buffer.order[skip:]
         if not len(order):
             return
@@ -294,7 +321,7 @@ class SampleDelivery:
             if fresh:
                 reads.append((g, fresh))
         store: dict[int, np.ndarray | None] = {}
-        with _Prefetch(self, plans, items, reads) as fetched:
+        with _Prefetch(self, plans, items, reads, upcoming) as fetched:
             for i, need in zip(order.tolist(), buffer.reads_before[skip:].tolist(), strict=True):
                 fetched.until(need, store)
                 k, pos = int(items.tables[i]), int(items.positions[i])
@@ -382,20 +409,24 @@ class _Prefetch:
         plans: list[_TablePlan],
         items: _Items,
         reads: list[tuple[int, list[int]]],
+        upcoming: Callable[[], None] | None = None,
     ) -> None:
         self.delivery = delivery
+        self.upcoming = upcoming  # run once all reads are submitted (remote stores)
         self.plans = plans
         self.items = items
         self.reads = reads
         self.next = 0  # next entry of ``reads`` to put into the store
         self.submitted = 0  # entries handed to jobs so far
+        self.fetched = 0  # entries whose bytes were asked for ahead (remote stores)
         self.jobs: deque[tuple[int, concurrent.futures.Future[dict[int, np.ndarray | None]]]] = (
             deque()
         )
         self.ahead = delivery.read_ahead if delivery.load else 0
         # two reads in flight from remote stores: one fetches while the other decodes
         remote = any(p.copy is None and _is_remote(p.table.info.spec.url) for p in plans)
-        self.lanes = 2 if remote and self.ahead else 1
+        self.remote = remote and self.ahead > 0
+        self.lanes = 2 if self.remote else 1
         if self.lanes > 1:  # open both lanes' readers in this thread, before any read starts
             for p in plans:
                 spec = p.table.info.spec
@@ -454,8 +485,26 @@ class _Prefetch:
             and len(self.jobs) < self.lanes + 1
         ):
             end = self._job(self.submitted)
+            self._fetch_ahead(end)  # its bytes all at once, not as its reader's window slides
             self.jobs.append((end, self.pool.submit(self._fetch, self.submitted, end)))
             self.submitted = end
+        if self.submitted < len(self.reads):
+            self._fetch_ahead(self._job(self.submitted))  # and those of the job after
+        elif self.remote and self.upcoming is not None:
+            upcoming, self.upcoming = self.upcoming, None
+            upcoming()
+
+    def _fetch_ahead(self, until: int) -> None:
+        """Start fetching the stored bytes of the jobs before entry ``until`` (remote stores)."""
+        while self.remote and self.fetched < until:
+            end = self._job(self.fetched)
+            self._fetch_job_ahead(self.fetched, end)
+            self.fetched = end
+
+    def _fetch_job_ahead(self, first: int, end: int) -> None:
+        """Start fetching the stored bytes of the job ``[first, end)``."""
+        members = [i for _, group in self.reads[first:end] for i in group]
+        _fetch_frames_ahead(self.plans, self.items, members)
 
     def until(self, groups_read: int, store: dict[int, np.ndarray | None]) -> None:
         """Put into ``store`` the rows of every read group before group ``groups_read``."""
@@ -473,3 +522,24 @@ class _Prefetch:
 
 #: Samples read together at most by one background read (bounds the memory read ahead).
 _JOB_SAMPLES = 64
+
+
+def _fetch_frames_ahead(plans: list[_TablePlan], items: _Items, members: Sequence[int]) -> None:
+    """Ask remote stores for the bytes of the frames of ``members`` (items of the shard)."""
+    by_table: dict[int, list[int]] = {}
+    for i in members:
+        by_table.setdefault(int(items.tables[i]), []).append(i)
+    for k, mine in by_table.items():
+        plan = plans[k]
+        spec = plan.table.info.spec
+        if plan.copy is not None or not _is_remote(spec.url):
+            continue
+        rows = plan.pool_rows(items.positions[mine])
+        cols = plan.cols
+        starts = np.asarray(cols["t_start"][rows]) + np.asarray(cols["t_offset"][rows])
+        frames = {
+            t
+            for t0, n in zip(starts.tolist(), cols["n_time_sample"][rows].tolist(), strict=True)
+            for t in range(int(t0), int(t0) + int(n))
+        }
+        get_reader(spec.url, spec.var_name, spec.storage_options).fetch_ahead(frames)

@@ -186,3 +186,70 @@ def test_then_runs_on_each_decoded_chunk_and_its_error_is_the_outcome(tmp_path: 
     got = chunks.read([0, 2, 4], then=then)
     assert seen == {0: pytest.approx(float(DATA[0].sum())), 2: pytest.approx(float(DATA[2].sum()))}
     assert isinstance(got[2], RuntimeError)
+
+
+def _served_array(tmp_path: Path, server: Any) -> Any:
+    """The v2 zstd array of ``tmp_path / "a.zarr"``, opened over ``server``'s HTTP."""
+    from mlcast_pipes.reader.requests import _open_store
+
+    _v2(tmp_path / "a.zarr", numcodecs.Zstd(level=1))
+    store = _open_store(f"{server.url}/a.zarr", {"skip_instance_cache": True})
+    return zarr.open_array(store, mode="r")
+
+
+def test_bytes_fetched_ahead_are_taken_by_the_read_not_fetched_twice(tmp_path: Path) -> None:
+    import time
+
+    from mlcast_pipes.bench.server import _LatencyServer
+    from mlcast_pipes.chunkio import FetchAhead
+
+    with _LatencyServer(tmp_path, 50) as server:
+        arr = _served_array(tmp_path, server)
+        ahead = FetchAhead(max_chunks=3)
+        chunks = ChunkReader(arr, ahead=ahead)
+        before = server.requests
+        chunks.fetch_ahead([0, 1, 2, 3, 4])  # bounded: three are asked for
+        time.sleep(0.3)
+        assert ahead.held == 3 and server.requests - before == 3 and ahead.nbytes > 0
+        t0 = time.perf_counter()
+        got = chunks.read([2, 1, 0])  # already here: no round trip of 50 ms each
+        assert time.perf_counter() - t0 < 0.05
+        np.testing.assert_array_equal(np.concatenate([got[2], got[1], got[0]]), DATA[:3])
+        assert (ahead.taken, ahead.held, ahead.nbytes) == (3, 0, 0)
+        assert server.requests - before == 3
+        got = chunks.read([4])  # not fetched ahead: read as usual
+        np.testing.assert_array_equal(got[0], DATA[4:5])
+        assert server.requests - before == 4
+
+
+def test_a_failed_fetch_ahead_is_read_again_and_reported_as_usual(tmp_path: Path) -> None:
+    import time
+
+    from mlcast_pipes.bench.server import _LatencyServer
+    from mlcast_pipes.chunkio import FetchAhead
+
+    with _LatencyServer(tmp_path, 0) as server:
+        arr = _served_array(tmp_path, server)
+        ahead = FetchAhead(ttl=0.2)
+        chunks = ChunkReader(arr, ahead=ahead, known_absent=())
+        (tmp_path / "a.zarr" / "3.0.0").unlink()  # gone after opening: FileNotFoundError
+        chunks.fetch_ahead([3, 4])
+        time.sleep(0.3)
+        assert isinstance(chunks.read([3])[0], FileNotFoundError)
+        time.sleep(0.3)
+        chunks.fetch_ahead([0])  # the 0.2 s old fetch of chunk 4 is dropped unread
+        time.sleep(0.1)
+        assert ahead.dropped == 1 and ahead.held == 1
+
+
+def test_cancelled_remote_reads_neither_raise_nor_deliver(tmp_path: Path) -> None:
+    from mlcast_pipes.bench.server import _LatencyServer
+
+    with _LatencyServer(tmp_path, 200) as server:
+        chunks = ChunkReader(_served_array(tmp_path, server))
+        seen: list[int] = []
+        pending = chunks.submit([0, 1, 2], then=lambda i, block: seen.append(i))
+        pending.cancel()  # while fetching: dropped when their bytes come
+        later = chunks.read([4], then=lambda i, block: seen.append(i))
+        np.testing.assert_array_equal(later[0], DATA[4:5])
+        assert seen == [4]

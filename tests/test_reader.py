@@ -498,3 +498,29 @@ def test_only_network_stores_get_two_read_lanes() -> None:
     assert _is_remote("s3://bucket/radar.zarr") and _is_remote("https://host/radar.zarr")
     assert not _is_remote("/data/radar.zarr") and not _is_remote("file:///data/radar.zarr")
     assert not _is_remote("memory://radar.zarr")
+
+
+def test_both_read_lanes_take_the_bytes_one_fetched_ahead(tmp_path: Path) -> None:
+    import time
+
+    import xarray as xr
+
+    from mlcast_pipes.bench.server import _LatencyServer
+    from mlcast_pipes.reader import close_readers, get_reader
+
+    rain = np.random.default_rng(1).gamma(0.5, 2.0, (6, 8, 8)).astype("float32")
+    encoding = {"rain": {"chunks": (1, 8, 8)}}
+    xr.Dataset({"rain": (("time", "y", "x"), rain)}).to_zarr(
+        tmp_path / "r.zarr", zarr_format=2, encoding=encoding
+    )
+    with _LatencyServer(tmp_path, 20) as server:
+        url = f"{server.url}/r.zarr"
+        first, second = get_reader(url, "rain"), get_reader(url, "rain", lane=1)
+        assert second is not first and second.shape == first.shape
+        before = server.requests
+        first.fetch_ahead(range(6))
+        time.sleep(0.3)
+        tiles = second.read_tiles([TileRequest(0, 6, 0, 8, 0, 8)], cache=False)
+        np.testing.assert_array_equal(tiles[0], rain)
+        assert server.requests - before == 6  # one fetch per frame, made ahead
+        close_readers()

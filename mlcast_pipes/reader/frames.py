@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mlcast_pipes.chunkio import ChunkReader, OnChunk
+from mlcast_pipes.chunkio import ChunkReader, FetchAhead, OnChunk
 from mlcast_pipes.errors import DatasetError, ParameterError, ReadError
 from mlcast_pipes.reader.errors import _describe, _FrameFailedError, _is_denied, is_transient
 from mlcast_pipes.reader.requests import (
@@ -160,6 +160,10 @@ class FrameReader:
         #: stay within the decode budget
         self._spare: list[np.ndarray] = []
         self._lent = 0
+        #: (pid, store) of the bytes fetched ahead for this reader; a second read lane of the
+        #: same archive uses its owner's (see :func:`~mlcast_pipes.reader.get_reader`)
+        self._ahead_store: tuple[int, FetchAhead] | None = None
+        self._ahead_owner: FrameReader | None = None
         self._reset_handles()
 
     # ------------------------------------------------------------------ state and opening
@@ -279,7 +283,7 @@ class FrameReader:
         self._shape = (int(node.shape[0]), int(node.shape[1]), int(node.shape[2]))
         self._dtype = dtype
         self._tchunk = max(1, int(node.chunks[0]))
-        self._chunks = ChunkReader(node)
+        self._chunks = ChunkReader(node, ahead=self._ahead())
         self._cf = _cf_decoding(node)
         self._pid = pid
 
@@ -350,6 +354,31 @@ class FrameReader:
         with self._lock:
             return self._read_tiles_locked(reqs, cache)
 
+    def fetch_ahead(self, frames: Iterable[int]) -> None:
+        """Start fetching the stored bytes of ``frames`` for reads to come, and return at once.
+
+        For remote stores only (elsewhere it does nothing): a later :meth:`read_tiles` of this
+        reader, or of its second read lane, decodes them without waiting for storage. Bounded
+        (see :class:`~mlcast_pipes.chunkio.FetchAhead`); frames in the cache, outside the
+        archive or not read within 30 s cost nothing more. Closing the reader drops them.
+        """
+        self._ensure_open()
+        chunks = self._chunks
+        if chunks is None or chunks.is_local:
+            return
+        wanted = {int(t) // self._tchunk for t in frames if int(t) not in self._cache}
+        chunks.fetch_ahead(sorted(wanted))
+
+    def _ahead(self) -> FetchAhead:
+        """The store of bytes fetched ahead: this reader's (per process), or its lane owner's."""
+        if self._ahead_owner is not None:
+            return self._ahead_owner._ahead()
+        pid = os.getpid()
+        with _AHEAD_LOCK:
+            if self._ahead_store is None or self._ahead_store[0] != pid:
+                self._ahead_store = (pid, FetchAhead())
+            return self._ahead_store[1]
+
     def close(self) -> None:
         """Drop the store handle and the cached frames (the reader reopens on next use)."""
         with self._lock:
@@ -357,6 +386,7 @@ class FrameReader:
             own = self._pid == os.getpid()
             self._cache.clear()
             self._spare.clear()
+            self._ahead_store = None  # bytes fetched ahead and not read yet are dropped
             self._reset_handles()
         if own and store is not None:
             with contextlib.suppress(Exception):  # closing is best effort
@@ -404,7 +434,7 @@ class FrameReader:
                 and int(node.shape[0]) > self._shape[0]
             ):
                 self._array = node
-                self._chunks = ChunkReader(node)
+                self._chunks = ChunkReader(node, ahead=self._ahead())
                 self._shape = (int(node.shape[0]), self._shape[1], self._shape[2])
             return self._shape
 
@@ -673,6 +703,17 @@ def _group_by_chunk(
         units.setdefault(t // tchunk, []).append(t)
     return [(c * tchunk, min((c + 1) * tchunk, length), needed) for c, needed in units.items()]
 
+
+#: Guards the creation of readers' stores of bytes fetched ahead
+_AHEAD_LOCK = threading.Lock()
+
+
+def _new_ahead_lock() -> None:
+    global _AHEAD_LOCK
+    _AHEAD_LOCK = threading.Lock()  # the parent's may have been held by another thread
+
+
+os.register_at_fork(after_in_child=_new_ahead_lock)
 
 #: (url, variable) -> time chunks absent when the archive was indexed (others must be there)
 _KNOWN_ABSENT: dict[tuple[str, str], frozenset[int]] = {}

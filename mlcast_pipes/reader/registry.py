@@ -72,6 +72,8 @@ def get_reader(
             for k in [k for k in _READERS if k[0] != pid]:
                 del _READERS[k]  # inherited through fork: the parent's, not ours to close
             reader = FrameReader(url, var_name, storage_options=storage_options, **kw)
+            if lane:
+                reader._ahead_owner = first  # takes the bytes the first lane fetched ahead
             _READERS[key] = reader
         return reader
 
