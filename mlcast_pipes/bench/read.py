@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
+import os
 import time
 import warnings
 from collections import defaultdict
@@ -197,6 +198,9 @@ def _timed_reads(
         n += len(reader.read_tiles(tiles, cache=False))
     result.put((n, time.perf_counter() - t0))
     reader.close()
+    # end here: the HTTP session fsspec keeps for the URL is not closed (it is shared through
+    # fsspec's instance cache), and aiohttp would report it when collected at the child's exit
+    os._exit(0)
 
 
 def _latency_run(
