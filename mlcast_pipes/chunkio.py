@@ -514,8 +514,6 @@ class PendingChunks:
 
     def __init__(self, futures: list[concurrent.futures.Future[Any]]) -> None:
         self._futures = futures
-        #: ``time.monotonic()`` by which the reads must be done (None: unbounded); set by callers
-        self.deadline: float | None = None
 
     def result(self) -> list[Any]:
         """One outcome per chunk (array or exception), in the order asked for."""

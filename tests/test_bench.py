@@ -70,6 +70,7 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
     assert out["latency_requests_per_epoch"] > 0
     assert out["latency_over_local"] > 0
     assert out["latency_mean_requests_in_flight"] > 0
+    assert out["latency_server_cpu_ms_per_request"] >= 0  # the server's share of the cores
     assert out["http_0ms_samples_per_s"] > 0 and out["latency_over_http_0ms"] > 0
     # the reader alone over HTTP: one window per call, then four (more chunk fetches at once)
     for key in ("latency_reader", "latency_reader_4_windows"):
@@ -210,6 +211,7 @@ def test_server_process_delays_counts_and_stops(tmp_path: Path) -> None:
         assert server.requests == 1 and server.busy_s >= 0.05 and server.peak_in_flight == 1
         server.peak_in_flight = 0
         assert server.peak_in_flight == 0
+        assert server.cpu_s >= 0  # clock ticks of 10 ms: one request may not show
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
 

@@ -238,7 +238,7 @@ def _latency_run(
             for epoch in range(2 * epochs - 1):
                 if epoch == epochs:
                     server.delay_s = delay_ms / 1000.0
-                    before, busy = server.requests, server.busy_s
+                    before, busy, cpu = server.requests, server.busy_s, server.cpu_s
                 n = 0
                 t0 = time.perf_counter()
                 for batch in loader:
@@ -249,6 +249,7 @@ def _latency_run(
             loader.shutdown()
             close_readers()
         requests = server.requests - before
+        server_cpu_s = server.cpu_s - cpu
         undelayed = sum(counts[1:epochs]) / sum(seconds[1:epochs])
         counts, seconds = counts[:1] + counts[epochs:], seconds[:1] + seconds[epochs:]
         in_flight = (server.busy_s - busy) / sum(seconds[1:])
@@ -282,6 +283,7 @@ def _latency_run(
         "latency_samples_per_s": round(sum(counts[1:]) / sum(seconds[1:]), 1),
         "latency_requests_per_epoch": round(requests / max(1, epochs - 1), 1),
         "latency_mean_requests_in_flight": round(in_flight, 1),
+        "latency_server_cpu_ms_per_request": round(1000 * server_cpu_s / max(requests, 1), 3),
         "latency_samples_checked": counts,
         "http_0ms_samples_per_s": round(undelayed, 1),
         "latency_over_http_0ms": round(sum(counts[1:]) / sum(seconds[1:]) / undelayed, 3),

@@ -270,6 +270,13 @@ class _ServerProcess:
         time.sleep(0.02)  # the child mirrors its figures every 5 ms
 
     @property
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used so far."""
+        import psutil
+
+        return float(sum(psutil.Process(self._process.pid).cpu_times()[:2]))
+
+    @property
     def delay_s(self) -> float:
         return float(self._shared["delay_s"].value)
 
