@@ -72,8 +72,9 @@ def test_bench_read_tiny(tiny_archive: Path, tmp_path: Path) -> None:
     assert out["latency_mean_requests_in_flight"] > 0
     assert out["latency_server_cpu_ms_per_request"] >= 0  # the server's share of the cores
     assert out["http_0ms_samples_per_s"] > 0 and out["latency_over_http_0ms"] > 0
-    # the reader alone over HTTP: one window per call, then four (more chunk fetches at once)
-    for key in ("latency_reader", "latency_reader_4_windows"):
+    # the reader alone over HTTP: one window per call, then four (more chunk fetches at once),
+    # then four with the next call's bytes fetched ahead
+    for key in ("latency_reader", "latency_reader_4_windows", "latency_reader_4_windows_ahead"):
         assert out[f"{key}_samples_per_s"] > 0 and out[f"{key}_over_local"] > 0
     peaks = [
         out[f"{k}_peak_requests_in_flight"] for k in ("latency_reader", "latency_reader_4_windows")

@@ -495,7 +495,7 @@ def bench_read(
                 spec.var_name,
             )
             latency["latency_over_local"] = round(latency["latency_samples_per_s"] / rates_c[1], 3)
-            for key in ("latency_reader_samples_per_s", "latency_reader_4_windows_samples_per_s"):
+            for key in [k for k in latency if k.startswith("latency_reader") and "per_s" in k]:
                 ratio = latency[key] * direct_s / n_epoch
                 latency[key.replace("samples_per_s", "over_local")] = round(ratio, 3)
             _stage("latency")

@@ -176,14 +176,15 @@ def _timed_reads(
     var_name: str,
     window_reads: Sequence[Sequence[Any]],
     per_call: int,
+    ahead: bool,
     opened: Any,
     go: Any,
     result: Any,
 ) -> None:
     """Time a new reader on ``window_reads``, ``per_call`` windows per call (a child process).
 
-    It opens the archive, sets ``opened``, waits for ``go``, reads, then puts (tiles, seconds)
-    on ``result``.
+    It opens the archive, sets ``opened``, waits for ``go``, reads (with ``ahead``, asking for
+    the next call's bytes before each call), then puts (tiles, seconds) on ``result``.
     """
     from mlcast_pipes.reader import FrameReader
 
@@ -193,8 +194,13 @@ def _timed_reads(
     go.wait()
     n = 0
     t0 = time.perf_counter()
-    for k in range(0, len(window_reads), per_call):
-        tiles = [r for w in window_reads[k : k + per_call] for r in w]
+    calls = [
+        [r for w in window_reads[k : k + per_call] for r in w]
+        for k in range(0, len(window_reads), per_call)
+    ]
+    for k, tiles in enumerate(calls):
+        if ahead and k + 1 < len(calls):
+            reader.fetch_ahead({t for r in calls[k + 1] for t in r.frames})
         n += len(reader.read_tiles(tiles, cache=False))
     result.put((n, time.perf_counter() - t0))
     reader.close()
@@ -218,17 +224,17 @@ def _latency_run(
     The server answers at once while the index is prepared, the first (start-up) epoch and
     ``epochs - 1`` timed epochs run (``http_0ms``: the cost of HTTP itself, on the same cores),
     then sleeps ``delay_ms`` per request for ``epochs - 1`` more; then a reader of ``var_name``
-    alone reads ``window_reads`` (tile requests per window), one and four windows per call. The
-    server stops before returning.
+    alone reads ``window_reads`` (tile requests per window), one and four windows per call, and
+    four with the next call's bytes fetched ahead. The server stops before returning.
     """
     import mlcast_pipes as mp
     from mlcast_pipes.bench.server import _ServerProcess
     from mlcast_pipes.reader import close_readers
 
     close_readers()
-    reader_rates: dict[int, float] = {}
-    reader_peaks: dict[int, int] = {}
-    reader_means: dict[int, float] = {}
+    reader_rates: dict[str, float] = {}
+    reader_peaks: dict[str, int] = {}
+    reader_means: dict[str, float] = {}
     with _ServerProcess(archive.parent, 0.0) as server:
         url = f"{server.url}/{archive.name}"
         loader = mp.make_dataloader(chain(source=url, where=index_dir), num_workers=workers)
@@ -253,14 +259,15 @@ def _latency_run(
         undelayed = sum(counts[1:epochs]) / sum(seconds[1:epochs])
         counts, seconds = counts[:1] + counts[epochs:], seconds[:1] + seconds[epochs:]
         in_flight = (server.busy_s - busy) / sum(seconds[1:])
-        for per_call in (1, 4) if window_reads else ():
+        variants = {"": (1, False), "_4_windows": (4, False), "_4_windows_ahead": (4, True)}
+        for name, (per_call, ahead) in variants.items() if window_reads else ():
             # in a child process, as the workers read: not sharing this process's GIL with the
             # server; counted from when its reader is open
             ctx = multiprocessing.get_context("fork")
             opened, go, result = ctx.Event(), ctx.Event(), ctx.SimpleQueue()
             child = ctx.Process(
                 target=_timed_reads,
-                args=(url, var_name, window_reads, per_call, opened, go, result),
+                args=(url, var_name, window_reads, per_call, ahead, opened, go, result),
                 daemon=True,
             )
             child.start()
@@ -275,9 +282,9 @@ def _latency_run(
                 child.join(10)
                 if child.is_alive():
                     child.kill()
-            reader_rates[per_call] = n / elapsed
-            reader_peaks[per_call] = server.peak_in_flight
-            reader_means[per_call] = (server.busy_s - busy) / elapsed
+            reader_rates[name] = n / elapsed
+            reader_peaks[name] = server.peak_in_flight
+            reader_means[name] = (server.busy_s - busy) / elapsed
     figures: dict[str, Any] = {
         "latency_ms": delay_ms,
         "latency_samples_per_s": round(sum(counts[1:]) / sum(seconds[1:]), 1),
@@ -288,14 +295,11 @@ def _latency_run(
         "http_0ms_samples_per_s": round(undelayed, 1),
         "latency_over_http_0ms": round(sum(counts[1:]) / sum(seconds[1:]) / undelayed, 3),
     }
-    if reader_rates:
+    for name, rate in reader_rates.items():
         figures |= {
-            "latency_reader_samples_per_s": round(reader_rates[1], 1),
-            "latency_reader_4_windows_samples_per_s": round(reader_rates[4], 1),
-            "latency_reader_peak_requests_in_flight": reader_peaks[1],
-            "latency_reader_4_windows_peak_requests_in_flight": reader_peaks[4],
-            "latency_reader_mean_requests_in_flight": round(reader_means[1], 1),
-            "latency_reader_4_windows_mean_requests_in_flight": round(reader_means[4], 1),
+            f"latency_reader{name}_samples_per_s": round(rate, 1),
+            f"latency_reader{name}_peak_requests_in_flight": reader_peaks[name],
+            f"latency_reader{name}_mean_requests_in_flight": round(reader_means[name], 1),
         }
     return figures
 
