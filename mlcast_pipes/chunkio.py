@@ -94,8 +94,9 @@ class FetchAhead:
     Bytes wait here until a :class:`ChunkReader` sharing this object reads (and decodes) the
     chunk, so that a read finds its bytes arrived instead of waiting one storage round trip per
     chunk. At most ``max_chunks`` chunks are held or in flight, ``max_in_flight`` fetched at
-    once, and no more are started while those arrived exceed ``max_bytes``; bytes not taken
-    within ``ttl`` seconds are dropped. Used on zarr's event loop only.
+    once, and none is started while those arrived plus those in flight (at the mean size so far,
+    else ``size_hint``) would pass ``max_bytes``; bytes not taken within ``ttl`` seconds are
+    dropped. Used on zarr's event loop only.
 
     Examples
     --------
@@ -122,6 +123,8 @@ class FetchAhead:
         self._max_in_flight = max_in_flight
         self._slots: asyncio.Semaphore | None = None
         self._tasks: OrderedDict[str, tuple[float, asyncio.Task[Any]]] = OrderedDict()
+        self._pending = 0  # fetches started and not arrived
+        self._arrived = self._arrived_bytes = 0  # for the mean size of a chunk
 
     @property
     def held(self) -> int:
@@ -143,18 +146,31 @@ class FetchAhead:
             task.cancel()
         self.dropped += 1
 
-    def add(self, store_path: Any, keys: Sequence[str]) -> None:
-        """Start fetching ``keys`` (relative to ``store_path``) within the bounds."""
+    def clear(self) -> None:
+        """Drop every chunk held (fetches in flight are cancelled)."""
+        for key in list(self._tasks):
+            self._drop(key)
+
+    def add(self, store_path: Any, keys: Sequence[str], size_hint: int = 0) -> None:
+        """Start fetching ``keys`` (relative to ``store_path``) within the bounds.
+
+        ``size_hint`` bounds a chunk's stored size (e.g. its decoded size) until some arrived.
+        """
         now = time.monotonic()
         self._expire(now)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_in_flight)
+        mean = self._arrived_bytes / self._arrived if self._arrived else size_hint
         for key in keys:
             full = f"{store_path}/{key}"
             if full in self._tasks:
                 continue
-            if len(self._tasks) >= self.max_chunks or self.nbytes >= self.max_bytes:
+            if (
+                len(self._tasks) >= self.max_chunks
+                or self.nbytes + (self._pending + 1) * mean > self.max_bytes
+            ):
                 return
+            self._pending += 1
             task = asyncio.ensure_future(self._fetch(store_path / key))
             self._tasks[full] = (now, task)
 
@@ -167,14 +183,27 @@ class FetchAhead:
                 buf = await path.get(default_buffer_prototype())
         except Exception as exc:  # returned: the read fetches it again and reports
             return exc
-        self.nbytes += 0 if buf is None else len(buf)
+        finally:
+            self._pending -= 1
+        size = 0 if buf is None else len(buf)
+        self.nbytes += size
+        self._arrived += 1
+        self._arrived_bytes += size
         return buf
 
     def take(self, store_path: Any, key: str) -> asyncio.Task[Any] | None:
-        """The fetch of ``key`` if it was started (its bytes leave this store), else None."""
-        entry = self._tasks.pop(f"{store_path}/{key}", None)
+        """The fetch of ``key`` if it was started (its bytes leave this store), else None.
+
+        Bytes older than ``ttl`` are dropped instead (the chunk may have been rewritten).
+        """
+        full = f"{store_path}/{key}"
+        entry = self._tasks.get(full)
         if entry is None:
             return None
+        if time.monotonic() - entry[0] >= self.ttl:
+            self._drop(full)
+            return None
+        del self._tasks[full]
         task = entry[1]
         if task.done():
             self.nbytes -= _size(task)
@@ -382,6 +411,8 @@ class ChunkReader:
 
         The pool's task sets ``result`` (the chunk, or the exception) unless it was cancelled.
         """
+        raw: bool = False
+        data: Any = RuntimeError(f"the read of chunk {index} was stopped")
         try:
             async with asyncio.timeout(timeout):
                 try:
@@ -390,7 +421,12 @@ class ChunkReader:
                     raw, data = False, exc
         except TimeoutError:
             raw, data = False, TimeoutError(f"chunk {index} was not read within {timeout:.3g} s")
-        _thread_pool().submit(self._finish, result, raw, data, index, out, then)
+        finally:  # the caller waits on ``result``: it is always set, even on cancellation
+            try:
+                _thread_pool().submit(self._finish, result, raw, data, index, out, then)
+            except RuntimeError as exc:  # the pool is shut down (the process is exiting)
+                if result.set_running_or_notify_cancel():
+                    result.set_result(exc)
 
     def _finish(
         self,
@@ -434,7 +470,8 @@ class ChunkReader:
         if keys:
             from zarr.core.sync import _get_loop
 
-            _get_loop().call_soon_threadsafe(self.ahead.add, self._async.store_path, keys)
+            hint = math.prod(self.chunks) * self.dtype.itemsize  # a chunk's decoded size
+            _get_loop().call_soon_threadsafe(self.ahead.add, self._async.store_path, keys, hint)
 
     @property
     def is_local(self) -> bool:
@@ -555,6 +592,14 @@ def _read_file(path: Path) -> bytes | None:
 
 _POOL: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
+
+
+def _new_pool_lock() -> None:
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()  # the parent's may have been held by another thread
+
+
+os.register_at_fork(after_in_child=_new_pool_lock)
 
 
 def _thread_pool() -> concurrent.futures.ThreadPoolExecutor:

@@ -208,19 +208,24 @@ class SampleDelivery:
         shard: Shard,
         order: EpochOrder,
     ) -> None:
-        """Ask remote stores for the bytes of the first reads of ``epoch`` (likely the next)."""
-        plans = self._plans(pools, epoch)
-        if not any(p.copy is None and _is_remote(p.table.info.spec.url) for p in plans):
+        """Ask remote stores for the bytes of the first reads of ``epoch`` (likely the next).
+
+        Only a head start: a failure here is left for the reads of that epoch to report.
+        """
+        if not any(_is_remote(table.info.spec.url) for table, _ in pools):
             return
-        groups, items = self._shard_groups(
-            plans, [p.read_keys() for p in plans], epoch, shard, order
-        )
-        members: list[int] = []
-        for group in groups[: 2 * max(self.read_ahead, 1)]:
-            if len(members) >= 2 * _JOB_SAMPLES:
-                break
-            members.extend(group.tolist())
-        _fetch_frames_ahead(plans, items, members)
+        try:
+            plans = self._plans(pools, epoch)
+            keys = [p.read_keys() for p in plans]
+            groups, items = self._shard_groups(plans, keys, epoch, shard, order)
+            members: list[int] = []
+            for group in groups[: 2 * max(self.read_ahead, 1)]:
+                if len(members) >= 2 * _JOB_SAMPLES:
+                    break
+                members.extend(group.tolist())
+            _fetch_frames_ahead(plans, items, members)
+        except Exception:  # e.g. the store is unreachable now: the epoch's reads will say so
+            return
 
     def _ordered(
         self,

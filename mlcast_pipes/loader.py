@@ -746,8 +746,11 @@ def _gc_frozen() -> Iterator[None]:
     A worker forked inside the block inherits them frozen: its collections never visit (and so
     never copy) the pages of the objects it shares with the main process, which made some
     epochs twice as slow after a large ``prepare`` in the main process. They are unfrozen here
-    on leaving.
+    on leaving, unless the caller had frozen objects itself (then it is left to the caller).
     """
+    if gc.get_freeze_count() > 0:
+        yield
+        return
     gc.freeze()
     try:
         yield

@@ -173,6 +173,7 @@ def test_latency_server_answers_as_a_store_does(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "0.0").write_bytes(bytes(range(100)))
     (folder / "1.0").write_bytes(b"z" * 7)
+    (folder / "empty").write_bytes(b"")
     with _LatencyServer(tmp_path, 0) as server:
         host = server.url.removeprefix("http://")
         connection = http.client.HTTPConnection(host, timeout=5)  # one connection throughout
@@ -185,8 +186,13 @@ def test_latency_server_answers_as_a_store_does(tmp_path: Path) -> None:
             ("GET", "/a.zarr/rain/9.0", {}, 404, b""),
             ("GET", "/a.zarr/../../etc/passwd", {}, 404, b""),
             ("GET", "/a.zarr/rain", {}, 301, b""),
+            ("GET", "/a.zarr/rain/empty", {"Range": "bytes=0-"}, 416, b""),
+            ("GET", "/a.zarr/rain/empty", {}, 200, b""),
+            ("GET", "/a.zarr/rain/1.0", {"Content-Length": "3"}, 200, b"z" * 7),  # body skipped
+            ("GET", "/a.zarr/rain/0.0", {"Range": "bytes=99-"}, 206, bytes([99])),
         ]:
-            connection.request(method, path, headers=headers)
+            payload = b"abc" if "Content-Length" in headers else None
+            connection.request(method, path, body=payload, headers=headers)
             response = connection.getresponse()
             assert (response.status, response.read()) == (status, body), (method, path, headers)
             if method == "HEAD":
@@ -194,7 +200,7 @@ def test_latency_server_answers_as_a_store_does(tmp_path: Path) -> None:
         connection.close()
         fs = fsspec.filesystem("http", skip_instance_cache=True)
         found = fs.find(f"{server.url}/a.zarr/rain/")
-        assert sorted(p.rsplit("/", 1)[-1] for p in found) == ["0.0", "1.0"]
+        assert sorted(p.rsplit("/", 1)[-1] for p in found) == ["0.0", "1.0", "empty"]
         assert fs.cat_file(f"{server.url}/a.zarr/rain/1.0") == b"z" * 7
         assert server.requests >= 10
 

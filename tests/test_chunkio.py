@@ -197,9 +197,17 @@ def _served_array(tmp_path: Path, server: Any) -> Any:
     return zarr.open_array(store, mode="r")
 
 
-def test_bytes_fetched_ahead_are_taken_by_the_read_not_fetched_twice(tmp_path: Path) -> None:
+def _until(condition: Any, timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds (things done on zarr's event loop), at most ``timeout``."""
     import time
 
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "not reached in time"
+        time.sleep(0.01)
+
+
+def test_bytes_fetched_ahead_are_taken_by_the_read_not_fetched_twice(tmp_path: Path) -> None:
     from mlcast_pipes.bench.server import _LatencyServer
     from mlcast_pipes.chunkio import FetchAhead
 
@@ -209,17 +217,49 @@ def test_bytes_fetched_ahead_are_taken_by_the_read_not_fetched_twice(tmp_path: P
         chunks = ChunkReader(arr, ahead=ahead)
         before = server.requests
         chunks.fetch_ahead([0, 1, 2, 3, 4])  # bounded: three are asked for
-        time.sleep(0.3)
-        assert ahead.held == 3 and server.requests - before == 3 and ahead.nbytes > 0
-        t0 = time.perf_counter()
-        got = chunks.read([2, 1, 0])  # already here: no round trip of 50 ms each
-        assert time.perf_counter() - t0 < 0.05
+        _until(lambda: ahead.held == 3 and ahead._pending == 0)
+        assert server.requests - before == 3 and ahead.nbytes > 0
+        got = chunks.read([2, 1, 0])  # already here: taken, not asked for again
         np.testing.assert_array_equal(np.concatenate([got[2], got[1], got[0]]), DATA[:3])
         assert (ahead.taken, ahead.held, ahead.nbytes) == (3, 0, 0)
         assert server.requests - before == 3
         got = chunks.read([4])  # not fetched ahead: read as usual
         np.testing.assert_array_equal(got[0], DATA[4:5])
         assert server.requests - before == 4
+
+
+def test_fetch_ahead_counts_the_bytes_in_flight_against_its_bound(tmp_path: Path) -> None:
+    from mlcast_pipes.bench.server import _LatencyServer
+    from mlcast_pipes.chunkio import FetchAhead
+
+    with _LatencyServer(tmp_path, 100) as server:
+        arr = _served_array(tmp_path, server)
+        decoded = 6 * 7 * 4  # the size hint of a chunk until some arrived
+        ahead = FetchAhead(max_bytes=2 * decoded)
+        chunks = ChunkReader(arr, ahead=ahead)
+        chunks.fetch_ahead(range(5))
+        _until(lambda: ahead.held > 0)
+        assert ahead.held == 2  # two in flight already fill the bound: no more started
+        _until(lambda: ahead._pending == 0)
+        assert 0 < ahead.nbytes <= 2 * decoded
+
+
+def test_bytes_fetched_ahead_too_long_ago_are_read_again(tmp_path: Path) -> None:
+    import time
+
+    from mlcast_pipes.bench.server import _LatencyServer
+    from mlcast_pipes.chunkio import FetchAhead
+
+    with _LatencyServer(tmp_path, 0) as server:
+        arr = _served_array(tmp_path, server)
+        ahead = FetchAhead(ttl=0.3)
+        chunks = ChunkReader(arr, ahead=ahead)
+        chunks.fetch_ahead([0])
+        _until(lambda: ahead.held == 1 and ahead._pending == 0)
+        time.sleep(0.4)
+        zarr.open_array(str(tmp_path / "a.zarr"), mode="r+")[0] = 7.0  # rewritten since
+        assert float(chunks.read([0])[0][0, 0, 0]) == 7.0
+        assert (ahead.taken, ahead.dropped, ahead.nbytes) == (0, 1, 0)
 
 
 def test_a_failed_fetch_ahead_is_read_again_and_reported_as_usual(tmp_path: Path) -> None:
@@ -234,12 +274,42 @@ def test_a_failed_fetch_ahead_is_read_again_and_reported_as_usual(tmp_path: Path
         chunks = ChunkReader(arr, ahead=ahead, known_absent=())
         (tmp_path / "a.zarr" / "3.0.0").unlink()  # gone after opening: FileNotFoundError
         chunks.fetch_ahead([3, 4])
-        time.sleep(0.3)
+        _until(lambda: ahead.held == 2 and ahead._pending == 0)
         assert isinstance(chunks.read([3])[0], FileNotFoundError)
         time.sleep(0.3)
         chunks.fetch_ahead([0])  # the 0.2 s old fetch of chunk 4 is dropped unread
-        time.sleep(0.1)
-        assert ahead.dropped == 1 and ahead.held == 1
+        _until(lambda: ahead.dropped == 1)
+        assert ahead.held == 1
+
+
+def test_a_process_exits_while_its_remote_reads_are_in_flight(tmp_path: Path) -> None:
+    """The decoding pool shuts down at exit: reads still fetching end instead of hanging it."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = textwrap.dedent(
+        """
+        import threading, time
+        import numpy as np, zarr
+        from zarr.storage import MemoryStore
+        from mlcast_pipes.chunkio import ChunkReader
+        arr = zarr.create_array(MemoryStore(), shape=(64, 256, 256), chunks=(1, 256, 256),
+                                dtype="float32")
+        arr[:] = 1.0
+        def loop():
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                ChunkReader(arr).read(range(64))
+        threading.Thread(target=loop).start()
+        time.sleep(0.2)
+        """
+    )
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert time.monotonic() - t0 < 30
 
 
 def test_cancelled_remote_reads_neither_raise_nor_deliver(tmp_path: Path) -> None:

@@ -237,3 +237,20 @@ def test_read_errors_reach_the_consumer_and_no_read_thread_outlives_its_epoch(
     with pytest.raises(OSError, match="unreachable"):
         list(delivery.records(pools, 0, Shard(), EpochOrder(batch_size=4)))
     assert threads() == 0
+
+
+def test_the_next_epochs_head_start_never_fails_the_current_one(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from mlcast_pipes.delivery import SampleDelivery
+    from mlcast_pipes.epochs import EpochOrder, Shard
+
+    def unreachable(*args, **kw):
+        raise OSError("the store does not answer")
+
+    delivery = SampleDelivery(seed=0)
+    monkeypatch.setattr(delivery, "_plans", unreachable)
+    table = SimpleNamespace(info=SimpleNamespace(spec=SimpleNamespace(url="https://x/a.zarr")))
+    delivery._fetch_epoch_start([(table, None)], 1, Shard(), EpochOrder())  # no error
+    local = SimpleNamespace(info=SimpleNamespace(spec=SimpleNamespace(url="/data/a.zarr")))
+    delivery._fetch_epoch_start([(local, None)], 1, Shard(), EpochOrder())  # nothing to do

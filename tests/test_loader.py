@@ -386,3 +386,19 @@ def test_forked_workers_leave_the_main_process_objects_out_of_gc(tiny_archive, i
     finally:
         loader.shutdown()
     assert counts and min(counts) > 10_000  # what the worker inherited is never collected there
+
+
+def test_objects_the_caller_froze_stay_frozen(tiny_archive, index_dir):
+    import gc
+
+    gc.freeze()  # a training script may freeze before forking, as Python's docs suggest
+    try:
+        frozen = gc.get_freeze_count()
+        loader = mp.make_dataloader(_pipe(tiny_archive, index_dir), num_workers=1)
+        try:
+            assert len(_ids(loader)) > 12
+        finally:
+            loader.shutdown()
+        assert gc.get_freeze_count() > frozen // 2  # not unfrozen by the loader (0 then)
+    finally:
+        gc.unfreeze()

@@ -2,8 +2,8 @@
 
 Used by ``mlcast-pipes bench --latency-ms N``: it serves a local folder on 127.0.0.1 (an
 ephemeral port) from an asyncio loop in a background thread and stops when its ``with`` block
-ends. As an object store, it keeps connections alive (HTTP/1.1), accepts a deep backlog,
-answers byte ranges and sends file bodies with ``sendfile``: little CPU time per request, so a
+ends. As an object store, it keeps connections alive (HTTP/1.1), accepts a deep backlog and
+answers byte ranges, with little CPU time per request (a file read and one write), so that a
 benchmark on shared cores measures the client, not the server.
 """
 
@@ -125,16 +125,24 @@ class _LatencyServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer the requests of one kept-alive connection until the client closes it."""
-        ends = (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError)
+        ends = (
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,  # a request head over 64 KiB
+            OSError,
+            asyncio.CancelledError,
+        )
         with contextlib.suppress(*ends):  # closed by the client, or the server stops
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                if not await self._answer(head, writer):
+                if not await self._answer(head, writer, reader):
                     break
         writer.close()
 
-    async def _answer(self, head: bytes, writer: asyncio.StreamWriter) -> bool:
-        """Answer one request; whether the connection stays open."""
+    async def _answer(
+        self, head: bytes, writer: asyncio.StreamWriter, reader: asyncio.StreamReader
+    ) -> bool:
+        """Answer one request (its body is read and ignored); whether the connection stays open."""
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split()
         headers = {}
@@ -143,6 +151,9 @@ class _LatencyServer:
             if sep:
                 headers[key.strip().lower()] = value.strip()
         keep = headers.get("connection", "").lower() != "close"
+        length = headers.get("content-length", "0")
+        if length.isdigit() and int(length) > 0:
+            await reader.readexactly(int(length))
         if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
             await self._send(writer, 405 if len(parts) == 3 else 400, b"", keep=False)
             return False
@@ -168,7 +179,7 @@ class _LatencyServer:
         start, stop, status = 0, size, 200
         if "range" in headers:
             span = _byte_range(headers["range"], size)
-            if span is None or span[0] >= max(span[1], 1):
+            if span is None or span[0] >= span[1]:
                 extra = {"Content-Range": f"bytes */{size}"}
                 await self._send(writer, 416, b"", keep=keep, extra=extra)
                 return keep

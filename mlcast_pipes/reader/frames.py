@@ -386,8 +386,12 @@ class FrameReader:
             own = self._pid == os.getpid()
             self._cache.clear()
             self._spare.clear()
-            self._ahead_store = None  # bytes fetched ahead and not read yet are dropped
+            ahead = self._ahead_store
             self._reset_handles()
+        if ahead is not None and ahead[0] == os.getpid() and ahead[1].held:  # dropped unread
+            from zarr.core.sync import _get_loop
+
+            _get_loop().call_soon_threadsafe(ahead[1].clear)
         if own and store is not None:
             with contextlib.suppress(Exception):  # closing is best effort
                 store.close()
@@ -551,7 +555,7 @@ class FrameReader:
                     outcome = future.result()
                     if isinstance(outcome, Exception):
                         if out is not None:
-                            self._lent -= 1  # a timed-out decode may still write into it: drop it
+                            self._lent -= 1  # a failed decode may have written part of it: drop it
                         backoff = self._retry_backoff(units[k], attempt, deadline, outcome, error)
                         heapq.heappush(todo, (k, time.monotonic() + backoff, attempt + 1, deadline))
                     elif ordered:
