@@ -716,13 +716,6 @@ class Loader:
         DataLoader2's own shutdown can wait forever for a worker that is mid-item when an
         epoch is left early; this bound keeps a training script from hanging at exit.
         """
-        # torchdata 0.9 can deadlock in shutdown() after an epoch left early: its main-process
-        # prefetch thread may still wait on a worker. Stop that thread first.
-        service = self.dataloader.reading_service
-        for rs in [service, *getattr(service, "reading_services", ())]:
-            prefetcher = getattr(rs, "_main_prefetch_datapipe", None)
-            if prefetcher is not None and hasattr(prefetcher, "reset"):
-                prefetcher.reset()
         closer = threading.Thread(target=self.dataloader.shutdown, daemon=True)
         closer.start()
         closer.join(timeout=timeout)
