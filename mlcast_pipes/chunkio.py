@@ -302,6 +302,11 @@ class ChunkReader:
         self.dtype = dtype
         return True
 
+    @property
+    def chunk_nbytes(self) -> int:
+        """Bytes of one whole decoded chunk (edge chunks are stored at this size too)."""
+        return math.prod(self.chunks) * self.dtype.itemsize
+
     def rows(self, index: int) -> slice:
         """The first-axis rows of chunk ``index``."""
         c = self.chunks[0]
@@ -314,7 +319,7 @@ class ChunkReader:
 
     def _decode(self, raw: np.ndarray, index: int, out: np.ndarray | None) -> np.ndarray:
         """Decode the bytes of chunk ``index``, into ``out`` when its size is known to match."""
-        full = math.prod(self.chunks) * self.dtype.itemsize
+        full = self.chunk_nbytes
         shape = self.out_shape(index)
         fits = (
             out is not None
@@ -384,15 +389,8 @@ class ChunkReader:
             key = self._key(index)
             path = self._async.store_path
             early = self.ahead.take(path, key) if self.ahead is not None else None
-            buf = None
-            if early is not None:
-                try:
-                    buf = await early
-                except Exception as exc:
-                    buf = exc
-                if isinstance(buf, Exception):  # fetched again below, retried and reported
-                    early = None
-            if early is None:
+            buf = await early if early is not None else None  # FetchAhead returns its errors
+            if early is None or isinstance(buf, Exception):  # fetched (again): retried, reported
                 buf = await (path / key).get(default_buffer_prototype())
             if buf is not None:
                 return True, buf.as_numpy_array()
@@ -462,16 +460,14 @@ class ChunkReader:
         Does nothing for local files, without a :class:`FetchAhead` or for chunks zarr
         decodes itself; returns at once.
         """
-        if self.ahead is None or self._local is not None or self._async is None:
-            return
-        if not self.direct:
+        if self.ahead is None or self._local is not None or self._async is None or not self.direct:
             return
         keys = [self._key(int(i)) for i in indices if 0 <= int(i) < self.n_chunks]
         if keys:
             from zarr.core.sync import _get_loop
 
-            hint = math.prod(self.chunks) * self.dtype.itemsize  # a chunk's decoded size
-            _get_loop().call_soon_threadsafe(self.ahead.add, self._async.store_path, keys, hint)
+            path = self._async.store_path
+            _get_loop().call_soon_threadsafe(self.ahead.add, path, keys, self.chunk_nbytes)
 
     @property
     def is_local(self) -> bool:

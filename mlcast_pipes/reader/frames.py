@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import heapq
-import math
 import os
 import queue
 import threading
@@ -491,8 +490,7 @@ class FrameReader:
         """Time chunks read at once: a count, lowered so that their buffers fit the budget."""
         assert self._chunks is not None
         count = _LOCAL_IN_FLIGHT if self._chunks.is_local else _REMOTE_IN_FLIGHT
-        chunk_bytes = math.prod(self._chunks.chunks) * self._chunks.dtype.itemsize
-        return max(1, min(count, self.decode_budget // max(chunk_bytes, 1)))
+        return max(1, min(count, self.decode_budget // max(self._chunks.chunk_nbytes, 1)))
 
     def _read_chunks(
         self,
