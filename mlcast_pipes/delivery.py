@@ -468,10 +468,14 @@ class _Prefetch:
             end += 1
         return end
 
+    def _members(self, first: int, end: int) -> list[int]:
+        """The items that entries ``[first, end)`` read."""
+        return [i for _, group in self.reads[first:end] for i in group]
+
     def _fetch(self, first: int, end: int) -> dict[int, np.ndarray | None]:
         """Pixels of the new rows of entries ``[first, end)`` (one archive), keyed by row."""
         items = self.items
-        members = [i for _, group in self.reads[first:end] for i in group]
+        members = self._members(first, end)
         if not self.delivery.load:
             return {int(items.rows[i]): None for i in members}
         plan = self.plans[int(items.tables[members[0]])]
@@ -503,13 +507,8 @@ class _Prefetch:
         """Start fetching the stored bytes of the jobs before entry ``until`` (remote stores)."""
         while self.remote and self.fetched < until:
             end = self._job(self.fetched)
-            self._fetch_job_ahead(self.fetched, end)
+            _fetch_frames_ahead(self.plans, self.items, self._members(self.fetched, end))
             self.fetched = end
-
-    def _fetch_job_ahead(self, first: int, end: int) -> None:
-        """Start fetching the stored bytes of the job ``[first, end)``."""
-        members = [i for _, group in self.reads[first:end] for i in group]
-        _fetch_frames_ahead(self.plans, self.items, members)
 
     def until(self, groups_read: int, store: dict[int, np.ndarray | None]) -> None:
         """Put into ``store`` the rows of every read group before group ``groups_read``."""
