@@ -64,8 +64,7 @@ class _LatencyServer:
     """
 
     def __init__(self, folder: str | Path, delay_ms: float) -> None:
-        self.root = Path(folder).resolve()
-        self._root = str(self.root)
+        self.root = str(Path(folder).resolve())  # the served folder
         self.delay_s = max(0.0, float(delay_ms)) / 1000.0
         self.requests = 0
         self.in_flight = 0
@@ -160,7 +159,7 @@ class _LatencyServer:
         method, target = parts[0], urllib.parse.unquote(parts[1].split("?", 1)[0])
         await self._wait()
         relative = posixpath.normpath(target.lstrip("/") or ".")
-        full = os.path.join(self._root, relative)
+        full = os.path.join(self.root, relative)
         try:
             if relative.startswith("..") or os.path.isabs(relative):
                 raise FileNotFoundError(target)  # outside the served folder
