@@ -186,6 +186,10 @@ class _Handler(SimpleHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # http.server listens with a backlog of 5 and answers HTTP/1.0 (a connection per request):
+    # the reads' and fetch-ahead's bursts of connections overflowed it, and the dropped SYNs,
+    # retried by the kernel after 1, 2, 4, 8, 16 s, stalled a read past its 20 s deadline
+    request_queue_size = 256
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients that time out close their sockets; nothing to report
