@@ -190,7 +190,8 @@ def iter_tile_statistics(
     qcols = [quantile_column(q) for q in params.quantiles]
     icols = [importance_column(s) for s in params.importance_scales]
 
-    def grid_sum(a: np.ndarray) -> np.ndarray:  # (frames, cells, ...) -> (frames, tiles, ...)
+    # cell partials -> tile totals: (frames or windows, cells, ...) -> (same, tiles, ...)
+    def grid_sum(a: np.ndarray) -> np.ndarray:
         f, rest = a.shape[0], a.shape[2:]
         a = a.reshape(f, ncy, ncx, *rest)
         a = window_sum(window_sum(a, cell_y0, kty, axis=1), cell_x0, ktx, axis=2)
@@ -258,7 +259,6 @@ def iter_tile_statistics(
             yield TileBlock({}, np.zeros(0, "datetime64[ns]"), 0, b1, total)
             continue
         local = start_pos[sel] - carry_start
-        nw = local.size
         nan_w = window_sum(cat["nan"], local, n)
         sum_w = window_sum(cat["sum"], local, n)
         wet_w = window_sum(cat["wet"], local, n)
@@ -271,24 +271,16 @@ def iter_tile_statistics(
         carry_start = keep_from
         del cat, res
 
-        def spatial_sum(a: np.ndarray, nw: int = nw) -> np.ndarray:
-            a = a.reshape(nw, ncy, ncx, *a.shape[2:])
-            return window_sum(window_sum(a, cell_y0, kty, axis=1), cell_x0, ktx, axis=2)
-
-        def spatial_max(a: np.ndarray, nw: int = nw) -> np.ndarray:
-            a = a.reshape(nw, ncy, ncx, *a.shape[2:])
-            return window_max(window_max(a, cell_y0, kty, axis=1), cell_x0, ktx, axis=2)
-
-        nan_t = spatial_sum(nan_w).ravel()
+        nan_t = grid_sum(nan_w).ravel()
         nan_frac = nan_t / npix
         kept = nan_frac <= params.max_nan_fraction
         rejected = int(kept.size - np.count_nonzero(kept))
         rows = np.flatnonzero(kept)
-        sum_t = spatial_sum(sum_w).ravel()[rows]
-        wet_t = spatial_sum(wet_w).ravel()[rows]
-        clip_t = spatial_sum(clip_w).ravel()[rows]
-        max_t = spatial_max(max_w).ravel()[rows].astype(np.float64)
-        hist_t = spatial_sum(hist_w).reshape(-1, N_BINS)[rows]
+        sum_t = grid_sum(sum_w).ravel()[rows]
+        wet_t = grid_sum(wet_w).ravel()[rows]
+        clip_t = grid_sum(clip_w).ravel()[rows]
+        max_t = grid_max(max_w).ravel()[rows].astype(np.float64)
+        hist_t = grid_sum(hist_w).reshape(-1, N_BINS)[rows]
         nan_k = nan_t[rows]
         valid = npix - nan_k
         hist_t[:, 0] = valid - hist_t[:, 1:].sum(axis=1)
