@@ -102,11 +102,15 @@ def _decode_floor(
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds (user + system) of this process and its children alive now (the workers)."""
+    """CPU seconds (user + system) of this process and its children alive now (the workers).
+
+    This process's from its own clock (``time.process_time``, to the nanosecond): psutil counts
+    in clock ticks (10 ms), and a short in-process epoch could measure 0.
+    """
     import psutil
 
     proc = psutil.Process()
-    total = sum(proc.cpu_times()[:2])
+    total = time.process_time()
     for child in proc.children(recursive=True):
         with contextlib.suppress(psutil.Error):  # a worker that just ended
             total += sum(child.cpu_times()[:2])
