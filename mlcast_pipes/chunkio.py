@@ -10,7 +10,6 @@ import concurrent.futures
 import contextlib
 import math
 import os
-import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from mlcast_pipes._locks import ForkSafeLock
 
 __all__ = ["ChunkReader", "FetchAhead", "PendingChunks"]
 
@@ -587,15 +588,7 @@ def _read_file(path: Path) -> bytes | None:
 
 
 _POOL: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _new_pool_lock() -> None:
-    global _POOL_LOCK
-    _POOL_LOCK = threading.Lock()  # the parent's may have been held by another thread
-
-
-os.register_at_fork(after_in_child=_new_pool_lock)
+_POOL_LOCK = ForkSafeLock()
 
 
 def _thread_pool() -> concurrent.futures.ThreadPoolExecutor:

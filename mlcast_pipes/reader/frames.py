@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mlcast_pipes._locks import ForkSafeLock
 from mlcast_pipes.chunkio import ChunkReader, FetchAhead, OnChunk
 from mlcast_pipes.errors import DatasetError, ParameterError, ReadError
 from mlcast_pipes.reader.errors import _describe, _FrameFailedError, _is_denied, is_transient
@@ -707,15 +708,7 @@ def _group_by_chunk(
 
 
 #: Guards the creation of readers' stores of bytes fetched ahead
-_AHEAD_LOCK = threading.Lock()
-
-
-def _new_ahead_lock() -> None:
-    global _AHEAD_LOCK
-    _AHEAD_LOCK = threading.Lock()  # the parent's may have been held by another thread
-
-
-os.register_at_fork(after_in_child=_new_ahead_lock)
+_AHEAD_LOCK = ForkSafeLock()
 
 #: (url, variable) -> time chunks absent when the archive was indexed (others must be there)
 _KNOWN_ABSENT: dict[tuple[str, str], frozenset[int]] = {}

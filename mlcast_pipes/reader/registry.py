@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from typing import Any
 
 import numpy as np
 
+from mlcast_pipes._locks import ForkSafeLock
 from mlcast_pipes.errors import DatasetError, ParameterError, ReadError
 from mlcast_pipes.reader.errors import _describe
 from mlcast_pipes.reader.frames import FrameReader
@@ -22,7 +22,7 @@ __all__ = ["close_readers", "get_reader", "naive_read_tile"]
 
 # ---------------------------------------------------------------------- per-process readers
 _READERS: dict[tuple[int, str, str, str, int], FrameReader] = {}
-_READERS_LOCK = threading.Lock()
+_READERS_LOCK = ForkSafeLock()
 _NAIVE: dict[tuple[int, str, str, str], Any] = {}  # naive_read_tile's opened DataArrays
 
 
@@ -76,15 +76,6 @@ def get_reader(
                 reader._ahead_owner = first  # takes the bytes the first lane fetched ahead
             _READERS[key] = reader
         return reader
-
-
-def _after_fork_in_child() -> None:
-    global _READERS_LOCK
-    _READERS_LOCK = threading.Lock()  # a lock held by another parent thread would never be freed
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def close_readers() -> None:
